@@ -1,0 +1,97 @@
+"""The governance facade: the one entry for every operator command
+(keys, CLI, HTTP, Telegram and policy rules alike; DESIGN.md section 3).
+
+Every command is journaled and audited with who, when (engine clock) and
+why. ``halt`` sets ``HALTED`` and cancels every working order of the desk,
+concurrently (DESIGN.md section 7: 100 cancels awaited one by one took
+112 ms, sent concurrently 3-5 ms). Only ``resume`` lifts a halt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from core.enums import TradingState
+from core.events import ModelStateChanged, TradingStateChanged
+from core.identifiers import is_desk_order
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+
+class GovernanceError(Exception):
+    """An operator command that cannot apply (unknown model, bad state)."""
+
+
+class Governance:
+    """Operator commands against one engine."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+
+    def _record(self, seq: int, who: str, action: str, reason: str, details: dict[str, Any]) -> None:
+        self.engine.store.record_governance(seq, self.engine.clock.timestamp_ns(), who, action, reason, details)
+
+    def _set_state(self, state: TradingState, who: str, reason: str) -> bool:
+        e = self.engine
+        prev = e.trading_state
+        if prev == state:
+            return False
+        e.trading_state = state
+        now = e.clock.timestamp_ns()
+        seq = e.emit(TradingStateChanged(ts_event=now, ts_init=now, state=state.value, previous=prev.value,
+                                         who=who, reason=reason))
+        self._record(seq, who, state.value, reason, {"previous": prev.value})
+        return True
+
+    async def halt(self, who: str, reason: str) -> int:
+        """Set ``HALTED`` and cancel every working order of the desk
+        concurrently. Returns the number of cancels sent. Idempotent: a halt
+        while halted still cancels anything left working."""
+        e = self.engine
+        self._set_state(TradingState.HALTED, who, reason)
+        e._to_send.clear()  # queued-but-unsent orders never leave
+        working = [o for o in e.working_orders() if is_desk_order(o.client_order_id)]
+        await asyncio.gather(*(e.cancel(o, "HALT") for o in working))
+        e.flush()
+        return len(working)
+
+    def reduce_only(self, who: str, reason: str) -> None:
+        """Set ``REDUCING``: only exposure-reducing orders pass."""
+        self._set_state(TradingState.REDUCING, who, reason)
+        self.engine.flush()
+
+    def resume(self, who: str, reason: str) -> None:
+        """Return to ``ACTIVE`` (the only way out of a halt)."""
+        self._set_state(TradingState.ACTIVE, who, reason)
+        self.engine.flush()
+
+    def _model_state(self, model_id: str, paused: bool, who: str, reason: str) -> None:
+        e = self.engine
+        if model_id not in e.models:
+            raise GovernanceError(f"model: unknown {model_id!r}; known: {', '.join(sorted(e.models))}")
+        if (model_id in e.paused) == paused:
+            return
+        (e.paused.add if paused else e.paused.discard)(model_id)
+        now = e.clock.timestamp_ns()
+        state = "PAUSED" if paused else "ACTIVE"
+        seq = e.emit(ModelStateChanged(ts_event=now, ts_init=now, model_id=model_id, state=state, who=who, reason=reason))
+        self._record(seq, who, f"MODEL_{state}", reason, {"model_id": model_id})
+        e.flush()
+
+    def pause_model(self, model_id: str, who: str, reason: str) -> None:
+        """Pause a model: it opens no new exposure (its sells still pass).
+
+        Raises:
+            GovernanceError: for an unknown model id.
+        """
+        self._model_state(model_id, True, who, reason)
+
+    def resume_model(self, model_id: str, who: str, reason: str) -> None:
+        """Resume a paused model.
+
+        Raises:
+            GovernanceError: for an unknown model id.
+        """
+        self._model_state(model_id, False, who, reason)

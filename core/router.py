@@ -1,0 +1,111 @@
+"""The strategy router: from a model's target to an order intent.
+
+DESIGN.md section 3: a model's budget is one product, its family budget ×
+its stage weight; until the allocator exists the family budget is the desk's
+trading capital, so ``budget = weight × capital``. A model trading several
+instruments splits its budget equally among them. The router turns the
+difference between ``target × budget`` and the model's current position
+(valued at the last close) into an order, and sends nothing while that
+difference is below a threshold (default the larger of the instrument's min
+notional and 1 % of the budget), so small wiggles of the posterior do not
+become orders. A model's own position never goes below zero (spot is
+long-only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from core.enums import OrderSide, OrderType
+from core.instruments import Instrument
+from core.sizing import size_buy, size_sell
+from core.values import ZERO, floor_to_step
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """Router settings.
+
+    Attributes:
+        capital: the desk's trading capital in the quote currency.
+        order_type: LIMIT at the last close (default) or MARKET.
+        reprice_bars: a limit order not filled within this many bars of its
+            instrument is canceled and re-priced.
+        threshold_fraction: minimum rebalance as a fraction of the budget
+            (0.01 = 1 %); the min notional is the other floor.
+    """
+
+    capital: Decimal
+    order_type: OrderType = OrderType.LIMIT
+    reprice_bars: int = 5
+    threshold_fraction: Decimal = Decimal("0.01")
+
+
+@dataclass(frozen=True, slots=True)
+class OrderIntent:
+    """What the router wants sent: side, quantity (base units), limit price
+    (None for MARKET), and the reference price used for the rails."""
+
+    side: OrderSide
+    quantity: Decimal
+    price: Decimal | None
+    reference_price: Decimal
+    order_type: OrderType
+
+
+def model_budget(weight: Decimal, capital: Decimal, n_instruments: int) -> Decimal:
+    """``weight × capital / n_instruments`` (quote) for one model in one instrument.
+
+    Raises:
+        ValueError: if ``n_instruments`` < 1 or ``weight`` is outside [0, 1].
+    """
+    if n_instruments < 1:
+        raise ValueError(f"n_instruments: must be >= 1, got {n_instruments}")
+    if not (ZERO <= weight <= 1):
+        raise ValueError(f"weight: must be in [0, 1], got {weight}")
+    return weight * capital / n_instruments
+
+
+def decide(
+    *,
+    config: RouterConfig,
+    instrument: Instrument,
+    budget: Decimal,
+    target: Decimal,
+    position: Decimal,
+    close: Decimal,
+    cash_available: Decimal,
+) -> OrderIntent | None:
+    """Decide the rebalancing order of one model in one instrument.
+
+    Args:
+        budget: quote the model may hold in this instrument.
+        target: fraction of the budget in [0, 1].
+        position: the model's own quantity held (base units).
+        close: last close (quote per base unit), the limit price.
+        cash_available: quote the desk can still spend (caps buys).
+
+    Returns None when the difference is below the threshold or rounds to
+    zero. Entries are not checked against min notional here: the rails do
+    that, and record a denial.
+    """
+    price = instrument.round_price(close)
+    current = position * price
+    desired = target * budget
+    delta = desired - current
+    threshold = max(instrument.min_notional, budget * config.threshold_fraction)
+    if abs(delta) < threshold:
+        if not (target == 0 and position > 0 and floor_to_step(position, instrument.step_size) * price >= instrument.min_notional):
+            return None
+        delta = -current  # flat target: sell what can be sold, even if small
+    limit = price if config.order_type == OrderType.LIMIT else None
+    if delta > 0:
+        qty = size_buy(min(delta, max(cash_available, ZERO)), price, instrument)
+        side = OrderSide.BUY
+    else:
+        qty = size_sell(position, position * price if target == 0 else -delta, price, instrument)
+        side = OrderSide.SELL
+    if qty <= 0:
+        return None
+    return OrderIntent(side, qty, limit, price, config.order_type)
