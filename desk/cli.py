@@ -1,0 +1,217 @@
+"""The ``desk`` command line.
+
+``desk [--state-dir D]`` runs the embedded default; ``desk run [--data FILE
+...] [--symbol S] [--exchange-info FILE] [--speed N|max] [--bars N]
+[--headless] [--order-type LIMIT|MARKET]`` runs a replay or the SIM market.
+Exit codes (DESIGN.md section 1): 0 done (also when a rail halted trading),
+2 usage / bad input / bad config / state dir refused, 3 ended halted by an
+unreconciled difference.
+
+Headless runs never import textual; hmmlearn is imported only in the fit
+worker and where a model is fitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Sequence
+
+from core.errors import EXIT_OK, EXIT_UNRECONCILED, EXIT_USAGE, DeskError
+
+log = logging.getLogger("desk")
+
+#: the quickstart's default: a few thousand SIM bars when headless
+DEFAULT_SIM_BARS_HEADLESS = 4000
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"desk: error: {message} (see desk --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--speed: expected a number or 'max', got {text!r}") from None
+    if not (v > 0 and v < 1e9):
+        raise argparse.ArgumentTypeError(f"--speed: must be > 0, got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _capital(text: str) -> Decimal:
+    try:
+        v = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"--capital: not a number: {text!r}") from None
+    if not v.is_finite() or v <= 0:
+        raise argparse.ArgumentTypeError(f"--capital: must be a positive number, got {text!r}")
+    return v
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argument parser (``--state-dir`` on the root and on every subcommand)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS,
+                        help="state directory (default ./var)")
+    p = _Parser(prog="desk", description="nautilus-hmm desk: a terminal trading desk", parents=[common])
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    run = sub.add_parser("run", parents=[common], help="run a replay or the SIM market")
+    run.add_argument("--data", action="append", type=Path, default=[], metavar="FILE",
+                     help="Binance kline CSV to replay (repeatable)")
+    run.add_argument("--symbol", help="symbol of a single --data file (default: from its name)")
+    run.add_argument("--exchange-info", type=Path, help="Binance exchangeInfo JSON for the filters")
+    run.add_argument("--speed", type=_speed, default="unset", help="bar steps per second, or 'max'")
+    run.add_argument("--bars", type=_positive_int, help="stop after N bars (all instruments)")
+    run.add_argument("--headless", action="store_true", help="no UI: progress on stderr, summary on stdout")
+    run.add_argument("--order-type", choices=["LIMIT", "MARKET"], default="LIMIT")
+    run.add_argument("--capital", type=_capital, default=Decimal("10000"),
+                     help="trading capital and starting cash, quote currency (default 10000)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``desk`` console script; returns the exit code."""
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state_dir = getattr(args, "state_dir", Path("var"))
+    try:
+        if args.command is None:
+            return run_headless(_options(None, state_dir), default_bars=DEFAULT_SIM_BARS_HEADLESS)
+        if args.command == "run":
+            opts = _options(args, state_dir)
+            return run_headless(opts, default_bars=None if opts.data else DEFAULT_SIM_BARS_HEADLESS)
+    except DeskError as exc:
+        sys.stderr.write(f"desk: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_USAGE
+
+
+def _options(args: Any, state_dir: Path) -> Any:
+    from core.enums import OrderType
+    from desk.wiring import RunOptions
+
+    if args is None:
+        return RunOptions(state_dir=state_dir)
+    speed = None if args.speed == "unset" else args.speed
+    return RunOptions(
+        data=list(args.data), symbol=args.symbol.upper() if args.symbol else None,
+        exchange_info=args.exchange_info, speed=speed, bars=args.bars, state_dir=state_dir,
+        order_type=OrderType(args.order_type), capital=args.capital,
+    )
+
+
+def reconcile(summary: dict[str, Any], engine: Any) -> list[str]:
+    """Compare the two books: ``cash_end + Σ quantity × last = equity_end``
+    and, per instrument, the venue's base balance = the portfolio's quantity.
+    Returns the differences found (empty when reconciled)."""
+    problems = []
+    total = Decimal(summary["cash_end"])
+    for iid, pos in summary["positions"].items():
+        total += Decimal(pos["quantity"]) * Decimal(pos["last_price"])
+    if total.quantize(Decimal("0.00000001")) != Decimal(summary["equity_end"]):
+        problems.append(f"cash_end + positions = {total} != equity_end {summary['equity_end']}")
+    for iid, inst in engine.instruments.items():
+        venue_qty = engine.venue.balance(inst.base)
+        book_qty = engine.portfolio.quantity(iid)
+        if venue_qty != book_qty:
+            problems.append(f"{iid}: venue holds {venue_qty} {inst.base}, portfolio {book_qty}")
+    return problems
+
+
+def run_headless(opts: Any, default_bars: int | None) -> int:
+    """Build and run the engine without UI; print one JSON summary on stdout.
+
+    Returns the exit code. Raises :class:`DeskError` for refused input.
+    """
+    from desk.wiring import build
+
+    built = build(opts)
+    try:
+        for m in built.messages:
+            log.info(m)
+        if built.finished_summary is not None:
+            log.info("this replay already finished on %s; its stored summary follows", opts.state_dir)
+            sys.stdout.write(json.dumps(built.finished_summary, sort_keys=True) + "\n")
+            return EXIT_OK
+        engine = built.engine
+        if built.continued:
+            log.info("continuing the run on %s after bar %d", opts.state_dir, engine.stats.bars)
+        max_bars = opts.bars if opts.bars is not None else default_bars
+        t0 = time.perf_counter()
+        bars0 = engine.stats.bars
+        asyncio.run(_drive(engine, built.continued, max_bars))
+        wall = time.perf_counter() - t0
+        summary = engine.summary(wall, engine.stats.bars - bars0)
+        problems = reconcile(summary, engine)
+        code = EXIT_OK
+        if problems:
+            for p in problems:
+                log.error("UNRECONCILED: %s", p)
+            summary["unreconciled"] = problems
+            summary["trading_state"] = "HALTED"
+            code = EXIT_UNRECONCILED
+        if engine.stats.finished:
+            engine.store.meta_set("status", "finished")
+            engine.store.meta_set("summary", json.dumps({**summary, "wall_s": None, "bars_per_s": None}, sort_keys=True))
+            engine.flush()
+        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+        sys.stdout.flush()
+        return code
+    finally:
+        built.close()
+
+
+async def _drive(engine: Any, continued: bool, max_bars: int | None) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, engine.stop)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if not continued:
+        log.info("warming the models up")
+        await engine.warm_up()
+    progress = asyncio.create_task(_progress(engine))
+    try:
+        await engine.run(max_bars=max_bars)
+    finally:
+        progress.cancel()
+
+
+async def _progress(engine: Any) -> None:
+    while True:
+        await asyncio.sleep(5)
+        pf = engine.portfolio
+        log.info("bars=%d equity=%s state=%s working=%d", engine.stats.bars, pf.equity().quantize(Decimal("0.01")),
+                 engine.trading_state.value, len(engine.working))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,281 @@
+"""Wiring: builds one engine from run options (the composition root).
+
+Shared by the headless runner and the Textual app, so both run the same
+engine. Owns the state directory (DESIGN.md section 1): the single-instance
+lock, the store, the audit log, the paper venue's ledger; decides whether a
+run is new, continued, finished, or refused because the state dir holds
+another setup.
+
+No textual import here (headless runs never import it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from core.audit import AuditLog
+from core.clock import TestClock
+from core.engine import Engine, EngineConfig, ModelSpec
+from core.enums import OrderType
+from core.errors import ConfigError, StateDirError
+from core.identifiers import InstrumentId
+from core.instruments import Instrument
+from core.ports import FitExecutor, RegimeModel
+from core.risk import RiskConfig, RiskEngine
+from core.router import RouterConfig
+from core.store import Store, StoreError
+
+log = logging.getLogger("desk.wiring")
+
+DEFAULT_CAPITAL = Decimal("10000")
+SIM_SEED = 7
+
+
+@dataclass(slots=True)
+class RunOptions:
+    """What the operator asked for (from the CLI).
+
+    Attributes:
+        data: kline CSV files to replay; empty means the SIM market.
+        symbol: overrides the symbol taken from the file name (one file only).
+        exchange_info: a Binance exchangeInfo JSON for the filters.
+        speed: bar steps per second, or None for as fast as possible.
+        bars: stop after this many bars (all instruments) in this process.
+        state_dir: the state directory.
+        order_type: LIMIT (default) or MARKET.
+        capital: trading capital and starting cash (quote).
+    """
+
+    data: list[Path] = field(default_factory=list)
+    symbol: str | None = None
+    exchange_info: Path | None = None
+    speed: float | None = None
+    bars: int | None = None
+    state_dir: Path = Path("var")
+    order_type: OrderType = OrderType.LIMIT
+    capital: Decimal = DEFAULT_CAPITAL
+
+
+def default_model_specs() -> list[tuple[ModelSpec, dict[str, Any]]]:
+    """The two default models: ``hmm_v1`` (3 states, weight 0.9, live) and
+    ``hmm_v2_canary`` (2 states, another threshold, weight 0.1, canary)."""
+    return [
+        (ModelSpec("hmm_v1", Decimal("0.9"), "live"), {"n_states": 3, "random_state": 42}),
+        (ModelSpec("hmm_v2_canary", Decimal("0.1"), "canary"), {"n_states": 2, "random_state": 7, "threshold": 0.0}),
+    ]
+
+
+class StateDir:
+    """The state directory and its single-instance ``flock`` lock (released
+    by the kernel even on ``kill -9``).
+
+    Raises:
+        StateDirError: when another desk holds the lock.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateDirError(f"state dir {self.path}: cannot create: {exc.strerror}") from exc
+        self._lock_fh = open(self.path / "desk.lock", "a+")
+        try:
+            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_fh.close()
+            raise StateDirError(f"state dir {self.path}: another desk is running on it (desk.lock is held)") from None
+        self._lock_fh.seek(0)
+        self._lock_fh.truncate()
+        self._lock_fh.write(f"{os.getpid()}\n")
+        self._lock_fh.flush()
+
+    def release(self) -> None:
+        """Release the lock."""
+        try:
+            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
+        finally:
+            self._lock_fh.close()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(slots=True)
+class Built:
+    """An engine ready to run, and what the runner needs around it."""
+
+    engine: Engine
+    state: StateDir
+    executor: FitExecutor
+    mode: str
+    continued: bool
+    finished_summary: dict[str, Any] | None
+    messages: list[str]
+
+    def close(self) -> None:
+        """Shut the fit worker down, close the stores and release the lock."""
+        try:
+            self.executor.shutdown()
+        finally:
+            try:
+                self.engine.audit.close()
+                self.engine.venue.close()  # type: ignore[attr-defined]
+                self.engine.store.close()
+            finally:
+                self.state.release()
+
+
+def _load_replay(opts: RunOptions) -> tuple[Any, dict[InstrumentId, Instrument], dict[str, Any], list[str]]:
+    from venues.feeds import ReplayFeed
+    from venues.filters import load_exchange_info, resolve_instrument
+    from venues.klines import load_klines, quote_asset_of
+
+    if opts.symbol and len(opts.data) > 1:
+        raise ConfigError("--symbol: only with a single --data file")
+    for p in opts.data:
+        if not p.is_file():
+            raise ConfigError(f"--data: no such file: {p}")
+    xinfo = load_exchange_info(opts.exchange_info) if opts.exchange_info else None
+    messages: list[str] = []
+    files = [load_klines(p, symbol=opts.symbol) for p in opts.data]
+    seen: dict[InstrumentId, Path] = {}
+    for f in files:
+        if f.instrument_id in seen:
+            raise ConfigError(f"--data: {f.path} and {seen[f.instrument_id]} are both {f.instrument_id}")
+        seen[f.instrument_id] = f.path
+        for a, b in f.gaps[:1]:
+            messages.append(f"{f.path}: {len(f.gaps)} gap(s) in time, first between {a} and {b} ns (allowed)")
+    quotes = {}
+    instruments: dict[InstrumentId, Instrument] = {}
+    for f in files:
+        inst, msg = resolve_instrument(f.symbol, "BINANCE", f.bars, xinfo)
+        if msg:
+            messages.append(msg)
+        instruments[inst.id] = inst
+        quotes[inst.quote] = f.path
+    if len(quotes) > 1:
+        raise ConfigError(
+            "--data: files must share one quote currency; got "
+            + ", ".join(f"{q} ({p.name})" for q, p in quotes.items())
+        )
+    _ = quote_asset_of
+    fingerprint = {
+        "mode": "replay",
+        "files": [{"name": f.path.name, "sha256": _sha256(f.path), "symbol": f.symbol} for f in files],
+        "exchange_info": _sha256(opts.exchange_info) if opts.exchange_info else None,
+    }
+    return ReplayFeed(files), instruments, fingerprint, messages
+
+
+def _load_sim(warmup: int) -> tuple[Any, dict[InstrumentId, Instrument], dict[str, Any], list[str]]:
+    from venues.feeds import SimFeed
+    from venues.sim import SimMarket
+
+    market = SimMarket(seed=SIM_SEED)
+    instruments = {i.id: i for i in market.instruments.values()}
+    return SimFeed(market, warmup), instruments, {"mode": "sim", "seed": SIM_SEED}, []
+
+
+def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
+    """Build the engine for ``opts`` on its state dir.
+
+    Raises:
+        ConfigError: bad flags or data (exit 2).
+        DataError: a bad CSV row (exit 2); nothing is traded.
+        StateDirError: the dir is locked or holds another setup (exit 2).
+    """
+    from models.executor import ProcessFitExecutor
+    from models.hmm import HmmConfig, HmmRegimeModel
+    from venues.paper import PaperConfig, PaperVenue
+
+    specs = default_model_specs()
+    cfgs = {spec.model_id: HmmConfig(**kw) for spec, kw in specs}
+    warmup = max(c.warmup + c.vol_window + 1 for c in cfgs.values())
+    if opts.data:
+        feed, instruments, fingerprint, messages = _load_replay(opts)
+        mode = "replay"
+    else:
+        feed, instruments, fingerprint, messages = _load_sim(warmup)
+        mode = "sim"
+    quote = next(iter(instruments.values())).quote
+    fingerprint.update({
+        "capital": format(opts.capital, "f"), "order_type": opts.order_type.value,
+        "models": [[s.model_id, format(s.weight, "f"), kw] for s, kw in specs],
+    })
+    fp_text = json.dumps(fingerprint, sort_keys=True)
+    state = StateDir(opts.state_dir)
+    try:
+        try:
+            store = Store(state.path / "desk.sqlite")
+        except StoreError as exc:
+            raise StateDirError(str(exc)) from exc
+        existing = store.meta_get("setup")
+        if existing is not None and existing != fp_text:
+            store.close()
+            raise StateDirError(
+                f"state dir {state.path} holds another setup ({_describe(existing)}); "
+                f"use another --state-dir or remove it"
+            )
+        finished_summary = None
+        if store.meta_get("status") == "finished":
+            finished_summary = json.loads(store.meta_get("summary") or "{}")
+        clock = TestClock()
+        router = RouterConfig(capital=opts.capital, order_type=opts.order_type)
+        risk = RiskEngine(RiskConfig(allowed_symbols=frozenset(str(i) for i in instruments),
+                                     max_order_notional=opts.capital))
+        if executor is None:
+            executor = ProcessFitExecutor()
+            executor.warm()  # type: ignore[attr-defined]
+        models: dict[str, dict[InstrumentId, RegimeModel]] = {
+            spec.model_id: {iid: HmmRegimeModel(spec.model_id, iid, cfgs[spec.model_id]) for iid in sorted(instruments, key=str)}
+            for spec, _ in specs
+        }
+        venue_name = next(iter(instruments)).venue
+        paper_cfg = PaperConfig(starting_cash=opts.capital)
+
+        def venue_factory(on_event: Any) -> PaperVenue:
+            return PaperVenue(state.path / "venue-paper.sqlite", venue_name, quote, instruments, clock,
+                              paper_cfg, on_event)
+
+        engine = Engine(
+            config=EngineConfig(router=router), clock=clock, store=store,
+            audit=AuditLog(state.path / "audit" / "orders.jsonl"), feed=feed, instruments=instruments,
+            models=models, specs=[s for s, _ in specs], risk=risk, executor=executor, venue_factory=venue_factory,
+        )
+        engine.speed = opts.speed
+        cp = store.load_checkpoint()
+        continued = cp is not None
+        if cp is not None:
+            engine.restore(cp[1])
+        else:
+            store.meta_set("setup", fp_text)
+            store.meta_set("status", "running")
+            store.flush()
+        return Built(engine, state, executor, mode, continued, finished_summary, messages)
+    except BaseException:
+        state.release()
+        raise
+
+
+def _describe(fp_text: str) -> str:
+    try:
+        fp = json.loads(fp_text)
+    except ValueError:
+        return "unreadable"
+    if fp.get("mode") == "replay":
+        return "replay of " + ", ".join(f["name"] for f in fp.get("files", []))
+    return f"{fp.get('mode')} seed {fp.get('seed')}"
