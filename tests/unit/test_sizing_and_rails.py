@@ -1,0 +1,89 @@
+"""Sizing from a budget and the min-notional / sellable rails, with the
+issue's hand-worked values: step 0.00001, min notional 10, price 27777.78,
+fee 0.1 % taken in the bought coin."""
+
+from decimal import Decimal
+
+import pytest
+
+from core.enums import DenialReason, OrderSide, TradingState
+from core.identifiers import InstrumentId
+from core.instruments import Instrument
+from core.risk import Denied, RiskConfig, RiskEngine, sellable_after_fee
+from core.sizing import size_buy
+
+D = Decimal
+PRICE = D("27777.78")
+BTC = Instrument(InstrumentId("BTCUSDT", "BINANCE"), "BTC", "USDT", D("0.01"), D("0.00001"), D("0.00001"),
+                 min_notional=D("10"))
+
+
+def check(qty, side=OrderSide.BUY, state=TradingState.ACTIVE, rails=None, now=0, paused=False):
+    (rails or RiskEngine(RiskConfig())).check(instrument=BTC, side=side, quantity=qty, price=PRICE,
+                                              trading_state=state, model_paused=paused, now_ns=now)
+
+
+def test_budget_10_gives_00035_denied_for_min_notional():
+    q = size_buy(D("10"), PRICE, BTC)
+    assert q == D("0.00035")
+    assert q * PRICE == D("9.7222230")
+    with pytest.raises(Denied) as e:
+        check(q)
+    assert e.value.code == DenialReason.MIN_NOTIONAL
+    assert "9.7222230" in e.value.message and "10" in e.value.message
+
+
+def test_budget_10_01_gives_00036_denied_as_unsellable():
+    q = size_buy(D("10.01"), PRICE, BTC)
+    assert q == D("0.00036")
+    assert q * PRICE == D("10.0000008")
+    assert sellable_after_fee(q, D("0.001"), BTC.step_size) == D("0.00035")
+    with pytest.raises(Denied) as e:
+        check(q)
+    assert e.value.code == DenialReason.UNSELLABLE_POSITION
+    assert "0.00035" in e.value.message and "9.7222230" in e.value.message
+
+
+def test_budget_12_gives_00043_accepted():
+    q = size_buy(D("12"), PRICE, BTC)
+    assert q == D("0.00043")
+    assert q * PRICE == D("11.9444454")
+    held = q - q * D("0.001")
+    assert held == D("0.00042957")
+    assert sellable_after_fee(q, D("0.001"), BTC.step_size) == D("0.00042")
+    assert D("0.00042") * PRICE == D("11.6666676")
+    check(q)  # no exception
+
+
+def test_halted_denies_everything_reducing_denies_buys():
+    with pytest.raises(Denied) as e:
+        check(D("0.001"), state=TradingState.HALTED)
+    assert e.value.code == DenialReason.TRADING_HALTED
+    with pytest.raises(Denied) as e:
+        check(D("0.001"), state=TradingState.REDUCING)
+    assert e.value.code == DenialReason.REDUCE_ONLY
+    check(D("0.001"), side=OrderSide.SELL, state=TradingState.REDUCING)
+
+
+def test_allow_list_max_notional_and_paused_model():
+    rails = RiskEngine(RiskConfig(allowed_symbols=frozenset({"ETHUSDT.BINANCE"})))
+    with pytest.raises(Denied) as e:
+        check(D("0.001"), rails=rails)
+    assert e.value.code == DenialReason.SYMBOL_NOT_ALLOWED
+    rails = RiskEngine(RiskConfig(max_order_notional=D("100")))
+    with pytest.raises(Denied) as e:
+        check(D("0.004"), rails=rails)  # 111.11112 > 100
+    assert e.value.code == DenialReason.MAX_NOTIONAL and "100" in e.value.message
+    with pytest.raises(Denied) as e:
+        check(D("0.001"), paused=True)
+    assert e.value.code == DenialReason.MODEL_PAUSED
+
+
+def test_throttle_counts_on_the_engine_clock():
+    rails = RiskEngine(RiskConfig(max_submits=3, window_ns=60_000_000_000))
+    for t in (0, 1, 2):
+        check(D("0.001"), rails=rails, now=t * 1_000_000_000)
+    with pytest.raises(Denied) as e:
+        check(D("0.001"), rails=rails, now=59_000_000_000)
+    assert e.value.code == DenialReason.THROTTLED
+    check(D("0.001"), rails=rails, now=60_000_000_001)  # the first submit left the window
