@@ -83,7 +83,7 @@ class KlineFile:
     """A validated kline file.
 
     Attributes:
-        path: the file as given to :func:`load_klines`.
+        path: the file as given to :func:`load_klines`, as a ``Path``.
         instrument_id: ``SYMBOL.VENUE``.
         symbol: the venue symbol, upper case (``BTCUSDT``).
         interval_ns: bar length in nanoseconds (from the file name, else the
@@ -94,7 +94,7 @@ class KlineFile:
             (missing bars, e.g. an exchange outage); for the caller to log.
     """
 
-    path: str
+    path: Path
     instrument_id: InstrumentId
     symbol: str
     interval_ns: int
@@ -355,4 +355,4 @@ def load_klines(path: str | Path, symbol: str | None = None, venue: str = "BINAN
         prev_ts, prev_line = ts, line
         bar_append(Bar(instrument_id, o, h, lo, c, v, ts, ts + interval, line))
 
-    return KlineFile(spath, instrument_id, sym, interval, bars, gaps)
+    return KlineFile(Path(path), instrument_id, sym, interval, bars, gaps)

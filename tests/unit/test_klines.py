@@ -63,6 +63,7 @@ def error_of(path: Path) -> str:
 def test_small_file_with_header(tmp_path: Path) -> None:
     p = write(tmp_path, "BTCUSDT-1m-2023-11-14.csv", HEADER + "\n".join(GOOD_ROWS) + "\n")
     kf = load_klines(p)
+    assert kf.path == p
     assert kf.symbol == "BTCUSDT"
     assert kf.instrument_id == InstrumentId("BTCUSDT", "BINANCE")
     assert kf.interval_ns == 60 * NS
