@@ -48,7 +48,7 @@ from core.orders import InvalidTransition, Order
 from core.portfolio import Portfolio
 from core.ports import FitExecutor, RegimeModel
 from core.risk import Denied, RiskEngine
-from core.router import RouterConfig, decide, model_budget
+from core.router import RouterConfig, decide, model_budget, target_quantity
 from core.store import Store, StoreError
 from core.values import ZERO, quantize_money
 
@@ -186,6 +186,7 @@ class Engine:
         self.trading_state = TradingState.ACTIVE
         self.paused: set[str] = set()
         self.targets: dict[tuple[str, InstrumentId], Decimal] = {}
+        self.target_qty: dict[tuple[str, InstrumentId], Decimal] = {}
         self.regimes: dict[tuple[str, InstrumentId], tuple[int, float]] = {}
         self.model_bars: dict[tuple[str, InstrumentId], int] = {}
         self.pending_fits: dict[tuple[str, InstrumentId], _PendingFit] = {}
@@ -346,15 +347,18 @@ class Engine:
             assert pf.future is not None
             try:
                 pf.result = await asyncio.wrap_future(pf.future)
-            except Exception as exc:  # a failed fit keeps the model unready
+            except Exception as exc:  # a failed fit keeps the previous state; a later window may fit
                 del self.pending_fits[key]
+                abandon = getattr(pf.model, "abandon_fit", None)
+                if abandon is not None:
+                    abandon()
                 self.alert("ERROR", "FIT_FAILED", f"{key[0]} {key[1]}: {exc}")
                 return
         del self.pending_fits[key]
         pf.model.apply_fit(pf.result)
         now = self.clock.timestamp_ns()
         r = pf.result
-        history = getattr(r, "history", None) or [float("nan")]
+        history = getattr(r, "log_likelihood", None) or [float("nan")]
         self.emit(ModelFitted(ts_event=now, ts_init=now, model_id=key[0], instrument_id=key[1],
                               n_iter=int(getattr(r, "n_iter", 0)), log_likelihood=repr(float(history[-1])),
                               converged=bool(getattr(r, "converged", True))))
@@ -385,6 +389,8 @@ class Engine:
                 self.regimes[key] = reg
             if self.targets.get(key) != target:
                 self.targets[key] = target
+                budget = model_budget(self.weights[model_id], self.config.router.capital, len(per_inst))
+                self.target_qty[key] = target_quantity(target, budget, bar.close, self.instruments[iid])
                 if trading:
                     now = self.clock.timestamp_ns()
                     self.emit(SignalGenerated(
@@ -424,12 +430,12 @@ class Engine:
                     continue
             if model_id in self.paused or self.trading_state == TradingState.HALTED:
                 continue
-            target = self.targets.get(key)
-            if target is None:
+            tq = self.target_qty.get(key)
+            if tq is None:
                 continue
-            budget = model_budget(self.weights[model_id], rc.capital, sum(1 for _ in per_inst))
+            budget = model_budget(self.weights[model_id], rc.capital, len(per_inst))
             pos = self.portfolio.position(model_id, iid).quantity
-            intent = decide(config=rc, instrument=inst, budget=budget, target=target, position=pos,
+            intent = decide(config=rc, instrument=inst, budget=budget, target_qty=tq, position=pos,
                             close=bar.close, cash_available=self.cash_available())
             if intent is None:
                 continue
@@ -535,6 +541,7 @@ class Engine:
             "models": {mid: {str(i): m.state_dict() for i, m in per.items()} for mid, per in self.models.items()},
             "model_bars": {f"{m}|{i}": n for (m, i), n in self.model_bars.items()},
             "targets": {f"{m}|{i}": format(t, "f") for (m, i), t in self.targets.items()},
+            "target_qty": {f"{m}|{i}": format(t, "f") for (m, i), t in self.target_qty.items()},
             "pending_fits": fits,
             "risk": self.risk.state_dict(),
             "trading_state": self.trading_state.value,
@@ -575,6 +582,7 @@ class Engine:
 
         self.model_bars = {split(k): int(n) for k, n in snap["model_bars"].items()}
         self.targets = {split(k): Decimal(t) for k, t in snap["targets"].items()}
+        self.target_qty = {split(k): Decimal(t) for k, t in snap["target_qty"].items()}
         for k, pf in snap["pending_fits"].items():
             key = split(k)
             mod, _, qual = pf["cls"].partition(":")
@@ -616,7 +624,7 @@ class Engine:
         per_model = {
             mid: {
                 "realized": format(pf.realized(mid), "f"),
-                "unrealized": format(pf.unrealized(mid), "f"),
+                "unrealized": format(quantize_money(pf.unrealized(mid)), "f"),
                 "fees": format(pf.fees(mid), "f"),
                 "fills": pf.fills(mid),
             }
@@ -632,7 +640,7 @@ class Engine:
             "denials": self.stats.denials,
             "fees": format(pf.fees(), "f"),
             "realized_pnl": format(pf.realized(), "f"),
-            "unrealized_pnl": format(pf.unrealized(), "f"),
+            "unrealized_pnl": format(quantize_money(pf.unrealized()), "f"),
             "equity_start": format(pf.equity_start, "f"),
             "equity_end": format(quantize_money(pf.equity()), "f"),
             "cash_end": format(self.venue.balance(quote), "f"),

@@ -47,10 +47,13 @@ class Position:
     fills: int = 0
 
     def unrealized(self, mark: Decimal | None) -> Decimal:
-        """``quantity * mark - cost`` in quote (0 when flat or no mark)."""
-        if mark is None or self.quantity == 0:
-            return ZERO if self.quantity == 0 else -self.cost
-        return quantize_money(self.quantity * mark - self.cost)
+        """``quantity * mark - cost`` in quote, exact (not quantized, so sums
+        over positions stay exact; quantize for display); 0 when flat."""
+        if self.quantity == 0:
+            return -self.cost
+        if mark is None:
+            return -self.cost
+        return self.quantity * mark - self.cost
 
     def to_dict(self) -> dict[str, str | int]:
         """JSON-ready state."""

@@ -67,12 +67,23 @@ def model_budget(weight: Decimal, capital: Decimal, n_instruments: int) -> Decim
     return weight * capital / n_instruments
 
 
+def target_quantity(target: Decimal, budget: Decimal, close: Decimal, instrument: Instrument) -> Decimal:
+    """The position a target stands for, fixed when the target is set:
+    ``size_buy(target × budget, close)`` base units (rounded down to the step).
+
+    Fixing the quantity at the signal, rather than re-valuing the target at
+    every close, keeps a held position from being trimmed and topped up each
+    time the price moves by the threshold (each trade costs a fee).
+    """
+    return size_buy(target * budget, instrument.round_price(close), instrument)
+
+
 def decide(
     *,
     config: RouterConfig,
     instrument: Instrument,
     budget: Decimal,
-    target: Decimal,
+    target_qty: Decimal,
     position: Decimal,
     close: Decimal,
     cash_available: Decimal,
@@ -81,30 +92,37 @@ def decide(
 
     Args:
         budget: quote the model may hold in this instrument.
-        target: fraction of the budget in [0, 1].
+        target_qty: the position the model's current target stands for
+            (base units, see :func:`target_quantity`).
         position: the model's own quantity held (base units).
         close: last close (quote per base unit), the limit price.
         cash_available: quote the desk can still spend (caps buys).
 
-    Returns None when the difference is below the threshold or rounds to
-    zero. Entries are not checked against min notional here: the rails do
-    that, and record a denial.
+    Returns None when the difference, valued at ``close``, is below the
+    threshold (max of min notional and ``threshold_fraction`` × budget), or
+    rounds to zero. A target of zero sells everything sellable (a multiple
+    of the step) even when that is below the threshold but above min
+    notional. Entries are not checked against min notional here: the rails
+    do that, and record a denial.
     """
     price = instrument.round_price(close)
-    current = position * price
-    desired = target * budget
-    delta = desired - current
+    delta_qty = target_qty - position
     threshold = max(instrument.min_notional, budget * config.threshold_fraction)
-    if abs(delta) < threshold:
-        if not (target == 0 and position > 0 and floor_to_step(position, instrument.step_size) * price >= instrument.min_notional):
-            return None
-        delta = -current  # flat target: sell what can be sold, even if small
+    flat_exit = (
+        target_qty == 0 and position > 0
+        and floor_to_step(position, instrument.step_size) * price >= instrument.min_notional
+    )
+    if abs(delta_qty) * price < threshold and not flat_exit:
+        return None
     limit = price if config.order_type == OrderType.LIMIT else None
-    if delta > 0:
-        qty = size_buy(min(delta, max(cash_available, ZERO)), price, instrument)
+    if delta_qty > 0:
+        spend = min(delta_qty * price, max(cash_available, ZERO))
+        if spend < threshold:
+            return None  # the desk's cash, not the model, is the limit: nothing worth sending
+        qty = size_buy(spend, price, instrument)
         side = OrderSide.BUY
     else:
-        qty = size_sell(position, position * price if target == 0 else -delta, price, instrument)
+        qty = size_sell(position, -delta_qty * price, price, instrument)
         side = OrderSide.SELL
     if qty <= 0:
         return None

@@ -40,9 +40,9 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _speed(text: str) -> float | None:
+def _speed(text: str) -> float | str:
     if text == "max":
-        return None
+        return "max"
     try:
         v = float(text)
     except ValueError:
@@ -84,7 +84,7 @@ def make_parser() -> argparse.ArgumentParser:
                      help="Binance kline CSV to replay (repeatable)")
     run.add_argument("--symbol", help="symbol of a single --data file (default: from its name)")
     run.add_argument("--exchange-info", type=Path, help="Binance exchangeInfo JSON for the filters")
-    run.add_argument("--speed", type=_speed, default="unset", help="bar steps per second, or 'max'")
+    run.add_argument("--speed", type=_speed, default=None, help="bar steps per second, or 'max'")
     run.add_argument("--bars", type=_positive_int, help="stop after N bars (all instruments)")
     run.add_argument("--headless", action="store_true", help="no UI: progress on stderr, summary on stdout")
     run.add_argument("--order-type", choices=["LIMIT", "MARKET"], default="LIMIT")
@@ -119,7 +119,7 @@ def _options(args: Any, state_dir: Path) -> Any:
 
     if args is None:
         return RunOptions(state_dir=state_dir)
-    speed = None if args.speed == "unset" else args.speed
+    speed = None if args.speed in (None, "max") else args.speed
     return RunOptions(
         data=list(args.data), symbol=args.symbol.upper() if args.symbol else None,
         exchange_info=args.exchange_info, speed=speed, bars=args.bars, state_dir=state_dir,

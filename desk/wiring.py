@@ -65,11 +65,19 @@ class RunOptions:
 
 
 def default_model_specs() -> list[tuple[ModelSpec, dict[str, Any]]]:
-    """The two default models: ``hmm_v1`` (3 states, weight 0.9, live) and
-    ``hmm_v2_canary`` (2 states, another threshold, weight 0.1, canary)."""
+    """The two default models.
+
+    ``hmm_v1`` (live, weight 0.9): 3 states; long when the posterior's
+    expected return per unit of volatility exceeds 0.05 per bar, flat again
+    when it falls to -0.05 (hysteresis against flip-flopping on fees).
+    ``hmm_v2_canary`` (canary, weight 0.1): 2 states, judged relative to its
+    fit's long-run average (``relative``), long above 0, flat at -0.01.
+    """
     return [
-        (ModelSpec("hmm_v1", Decimal("0.9"), "live"), {"n_states": 3, "random_state": 42}),
-        (ModelSpec("hmm_v2_canary", Decimal("0.1"), "canary"), {"n_states": 2, "random_state": 7, "threshold": 0.0}),
+        (ModelSpec("hmm_v1", Decimal("0.9"), "live"),
+         {"n_states": 3, "random_state": 42, "threshold": 0.05, "exit_threshold": -0.05}),
+        (ModelSpec("hmm_v2_canary", Decimal("0.1"), "canary"),
+         {"n_states": 2, "random_state": 7, "threshold": 0.0, "exit_threshold": -0.01, "relative": True}),
     ]
 
 

@@ -117,6 +117,18 @@ class HmmConfig:
             drift relative to its own noise before it buys.
         max_fraction: target fraction of the budget when long, in [0, 1]
             (default 1.0; spot is long-only).
+        exit_threshold: hysteresis: once long, the policy stays long while
+            the ratio is strictly above this (<= ``threshold``); None (the
+            default) exits as soon as the ratio falls to ``threshold``. A
+            band between entry and exit keeps a posterior hovering near the
+            threshold from flipping the target every bar (each flip costs
+            two fees).
+        relative: when True the ratio is measured against the fit's
+            long-run baseline ``sum_k pi_k * means_ret[k] / vols[k]`` (pi the
+            stationary distribution of the transition matrix), so the policy
+            is long in regimes better than the model's average even when
+            every regime of the fit window drifted down. False (default):
+            the ratio is absolute.
 
     Raises:
         ValueError: naming the field when a value is out of range.
@@ -131,6 +143,8 @@ class HmmConfig:
     random_state: int = 42
     threshold: float = 0.02
     max_fraction: float = 1.0
+    exit_threshold: float | None = None
+    relative: bool = False
 
     def __post_init__(self) -> None:
         def _int(name: str, minimum: int) -> None:
@@ -148,12 +162,22 @@ class HmmConfig:
                 f"HmmConfig.covariance_type: expected one of {_COVARIANCE_TYPES}, "
                 f"got {self.covariance_type!r}"
             )
+        if not isinstance(self.relative, bool):
+            raise ValueError(f"HmmConfig.relative: expected true or false, got {self.relative!r}")
         for name in ("tol", "threshold", "max_fraction"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"HmmConfig.{name}: expected a finite number, got {v!r}")
         if self.tol <= 0:
             raise ValueError(f"HmmConfig.tol: must be > 0, got {self.tol!r}")
+        if self.exit_threshold is not None:
+            v = self.exit_threshold
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"HmmConfig.exit_threshold: expected a finite number or None, got {v!r}")
+            if v > self.threshold:
+                raise ValueError(
+                    f"HmmConfig.exit_threshold: must be <= threshold {self.threshold!r}, got {v!r}"
+                )
         if not 0 <= self.max_fraction <= 1:
             raise ValueError(f"HmmConfig.max_fraction: must be in [0, 1], got {self.max_fraction!r}")
 
@@ -475,6 +499,27 @@ class FilterParams:
         return int(self.log_startprob.shape[0])
 
 
+def stationary_baseline(params: FitResult) -> float:
+    """Long-run average of the per-state ratio ``means_ret[k] / vols[k]``
+    weighted by the stationary distribution pi of the transition matrix
+    (the left eigenvector of eigenvalue 1, ``pi A = pi``, normalized to sum 1;
+    Rabiner 1989 section II).
+
+    Raises:
+        ValueError: when pi cannot be found (no eigenvalue 1, non-finite).
+    """
+    a = np.asarray(params.transmat, dtype=np.float64)
+    w, v = np.linalg.eig(a.T)
+    k = int(np.argmin(np.abs(w - 1.0)))
+    pi = np.real(v[:, k])
+    pi = pi / pi.sum()
+    if not (abs(w[k] - 1.0) < 1e-8 and np.all(np.isfinite(pi))):
+        raise ValueError("stationary_baseline: transition matrix has no stationary distribution")
+    means = np.asarray(params.means, dtype=np.float64)[:, 0]
+    vols = np.sqrt(np.asarray(params.covars, dtype=np.float64)[:, 0, 0])
+    return float(np.clip(pi, 0.0, 1.0) @ (means / vols))
+
+
 def prepare_filter(params: FitResult) -> FilterParams:
     """Precompute the forward filter's constants for one fit.
 
@@ -605,6 +650,9 @@ def policy_target(
     vols: Sequence[float] | np.ndarray,
     threshold: float,
     max_fraction: float,
+    exit_threshold: float | None = None,
+    long: bool = False,
+    baseline: float = 0.0,
 ) -> Decimal:
     """The policy: target fraction of the budget from a posterior.
 
@@ -618,6 +666,12 @@ def policy_target(
         vols: (K,) return standard deviation per bar of each state (> 0).
         threshold: per-bar return/volatility ratio above which to be long.
         max_fraction: fraction when long, in [0, 1].
+        exit_threshold: when ``long`` (the previous target was long), stay
+            long while ``mu / sigma > exit_threshold``; None means
+            ``threshold`` (no hysteresis).
+        long: whether the previous target was long.
+        baseline: subtracted from ``mu / sigma`` before the comparison (see
+            ``HmmConfig.relative`` and ``stationary_baseline``).
 
     Returns:
         ``Decimal(repr(max_fraction))`` or 0, quantized (down) to 0.0001.
@@ -634,7 +688,8 @@ def policy_target(
     sigma = float(p @ vr)
     if not (math.isfinite(mu) and math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"policy_target: undefined ratio mu={mu!r} sigma={sigma!r}")
-    frac = float(max_fraction) if mu / sigma > threshold else 0.0
+    bar = threshold if not long or exit_threshold is None else exit_threshold
+    frac = float(max_fraction) if mu / sigma - baseline > bar else 0.0
     return Decimal(repr(frac)).quantize(FRACTION_QUANTUM, rounding=ROUND_DOWN)
 
 
@@ -691,6 +746,9 @@ class HmmRegimeModel:
         self._fit: FitResult | None = None
         self._fp: FilterParams | None = None
         self._log_alpha: np.ndarray | None = None
+        self._long = False
+        self._target: Decimal | None = None
+        self._baseline = 0.0
 
     # -- RegimeModel -------------------------------------------------------------
 
@@ -728,6 +786,19 @@ class HmmRegimeModel:
             self._history_start += 1
         if self._fp is not None:
             self._log_alpha = forward_step(self._log_alpha, np.array(row), self._fp)
+            self._update_target()
+
+    def _update_target(self) -> None:
+        """Recompute the cached target after the posterior moved (once per
+        bar), carrying the long/flat state the hysteresis needs."""
+        if self._fp is None or self._log_alpha is None:
+            self._target = None
+            return
+        self._target = policy_target(
+            np.exp(self._log_alpha), self._fp.means_ret, self._fp.vol_ret, self.cfg.threshold,
+            self.cfg.max_fraction, self.cfg.exit_threshold, self._long, self._baseline,
+        )
+        self._long = self._target > 0
 
     def fit_due(self) -> bool:
         """True once ``warmup`` feature rows exist and no fit is installed or
@@ -779,6 +850,8 @@ class HmmRegimeModel:
             la = forward_step(la, np.array(row), fp)
         self._fit, self._fp, self._log_alpha = fit, fp, la
         self._in_flight = False
+        self._baseline = stationary_baseline(fit) if self.cfg.relative else 0.0
+        self._update_target()
 
     def abandon_fit(self) -> None:
         """Forget a pending fit (e.g. its job raised ``HmmFitError``): the
@@ -805,9 +878,7 @@ class HmmRegimeModel:
         (see ``policy_target``); None while not ready."""
         if self._fp is None or self._log_alpha is None:
             return None
-        return policy_target(
-            np.exp(self._log_alpha), self._fp.means_ret, self._fp.vol_ret, self.cfg.threshold, self.cfg.max_fraction
-        )
+        return self._target
 
     def regime(self) -> tuple[int, float] | None:
         """(most likely canonical state, 0 = lowest return variance; its
@@ -837,6 +908,8 @@ class HmmRegimeModel:
             "history_start": self._history_start,
             "history": [list(r) for r in self._history],
             "pending": self._window_chosen and self._fit is None,
+            "long": self._long,
+            "target": None if self._target is None else format(self._target, "f"),
             "fit": None if self._fit is None else self._fit.to_dict(),
             "log_alpha": None if self._log_alpha is None else _enc_floats(self._log_alpha),
         }
@@ -882,6 +955,10 @@ class HmmRegimeModel:
         self._window_chosen = bool(state["pending"]) or fit is not None
         self._in_flight = False
         self._fit, self._fp, self._log_alpha = fit, fp, la
+        self._long = bool(state.get("long", False))
+        self._baseline = stationary_baseline(fit) if (self.cfg.relative and fit is not None) else 0.0
+        target = state.get("target")
+        self._target = None if target is None or fp is None else Decimal(target)
 
     # -- read-only views (UI, tests, benches) ----------------------------------
 

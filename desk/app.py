@@ -1,0 +1,660 @@
+"""The desk on screen: the Textual app around the engine (issue 3,
+DESIGN.md section 6).
+
+``run_app(opts)`` builds the engine through ``desk.wiring.build`` (the same
+wiring as the headless runner) and runs :class:`DeskApp` on it. The engine
+runs in a Textual worker on the app's event loop; the HMM fits run in the
+fit worker process (``models.executor``), so the loop never waits on them.
+
+How the screen follows the engine:
+
+* discrete facts (order events, trading-state and model-state changes,
+  alerts) arrive through a bus subscription (``desk.link.EngineLink``) and
+  reach the panes in the same event-loop turn, batched;
+* continuous figures (prices, regimes, PnL, allocations, the header clock)
+  are sampled from the engine at most 10 times a second by a timer, and
+  only changed cells are redrawn.
+
+Governance is reached only through ``engine.governance``: the kill switch
+(``ctrl+k`` twice within 2 s of the injected wall clock, or the alternate
+key ``ctrl+backslash`` for terminals that take ``ctrl+k``), ``p`` (pause or
+resume the selected model), the command palette's "Resume trading" (with a
+confirmation, Cancel focused) and "Halt trading", the quit question, and
+``SIGHUP``.
+
+Start-up imports neither hmmlearn nor ccxt: hmmlearn is imported only in the
+fit worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer
+from textual.worker import Worker
+
+from core.clock import Clock, MonotonicClock
+from core.enums import TradingState
+from core.errors import EXIT_OK, DeskError
+from core.events import Event, OrderEvent
+from desk.commands import DeskCommands
+from desk.killswitch import KillSwitch
+from desk.link import EngineLink
+from desk.screens import ConfirmScreen, HelpScreen, QuitScreen
+from desk.widgets.alerts import AlertsPane
+from desk.widgets.allocations import AllocationsPane
+from desk.widgets.header import DeskHeader, HaltBanner, HeaderInfo
+from desk.widgets.market import MarketPane
+from desk.widgets.models import ModelsPane
+from desk.widgets.orders import OrdersPane
+from desk.widgets.positions import PositionsPane
+from themes import DEFAULT_THEME, DESK_TCSS, THEMES, VARIABLE_DEFAULTS
+
+log = logging.getLogger("desk.app")
+
+#: bar steps per second when the app opens without --speed
+DEFAULT_SPEED = 10.0
+#: the speeds ``+`` and ``-`` step through (None = as fast as possible)
+SPEED_LADDER: tuple[float | None, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, None)
+#: the continuous figures' sampling period (10 Hz)
+SAMPLE_INTERVAL_S = 0.1
+#: the kill switch's key and its alternate (for terminals that take ctrl+k;
+#: ctrl+\ reaches the app in tmux, screen and over SSH because Textual turns
+#: ISIG off, so it never raises SIGQUIT while the app runs)
+HALT_KEY = "ctrl+k"
+ALT_HALT_KEY = "ctrl+backslash"
+#: who the app's governance commands are recorded as
+WHO = "tui"
+
+PANES = ("market", "orders", "positions", "models", "allocations", "alerts")
+
+
+class DeskApp(App[int]):
+    """The desk's Textual app over one engine.
+
+    Args:
+        engine: a ``core.engine.Engine``, built and not yet running.
+        wall_clock: the clock of human timings (only the kill switch's 2 s
+            double-press window); ``MonotonicClock`` by default, a
+            ``TestClock`` in tests. Never the engine clock.
+        speed: bar steps per second (None = as fast as possible).
+        warm_up: run ``engine.warm_up()`` first (a new run, not a continued one).
+        autostart: start the engine worker on mount (tests may drive the
+            engine themselves).
+        mode: ``PAPER`` or ``LIVE`` (the header).
+        market: what the header names as the market (``SIM``, ``replay …``).
+        max_bars: stop the engine after this many bars (None = until quit).
+        sample_interval: seconds between samples of the continuous figures.
+        install_signals: handle SIGHUP (and SIGTERM) on the app's loop.
+    """
+
+    CSS_PATH = DESK_TCSS
+    TITLE = "nautilus-hmm desk"
+    COMMANDS = App.COMMANDS | {DeskCommands}
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(HALT_KEY, "kill_switch", "Halt (×2)", id="halt-trading", priority=True,
+                tooltip="Press twice within 2 s: HALTED, every working order canceled"),
+        Binding(ALT_HALT_KEY, "kill_switch", "Halt (×2, alternate key)", id="halt-trading-alt", priority=True,
+                show=False, tooltip="Same as ctrl+k, for terminals that take ctrl+k"),
+        Binding("question_mark,f1", "help", "Help", id="help"),
+        Binding("colon", "command_palette", "Commands", id="command-palette", show=False),
+        Binding("slash", "filter_orders", "Filter", id="filter-orders"),
+        Binding("p", "toggle_model", "Pause model", id="pause-model"),
+        Binding("plus,equals_sign", "speed_up", "Faster", id="speed-up", key_display="+"),
+        Binding("minus", "slow_down", "Slower", id="slow-down", key_display="-"),
+        Binding("1", "focus_pane('market')", "Market", id="focus-market", show=False),
+        Binding("2", "focus_pane('orders')", "Orders", id="focus-orders", show=False),
+        Binding("3", "focus_pane('positions')", "Positions", id="focus-positions", show=False),
+        Binding("4", "focus_pane('models')", "Models", id="focus-models", show=False),
+        Binding("5", "focus_pane('allocations')", "Allocations", id="focus-allocations", show=False),
+        Binding("6", "focus_pane('alerts')", "Alerts", id="focus-alerts", show=False),
+        Binding("q", "quit", "Quit", id="quit"),
+    ]
+
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        wall_clock: Clock | None = None,
+        speed: float | None = DEFAULT_SPEED,
+        warm_up: bool = False,
+        autostart: bool = True,
+        mode: str = "PAPER",
+        market: str | None = None,
+        max_bars: int | None = None,
+        sample_interval: float = SAMPLE_INTERVAL_S,
+        install_signals: bool = True,
+    ) -> None:
+        super().__init__()
+        for theme in THEMES:
+            self.register_theme(theme)
+        self.theme = DEFAULT_THEME
+        self.engine = engine
+        self.wall_clock = wall_clock or MonotonicClock()
+        self.kill = KillSwitch(self.wall_clock)
+        self.needs_warm_up = warm_up
+        self.autostart = autostart
+        self.mode = mode
+        self.market = market or ", ".join(sorted({i.venue for i in engine.instruments}))
+        self.max_bars = max_bars
+        self.sample_interval = sample_interval
+        self.install_signals = install_signals
+        self.status = "idle"
+        self.halt_reason = ""
+        self.working: dict[str, Any] = {o.client_order_id: o for o in engine.orders.values() if o.is_working}
+        self.link = EngineLink(engine, self._on_events)
+        self.link.set_speed(speed)
+        self.engine_worker: Worker[None] | None = None
+        self.engine_failed: BaseException | None = None
+        self.warmed = not warm_up
+        self.run_ended_cleanly = False
+        self.hangup = False
+        self.finalized = False
+        self._quitting = False
+        self._dirty = True
+        self._last_sample_key: tuple[Any, ...] | None = None
+        self._signals: list[int] = []
+        self.last_halt_count: int | None = None
+        self.header = DeskHeader(id="header")
+        self.banner = HaltBanner(id="banner")
+        self.market_pane = MarketPane()
+        self.orders_pane = OrdersPane()
+        self.positions_pane = PositionsPane()
+        self.models_pane = ModelsPane()
+        self.allocations_pane = AllocationsPane()
+        self.alerts_pane = AlertsPane()
+
+    # ------------------------------------------------------------ layout
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        """The desk's own theme variables (``$pnl-up``, ``$pnl-down`` …)."""
+        return dict(VARIABLE_DEFAULTS)
+
+    def compose(self) -> ComposeResult:
+        """Header, banner, the six panes in two columns, footer."""
+        yield self.header
+        yield self.banner
+        with Horizontal(id="panes"):
+            with Vertical(id="left"):
+                yield self.market_pane
+                yield self.orders_pane
+                yield self.alerts_pane
+            with Vertical(id="right"):
+                yield self.models_pane
+                yield self.allocations_pane
+                yield self.positions_pane
+        yield Footer()
+
+    def pane(self, name: str) -> Any:
+        """A pane by name (``market``, ``orders``, ``positions``, ``models``,
+        ``allocations``, ``alerts``)."""
+        return getattr(self, f"{name}_pane")
+
+    def on_mount(self) -> None:
+        """Fill the panes, start sampling, install signal handlers, start the engine."""
+        e = self.engine
+        self.market_pane.setup(e)
+        self.orders_pane.setup(e)
+        self.positions_pane.setup(e)
+        self.models_pane.setup(e, self.link.stats)
+        self.allocations_pane.setup(e, self.working.values())
+        if e.trading_state == TradingState.HALTED:
+            self.halt_reason = "restored"
+        self.sample(force=True)
+        self.set_interval(self.sample_interval, self.sample, name="sampler")
+        if self.install_signals:
+            self._install_signal_handlers()
+        self.models_pane.focus_target.focus()
+        if self.autostart:
+            self.start_engine()
+        self.call_after_refresh(gc.freeze)
+
+    def on_unmount(self) -> None:
+        """Remove the signal handlers and the bus subscription."""
+        try:
+            loop = asyncio.get_running_loop()
+            for sig in self._signals:
+                loop.remove_signal_handler(sig)
+        except RuntimeError:
+            pass
+        self._signals.clear()
+
+    # ------------------------------------------------------------ engine
+    def start_engine(self) -> Worker[None]:
+        """Run the engine in a worker (warm-up first for a new run)."""
+        self.engine_worker = self.run_worker(self._engine_main(), name="engine", group="engine",
+                                             exclusive=True, exit_on_error=False)
+        return self.engine_worker
+
+    async def _engine_main(self) -> None:
+        e = self.engine
+        try:
+            if self.needs_warm_up:
+                self.status = "warming up models"
+                self._dirty = True
+                await e.warm_up()
+                e.flush()
+                self.needs_warm_up = False
+                self.warmed = True
+                gc.freeze()
+            self.status = "running"
+            self._dirty = True
+            self.link.pacer.run_started(e.stats.steps)
+            await e.run(max_bars=self.max_bars)
+            self.run_ended_cleanly = True
+            self.status = "finished" if e.stats.finished else "stopped"
+            self._dirty = True
+        except asyncio.CancelledError:
+            self.status = "stopped"
+            raise
+        except Exception as exc:  # the engine failing must not take the screen down
+            await self._engine_failed(exc)
+
+    async def _engine_failed(self, exc: BaseException) -> None:
+        """The engine raised: alert, halt through governance, stay readable."""
+        e = self.engine
+        self.engine_failed = exc
+        self.status = "engine failed"
+        self._dirty = True
+        msg = f"{type(exc).__name__}: {exc}"
+        log.error("engine failed: %s", msg, exc_info=exc)
+        try:
+            e.alert("ERROR", "ENGINE_FAILED", f"the engine stopped: {msg}; trading halted")
+        except Exception:  # the store itself may be what failed
+            self.alerts_pane.add(e.clock.timestamp_ns(), "ERROR", "ENGINE_FAILED", f"the engine stopped: {msg}")
+        try:
+            await e.governance.halt("engine", f"engine failed: {msg}")
+        except Exception as exc2:
+            e.trading_state = TradingState.HALTED
+            self.alerts_pane.add(e.clock.timestamp_ns(), "ERROR", "HALT_INCOMPLETE",
+                                 f"halt could not be journaled: {type(exc2).__name__}: {exc2}")
+        self.halt_reason = "engine failed"
+        self.link.drain()
+        self.sample(force=True)
+
+    async def stop_engine(self) -> None:
+        """Ask the engine to stop after its current step and wait for it
+        (``run`` then checkpoints). A warm-up in progress is cancelled."""
+        self.engine.stop()
+        w = self.engine_worker
+        if w is None or not w.is_running:
+            return
+        if not self.warmed:
+            w.cancel()
+            return
+        try:
+            await w.wait()
+        except Exception:  # a failed or cancelled worker: finalize() flushes
+            pass
+
+    def finalize(self) -> None:
+        """Persist on the way out (idempotent): after a clean stop the
+        engine's checkpoint (and, for a finished replay, its stored
+        summary, as the headless runner writes it); otherwise a flush of
+        what the store holds."""
+        if self.finalized:
+            return
+        self.finalized = True
+        e = self.engine
+        try:
+            if self.run_ended_cleanly and self.engine_failed is None:
+                e.checkpoint()
+                if e.stats.finished:
+                    summary = e.summary(0.0, 0)
+                    e.store.meta_set("status", "finished")
+                    e.store.meta_set("summary", json.dumps({**summary, "wall_s": None, "bars_per_s": None},
+                                                           sort_keys=True))
+                    e.flush()
+            else:
+                e.flush()
+        except Exception as exc:
+            log.error("could not persist on exit: %s", exc)
+        self.link.close()
+
+    # ------------------------------------------------------------ events
+    def _on_events(self, batch: list[Event]) -> None:
+        """A batch of engine events (same event-loop turn as published)."""
+        orders = self.orders_pane
+        alerts = self.alerts_pane
+        engine_orders = self.engine.orders
+        state_changed = False
+        for ev in batch:
+            if isinstance(ev, OrderEvent):
+                order = engine_orders.get(ev.client_order_id)
+                if order is not None:
+                    if order.is_working:
+                        self.working[order.client_order_id] = order
+                    else:
+                        self.working.pop(order.client_order_id, None)
+                    orders.order_changed(order)
+            else:
+                t = ev.type
+                if t == "TradingStateChanged":
+                    state_changed = True
+                    self.halt_reason = ev.reason if ev.state == "HALTED" else ""  # type: ignore[attr-defined]
+                elif t == "ModelStateChanged":
+                    state_changed = True
+                alerts.add_event(ev)
+        orders.end_batch()
+        self._dirty = True
+        if state_changed:
+            self.sample(force=True)
+
+    # ------------------------------------------------------------ sampling
+    def sample(self, force: bool = False) -> None:
+        """Sample the continuous figures (the 10 Hz timer); redraw only
+        when the engine moved or an event arrived."""
+        if self.kill.expire():
+            force = True
+        e = self.engine
+        self.header.show(HeaderInfo(
+            mode=self.mode, market=self.market, clock_ns=e.clock.timestamp_ns(), speed=e.speed,
+            state=e.trading_state.value, status=self.status, bars=e.stats.bars, working=len(self.working),
+        ))
+        self.banner.set_state(e.trading_state == TradingState.HALTED, self.kill.armed, HALT_KEY, self.halt_reason)
+        key = (e.stats.steps, e.stats.warmup_bars, len(e.portfolio.positions))
+        if not force and not self._dirty and key == self._last_sample_key:
+            return
+        self._last_sample_key = key
+        self._dirty = False
+        self.market_pane.sample(e)
+        self.positions_pane.sample(e)
+        self.models_pane.sample(e, self.link.stats)
+        self.allocations_pane.sample(e, self.working.values())
+
+    # ------------------------------------------------------------ governance
+    def action_kill_switch(self) -> None:
+        """``ctrl+k`` (or the alternate key): the first press arms, a second
+        press within 2 s of the wall clock halts."""
+        if self.kill.press():
+            self.run_worker(self.halt(WHO, "kill switch: ctrl+k pressed twice"), name="halt",
+                            group="governance", exit_on_error=False)
+        self.sample(force=True)
+
+    def action_halt_now(self) -> None:
+        """Halt at once (the palette's "Halt trading")."""
+        self.run_worker(self.halt(WHO, "halt from the command palette"), name="halt", group="governance",
+                        exit_on_error=False)
+
+    async def halt(self, who: str, reason: str) -> int:
+        """HALTED and every working order canceled, through governance.
+        Returns the number of cancels sent."""
+        n = await self.engine.governance.halt(who, reason)
+        self.last_halt_count = n
+        self.link.drain()
+        self.sample(force=True)
+        return n
+
+    async def wait_governance(self) -> None:
+        """Wait for governance commands started by keys (tests, bench)."""
+        workers = [w for w in self.workers if w.group == "governance"]
+        if workers:
+            await self.workers.wait_for_complete(workers)
+
+    def action_resume_trading(self) -> None:
+        """Ask, then resume trading (the palette's "Resume trading")."""
+        if self.engine.trading_state == TradingState.ACTIVE:
+            self.notify("Trading is ACTIVE: nothing to resume.", title="Resume trading")
+            return
+        working = len(self.working)
+        paused = sorted(self.engine.paused)
+        body = (f"The desk is {self.engine.trading_state.value}"
+                + (f" ({self.halt_reason})" if self.halt_reason else "")
+                + ". Resuming lets every model trade again"
+                + (f" (paused models stay paused: {', '.join(paused)})" if paused else "")
+                + f". Working orders now: {working}.")
+
+        def done(ok: bool | None) -> None:
+            if ok:
+                self.engine.governance.resume(WHO, "operator resume from the command palette")
+                self.link.drain()
+                self.sample(force=True)
+                self.notify("Trading resumed: ACTIVE.", title="Resume trading")
+
+        self.push_screen(ConfirmScreen("Resume trading?", body, "Resume trading"), done)
+
+    def set_model_paused(self, model_id: str, paused: bool) -> None:
+        """Pause or resume a model through governance."""
+        gov = self.engine.governance
+        if paused:
+            gov.pause_model(model_id, WHO, "paused from the desk")
+        else:
+            gov.resume_model(model_id, WHO, "resumed from the desk")
+        self.link.drain()
+        self.sample(force=True)
+        self.notify(f"{model_id} {'paused: no new exposure' if paused else 'resumed'}.", title="Model")
+
+    def action_toggle_model(self) -> None:
+        """``p``: pause or resume the model selected in the models pane."""
+        mid = self.models_pane.selected_model()
+        if mid is None:
+            self.notify("Select a model in the models pane (4) first.", severity="warning")
+            return
+        self.set_model_paused(mid, mid not in self.engine.paused)
+
+    # ------------------------------------------------------------ keys
+    def action_focus_pane(self, name: str) -> None:
+        """``1``-``6``: focus a pane."""
+        self.pane(name).focus_target.focus()
+
+    def action_filter_orders(self) -> None:
+        """``/``: open the orders filter."""
+        self.orders_pane.open_filter()
+
+    def action_speed_up(self) -> None:
+        """``+``: the next faster speed."""
+        self.link.set_speed(faster(self.engine.speed))
+        self.sample(force=True)
+
+    def action_slow_down(self) -> None:
+        """``-``: the next slower speed."""
+        self.link.set_speed(slower(self.engine.speed))
+        self.sample(force=True)
+
+    def help_rows(self) -> list[tuple[str, str, str]]:
+        """``(keys, description, id)`` for every binding of the desk."""
+        rows = []
+        by_id: dict[str, list[str]] = {}
+        descs: dict[str, str] = {}
+        order: list[str] = []
+        for b in self.BINDINGS:
+            assert isinstance(b, Binding)
+            bid = b.id or b.action
+            for key in b.key.split(","):
+                shown = self.get_key_display(Binding(key.strip(), b.action, key_display=b.key_display))
+                by_id.setdefault(bid, []).append(shown)
+            if bid not in descs:
+                order.append(bid)
+            descs[bid] = b.tooltip or b.description
+        for bid in order:
+            rows.append((" ".join(dict.fromkeys(by_id[bid])), descs[bid], bid))
+        rows += [
+            (self.get_key_display(Binding("ctrl+p", "")) + " :", "Command palette: Resume trading, Halt trading, "
+             "pause/resume a model, speed, theme", "command-palette"),
+            (self.get_key_display(Binding("ctrl+q", "")), "Quit (asks while orders are working)", "quit"),
+            (self.get_key_display(Binding("ctrl+c", "")), "Does not quit: tells how to quit", "help-quit"),
+            ("tab shift+tab", "Next / previous widget", "focus-next"),
+            ("escape", "Close the filter, a dialog or this help", "close"),
+        ]
+        return rows
+
+    def action_help(self) -> None:
+        """``?``: the help screen."""
+        notes = [
+            f"Kill switch: {HALT_KEY} twice within 2 s halts (HALTED, every working order canceled). "
+            f"The first press only arms it; it disarms after 2 s. Where the terminal takes {HALT_KEY} "
+            f"(some terminal emulators and editors bind it), {ALT_HALT_KEY.replace('backslash', chr(92))} "
+            "does the same; it works under tmux and over SSH.",
+            "Resume after a halt: command palette (ctrl+p) → Resume trading, then confirm.",
+            "Profit is blue and marked +, loss orange and marked -.",
+        ]
+        self.push_screen(HelpScreen(self.help_rows(), notes))
+
+    def action_help_quit(self) -> None:
+        """``ctrl+c`` never quits silently: say how to quit."""
+        self.notify("Press [b]q[/b] (or ctrl+q) to quit. ctrl+k twice halts trading.",
+                    title="Do you want to quit?")
+
+    async def action_quit(self) -> None:
+        """``q`` / ``ctrl+q``: with working orders ask first (Cancel
+        focused), with none quit at once."""
+        if self._quitting:
+            return
+        n = len(self.working)
+        if n:
+            if isinstance(self.screen, QuitScreen):
+                return
+
+            async def chosen(choice: str | None) -> None:
+                if choice == "halt":
+                    await self.shutdown(halt=True)
+                elif choice == "leave":
+                    await self.shutdown(halt=False)
+
+            self.push_screen(QuitScreen(n), chosen)
+            return
+        await self.shutdown(halt=False)
+
+    async def shutdown(self, halt: bool, who: str = WHO, reason: str = "halt and quit") -> None:
+        """Quit: optionally halt first, stop the engine, persist, exit."""
+        self._quitting = True
+        if halt:
+            await self.halt(who, reason)
+        await self.stop_engine()
+        self.finalize()
+        self.exit(EXIT_OK)
+
+    # ------------------------------------------------------------ signals
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig, handler in ((signal.SIGHUP, self.on_sighup), (signal.SIGTERM, self.on_sigterm)):
+            try:
+                loop.add_signal_handler(sig, handler)
+                self._signals.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+    def on_sighup(self) -> None:
+        """The terminal went away: halt (who="sighup"), cancel the working
+        orders, flush, exit."""
+        if self.hangup:
+            return
+        self.hangup = True
+        log.warning("SIGHUP: the terminal went away; halting")
+        asyncio.get_running_loop().create_task(
+            self.shutdown(halt=True, who="sighup", reason="terminal hung up (SIGHUP)"))
+
+    def on_sigterm(self) -> None:
+        """SIGTERM: stop cleanly (checkpoint), like the headless runner;
+        working orders stay."""
+        if not self._quitting:
+            asyncio.get_running_loop().create_task(self.shutdown(halt=False))
+
+
+def faster(speed: float | None) -> float | None:
+    """The next speed up the ladder (None = max stays max)."""
+    if speed is None:
+        return None
+    for v in SPEED_LADDER[:-1]:
+        if v is not None and v > speed:
+            return v
+    return None
+
+
+def slower(speed: float | None) -> float | None:
+    """The next speed down the ladder (the slowest stays)."""
+    finite = [v for v in SPEED_LADDER if v is not None]
+    if speed is None:
+        return finite[-1]
+    lower = [v for v in finite if v < speed]
+    return lower[-1] if lower else finite[0]
+
+
+def make_app(built: Any, *, wall_clock: Clock | None = None, speed: float | None = DEFAULT_SPEED,
+             max_bars: int | None = None, **kwargs: Any) -> DeskApp:
+    """The app over a ``desk.wiring.Built`` (warm-up when the run is new).
+
+    Args:
+        built: what ``desk.wiring.build`` returned.
+        wall_clock: the kill switch's clock (default monotonic).
+        speed: bar steps per second, None for max.
+        max_bars: stop the engine after this many bars.
+        kwargs: passed to :class:`DeskApp`.
+    """
+    engine = built.engine
+    if built.mode == "replay":
+        market = "replay " + ", ".join(str(i.symbol) for i in sorted(engine.instruments, key=str))
+    else:
+        market = "SIM"
+    return DeskApp(engine, wall_clock=wall_clock, speed=speed, warm_up=not built.continued, market=market,
+                   max_bars=max_bars, **kwargs)
+
+
+def run_app(opts: Any, *, max_speed: bool = False, app_factory: Callable[..., DeskApp] = make_app) -> int:
+    """Build the engine for ``opts`` (a ``desk.wiring.RunOptions``) and run
+    the app in this terminal. Returns the exit code.
+
+    Speed: ``opts.speed`` when set; otherwise :data:`DEFAULT_SPEED` (10 bar
+    steps per second), or as fast as possible when ``max_speed`` (the CLI's
+    ``--speed max``, which ``RunOptions`` also spells None).
+
+    Errors of the build (``DeskError``) are printed on stderr and their exit
+    code returned. The engine's log goes to ``<state dir>/desk.log``.
+    """
+    from desk.wiring import build
+
+    _log_to_file(Path(opts.state_dir))
+    try:
+        built = build(opts)
+    except DeskError as exc:
+        sys.stderr.write(f"desk: error: {exc}\n")
+        return exc.exit_code
+    app: DeskApp | None = None
+    try:
+        for m in built.messages:
+            log.info(m)
+        speed = opts.speed if opts.speed is not None else (None if max_speed else DEFAULT_SPEED)
+        app = app_factory(built, speed=speed, max_bars=opts.bars)
+        code = app.run()
+        return EXIT_OK if code is None else int(code)
+    finally:
+        if app is not None:
+            _after_app(app)
+        built.close()
+
+
+def _after_app(app: DeskApp) -> None:
+    """Make sure the exit path ran even if the app ended abruptly (a panic,
+    a terminal gone): a SIGHUP halt that could not finish is done here."""
+    e = app.engine
+    if app.hangup and (e.trading_state != TradingState.HALTED or e.working_orders()):
+        try:
+            asyncio.run(e.governance.halt("sighup", "terminal hung up (SIGHUP)"))
+        except Exception as exc:
+            log.error("halt after SIGHUP failed: %s", exc)
+    app.finalize()
+
+
+def _log_to_file(state_dir: Path) -> None:
+    """Send the desk's log to ``<state dir>/desk.log`` (stderr would draw
+    over the screen)."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(state_dir / "desk.log", encoding="utf-8")
+    except OSError:
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)

@@ -1,0 +1,52 @@
+"""The command palette's desk commands (``ctrl+p`` or ``:``).
+
+Governance goes through the palette where a key would be too easy to hit:
+"Resume trading" (asks for confirmation, Cancel focused), "Halt trading"
+(at once: halting is the safe direction), pause or resume of each model,
+and the replay speed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+if TYPE_CHECKING:
+    from desk.app import DeskApp
+
+
+def desk_commands(app: "DeskApp") -> Iterator[tuple[str, str, Callable[[], Any]]]:
+    """The desk's palette commands as ``(name, help, callback)``."""
+    halted = app.engine.trading_state.value == "HALTED"
+    if halted:
+        yield ("Resume trading", "Lift the halt: back to ACTIVE (asks first)", app.action_resume_trading)
+    else:
+        yield ("Resume trading", "Not halted: nothing to resume", app.action_resume_trading)
+    yield ("Halt trading", "HALTED now and cancel every working order (no confirmation)", app.action_halt_now)
+    for mid in app.engine.specs:
+        if mid in app.engine.paused:
+            yield (f"Resume model {mid}", f"Let {mid} open new exposure again", lambda m=mid: app.set_model_paused(m, False))
+        else:
+            yield (f"Pause model {mid}", f"{mid} opens no new exposure (its sells still pass)",
+                   lambda m=mid: app.set_model_paused(m, True))
+    yield ("Speed up", "More bar steps per second (+)", app.action_speed_up)
+    yield ("Slow down", "Fewer bar steps per second (-)", app.action_slow_down)
+    yield ("Help: keys", "List every key binding (?)", app.action_help)
+
+
+class DeskCommands(Provider):
+    """Palette provider for governance and replay commands."""
+
+    async def discover(self) -> Hits:
+        """Every desk command, shown when the palette opens empty."""
+        for name, help_text, callback in desk_commands(self.app):  # type: ignore[arg-type]
+            yield DiscoveryHit(name, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        """Fuzzy-match the desk commands."""
+        matcher = self.matcher(query)
+        for name, help_text, callback in desk_commands(self.app):  # type: ignore[arg-type]
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)

@@ -1,0 +1,147 @@
+"""Modal screens: a confirmation with Cancel focused, the quit question
+(halt and quit / quit and leave orders / cancel), and the help screen that
+lists every key binding.
+
+The kill switch stays live over all of them: it is an App binding with
+``priority=True``, checked before any screen's or widget's bindings.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Static
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Ask before a dangerous action; dismisses with True only on the
+    confirm button (or ``y``). Cancel has the focus first; ``n`` and
+    ``escape`` cancel.
+
+    Args:
+        title: the question.
+        body: what will happen, naming the targets.
+        confirm_label: the confirm button's label.
+    """
+
+    BINDINGS = [
+        Binding("escape,n", "cancel", "Cancel", id="confirm-cancel"),
+        Binding("y", "confirm", "Confirm", id="confirm-ok"),
+        Binding("left", "app.focus_previous", show=False),
+        Binding("right", "app.focus_next", show=False),
+    ]
+    AUTO_FOCUS = "#cancel"
+
+    def __init__(self, title: str, body: str, confirm_label: str) -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text = title
+        self.body_text = body
+        self.confirm_label = confirm_label
+
+    def compose(self) -> ComposeResult:
+        """Title, body, Cancel then Confirm."""
+        with Vertical(classes="dialog"):
+            yield Static(self.title_text, classes="dialog-title")
+            yield Static(self.body_text, classes="dialog-body")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Cancel", id="cancel", variant="primary")
+                yield Button(self.confirm_label, id="confirm", variant="warning")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        """Dismiss with the choice."""
+        event.stop()
+        self.dismiss(event.button.id == "confirm")
+
+    def action_cancel(self) -> None:
+        """Dismiss with False."""
+        self.dismiss(False)
+
+    def action_confirm(self) -> None:
+        """Dismiss with True."""
+        self.dismiss(True)
+
+
+class QuitScreen(ModalScreen[str]):
+    """Asked by ``q`` while orders are working. Dismisses with ``"halt"``
+    (halt, cancel every working order, quit), ``"leave"`` (quit, the orders
+    stay at the venue) or ``"cancel"``. Cancel has the focus first.
+
+    Args:
+        working: the number of working orders.
+    """
+
+    BINDINGS = [
+        Binding("escape", "choose('cancel')", "Cancel", id="quit-cancel"),
+        Binding("left", "app.focus_previous", show=False),
+        Binding("right", "app.focus_next", show=False),
+    ]
+    AUTO_FOCUS = "#cancel"
+
+    def __init__(self, working: int) -> None:
+        super().__init__(classes="dialog-screen")
+        self.working = working
+
+    def compose(self) -> ComposeResult:
+        """The question and three buttons."""
+        n = self.working
+        with Vertical(classes="dialog"):
+            yield Static("Quit the desk?", classes="dialog-title")
+            yield Static(
+                f"{n} order{'s are' if n != 1 else ' is'} working. "
+                "Halt and quit cancels them and leaves the desk HALTED; "
+                "quit and leave orders keeps them working at the venue.",
+                classes="dialog-body",
+            )
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Halt and quit", id="halt", variant="error")
+                yield Button("Quit and leave orders", id="leave", variant="warning")
+                yield Button("Cancel", id="cancel", variant="primary")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        """Dismiss with the button's id."""
+        event.stop()
+        self.dismiss(event.button.id or "cancel")
+
+    def action_choose(self, choice: str) -> None:
+        """Dismiss with ``choice``."""
+        self.dismiss(choice)
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key binding with what it does; ``escape``, ``q`` or ``?`` closes.
+
+    Args:
+        rows: ``(keys, description, binding id)`` lines.
+        notes: extra lines under the table.
+    """
+
+    BINDINGS = [Binding("escape,q,question_mark,f1", "close", "Close", id="help-close")]
+
+    def __init__(self, rows: Iterable[tuple[str, str, str]], notes: Iterable[str] = ()) -> None:
+        super().__init__(classes="dialog-screen")
+        self.rows = list(rows)
+        self.notes = list(notes)
+
+    def compose(self) -> ComposeResult:
+        """The table of keys."""
+        from rich.table import Table
+
+        table = Table(box=None, show_header=True, header_style="bold", padding=(0, 1), expand=True)
+        table.add_column("Key", no_wrap=True)
+        table.add_column("Action")
+        table.add_column("Binding id", no_wrap=True, style="dim")
+        for keys, desc, bid in self.rows:
+            table.add_row(keys, desc, bid)
+        with VerticalScroll(classes="dialog help"):
+            yield Static("Keys", classes="dialog-title")
+            yield Static(table, id="help-table")
+            for note in self.notes:
+                yield Static(note, classes="dialog-note")
+
+    def action_close(self) -> None:
+        """Close the help."""
+        self.dismiss(None)

@@ -1,0 +1,103 @@
+"""The header line and the kill-switch banner.
+
+The header shows PAPER/LIVE, the market, the engine clock as UTC (replay
+time, never wall time), the speed, the trading state, the engine's status
+and a few counters. The banner is a full-width line under it: red while
+``HALTED``, and "press ctrl+k again to halt" while the kill switch is armed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rich.text import Text
+from textual.widgets import Static
+
+from desk.widgets.common import Toned, fmt_datetime, fmt_speed, tone_classes
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderInfo:
+    """What the header shows.
+
+    Attributes:
+        mode: ``PAPER`` or ``LIVE``.
+        market: e.g. ``SIM`` or ``replay BTCUSDT``.
+        clock_ns: the engine clock (UTC ns).
+        speed: bar steps per second, None for max.
+        state: the trading state (``ACTIVE``, ``REDUCING``, ``HALTED``).
+        status: the engine's status (``warming up``, ``running``, …).
+        bars: bars processed.
+        working: working orders.
+    """
+
+    mode: str
+    market: str
+    clock_ns: int
+    speed: float | None
+    state: str
+    status: str
+    bars: int
+    working: int
+
+
+class DeskHeader(Toned, Static):
+    """One line: ``PAPER │ SIM │ 2025-01-01 03:12:00 UTC │ 10/s │ ACTIVE │ …``."""
+
+    TONE_PREFIX = "desk-header"
+    COMPONENT_CLASSES: ClassVar[set[str]] = tone_classes("desk-header")
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__("", id=id)
+        self.info: HeaderInfo | None = None
+
+    def show(self, info: HeaderInfo) -> None:
+        """Render ``info`` (nothing is redrawn when it did not change)."""
+        if info == self.info:
+            return
+        self.info = info
+        self.update(self._render_info(info))
+
+    def retone(self) -> None:
+        """Re-render with the current theme's colours."""
+        self.clear_tones()
+        if self.info is not None:
+            self.update(self._render_info(self.info))
+
+    def on_mount(self) -> None:
+        """Follow theme changes."""
+        self.app.theme_changed_signal.subscribe(self, lambda _t: self.call_after_refresh(self.retone))
+
+    def _render_info(self, i: HeaderInfo) -> Text:
+        sep = (" │ ", self.tone_style("muted"))
+        state_tone = {"ACTIVE": "active", "REDUCING": "reducing", "HALTED": "halted"}.get(i.state, "strong")
+        parts: list[tuple[str, object]] = [
+            (f" {i.mode} ", self.tone_style("live" if i.mode == "LIVE" else "paper")), sep,
+            (i.market, self.tone_style("strong")), sep,
+            (fmt_datetime(i.clock_ns), self.tone_style(None)), sep,
+            ("speed ", self.tone_style("muted")), (fmt_speed(i.speed), self.tone_style("strong")), sep,
+            (i.state, self.tone_style(state_tone)), sep,
+            (i.status, self.tone_style("muted")), sep,
+            ("bars ", self.tone_style("muted")), (f"{i.bars:,}", self.tone_style(None)), sep,
+            ("working ", self.tone_style("muted")), (str(i.working), self.tone_style(None)),
+        ]
+        return Text.assemble(*parts, no_wrap=True, overflow="ellipsis")  # type: ignore[arg-type]
+
+
+class HaltBanner(Static):
+    """The full-width banner: class ``-halted`` (red) while halted, ``-armed``
+    while the kill switch waits for its second press; hidden otherwise."""
+
+    def set_state(self, halted: bool, armed: bool, halt_keys: str, reason: str = "") -> None:
+        """Show the banner for the given state."""
+        self.set_class(halted and not armed, "-halted")
+        self.set_class(armed, "-armed")
+        if armed:
+            text = f"KILL SWITCH ARMED: press {halt_keys} again to halt (disarms in 2 s)"
+        elif halted:
+            why = f" ({reason})" if reason else ""
+            text = f"HALTED{why}: no new orders, working orders canceled. Resume: ctrl+p → Resume trading"
+        else:
+            text = ""
+        self.update(text)

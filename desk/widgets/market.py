@@ -1,0 +1,68 @@
+"""The market pane: per instrument its last price, the change since the
+pane first saw it, and each model's regime with its probability.
+
+Regimes are the models' canonical states (ordered by the variance of the
+return feature, ascending: ``S0`` is the calmest); the probability is the
+filtered posterior of that state. Sampled at most 10 times a second.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+
+from desk.widgets.common import DeskTable, fmt_step, pnl_cell
+
+
+class MarketPane(Vertical):
+    """Pane 1: instruments, last prices and regimes."""
+
+    BORDER_TITLE = "1 Market"
+    BORDER_SUBTITLE = "S0 = calmest regime"
+
+    def __init__(self, *, id: str | None = "market-pane") -> None:
+        super().__init__(id=id, classes="pane")
+        self.table = DeskTable(id="market-table")
+        self._first: dict[Any, Decimal] = {}
+        self._models: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        """The table."""
+        yield self.table
+
+    @property
+    def focus_target(self) -> DeskTable:
+        """The widget that ``1`` focuses."""
+        return self.table
+
+    def setup(self, engine: Any) -> None:
+        """Columns for the engine's models; one row per instrument."""
+        self._models = list(engine.specs)
+        cols: list[tuple[str, str, int | None, bool]] = [
+            ("iid", "Instrument", 13, False), ("last", "Last", 11, True), ("chg", "Chg %", 7, True),
+        ]
+        cols += [(f"m:{m}", m, max(10, len(m)), True) for m in self._models]
+        self.table.set_columns(cols)
+        self.sample(engine)
+
+    def sample(self, engine: Any) -> None:
+        """Update the changed cells from the engine."""
+        marks = engine.portfolio.marks
+        for iid in sorted(engine.instruments, key=str):
+            inst = engine.instruments[iid]
+            px = marks.get(iid)
+            cells = {"iid": (str(iid), "strong")}
+            if px is None:
+                cells["last"] = ("—", "muted")
+                cells["chg"] = ("", None)
+            else:
+                first = self._first.setdefault(iid, px)
+                cells["last"] = (fmt_step(px, inst.tick_size), None)
+                cells["chg"] = pnl_cell((px / first - 1) * 100) if first else ("", None)
+            for m in self._models:
+                reg = engine.regimes.get((m, iid))
+                cells[f"m:{m}"] = ("—", "muted") if reg is None else (f"S{reg[0]} {reg[1]:4.0%}", None)
+            self.table.upsert(str(iid), cells)
