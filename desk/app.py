@@ -378,7 +378,7 @@ class DeskApp(App[int]):
         """``ctrl+k`` (or the alternate key): the first press arms, a second
         press within 2 s of the wall clock halts."""
         if self.kill.press():
-            self.run_worker(self.halt(WHO, "kill switch: ctrl+k pressed twice"), name="halt",
+            self.run_worker(self.halt(WHO, "kill switch (ctrl+k twice)"), name="halt",
                             group="governance", exit_on_error=False)
         self.sample(force=True)
 
@@ -444,9 +444,25 @@ class DeskApp(App[int]):
         self.set_model_paused(mid, mid not in self.engine.paused)
 
     # ------------------------------------------------------------ keys
+    @property
+    def compact(self) -> bool:
+        """True in the compact layout (narrow or short terminal)."""
+        return self.screen.has_class("-narrow") or self.screen.has_class("-short")
+
     def action_focus_pane(self, name: str) -> None:
-        """``1``-``6``: focus a pane."""
-        self.pane(name).focus_target.focus()
+        """``1``-``6``: focus a pane; in the compact layout also maximize
+        it (``escape`` restores the layout)."""
+        pane = self.pane(name)
+        target = pane.focus_target
+        target.focus()
+        screen = self.screen
+        if self.compact and len(self.screen_stack) == 1:
+            if screen.maximized is pane:
+                screen.minimize()
+            else:
+                screen.maximize(pane, container=False)
+        elif screen.maximized is not None:
+            screen.minimize()
 
     def action_filter_orders(self) -> None:
         """``/``: open the orders filter."""
