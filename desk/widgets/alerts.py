@@ -32,6 +32,7 @@ class AlertsPane(Vertical):
     """Pane 6: alerts and governance actions."""
 
     BORDER_TITLE = "6 Alerts"
+    ALLOW_MAXIMIZE = True
 
     def __init__(self, *, id: str | None = "alerts-pane") -> None:
         super().__init__(id=id, classes="pane")

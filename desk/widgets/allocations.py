@@ -17,11 +17,11 @@ from core.values import ZERO
 from desk.widgets.common import DeskTable, fmt_money
 
 COLUMNS: list[tuple[str, str, int | None, bool]] = [
-    ("model", "Model", 14, False),
-    ("weight", "Weight", 6, True),
+    ("model", "Model", None, False),
     ("budget", "Budget", 10, True),
-    ("exposure", "Exposure", 10, True),
     ("use", "Use", 5, True),
+    ("exposure", "Exposure", 10, True),
+    ("weight", "Weight", 6, True),
 ]
 
 
@@ -29,10 +29,11 @@ class AllocationsPane(Vertical):
     """Pane 5: weights and budgets."""
 
     BORDER_TITLE = "5 Allocations"
+    ALLOW_MAXIMIZE = True
 
     def __init__(self, *, id: str | None = "allocations-pane") -> None:
         super().__init__(id=id, classes="pane")
-        self.table = DeskTable(id="allocations-table")
+        self.table = DeskTable(id="allocations-table", cursor=False)
 
     def compose(self) -> ComposeResult:
         """The table."""

@@ -103,10 +103,13 @@ class Toned:
         style = cache.get(tone)
         if style is None:
             styles = self.get_component_styles(f"{self.TONE_PREFIX}--{tone}")  # type: ignore[attr-defined]
+            base = self.background_colors[1]  # type: ignore[attr-defined]
             color = styles.color
             if color.a < 1:
-                color = self.background_colors[1] + color  # type: ignore[attr-defined]
-            style = Style(color=color.rich_color) + styles.text_style
+                color = base + color
+            bg = styles.background
+            bgcolor = (base + bg).rich_color if bg.a > 0 else None
+            style = Style(color=color.rich_color, bgcolor=bgcolor) + styles.text_style
             cache[tone] = style
         return style
 
@@ -139,7 +142,7 @@ class DeskTable(Toned, DataTable):
 
     def __init__(self, *, id: str | None = None, classes: str | None = None, cursor: bool = True) -> None:
         super().__init__(id=id, classes=classes, cursor_type="row" if cursor else "none",
-                         show_cursor=cursor, zebra_stripes=False)
+                         show_cursor=cursor, zebra_stripes=False, cursor_foreground_priority="renderable")
         self._raw: dict[str, dict[str, Cell]] = {}
         self._right: dict[str, bool] = {}
 

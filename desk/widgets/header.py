@@ -69,15 +69,32 @@ class DeskHeader(Toned, Static):
         """Follow theme changes."""
         self.app.theme_changed_signal.subscribe(self, lambda _t: self.call_after_refresh(self.retone))
 
+    def on_resize(self) -> None:
+        """Re-render for the new width (compact below 110 columns)."""
+        if self.info is not None:
+            self.update(self._render_info(self.info))
+
     def _render_info(self, i: HeaderInfo) -> Text:
-        sep = (" │ ", self.tone_style("muted"))
         state_tone = {"ACTIVE": "active", "REDUCING": "reducing", "HALTED": "halted"}.get(i.state, "strong")
+        if 0 < self.size.width < 110:
+            sep = ("│", self.tone_style("muted"))
+            return Text.assemble(
+                (f" {i.mode} ", self.tone_style("live" if i.mode == "LIVE" else "paper")), sep,
+                (i.market, self.tone_style("strong")), sep,
+                (fmt_datetime(i.clock_ns)[:-4], self.tone_style(None)), sep,
+                (fmt_speed(i.speed), self.tone_style("strong")), sep,
+                (f" {i.state} ", self.tone_style(state_tone)), sep,
+                (i.status, self.tone_style("muted")), sep,
+                (f"w {i.working}", self.tone_style(None)),
+                no_wrap=True, overflow="ellipsis",
+            )
+        sep = (" │ ", self.tone_style("muted"))
         parts: list[tuple[str, object]] = [
             (f" {i.mode} ", self.tone_style("live" if i.mode == "LIVE" else "paper")), sep,
             (i.market, self.tone_style("strong")), sep,
             (fmt_datetime(i.clock_ns), self.tone_style(None)), sep,
             ("speed ", self.tone_style("muted")), (fmt_speed(i.speed), self.tone_style("strong")), sep,
-            (i.state, self.tone_style(state_tone)), sep,
+            (f" {i.state} ", self.tone_style(state_tone)), sep,
             (i.status, self.tone_style("muted")), sep,
             ("bars ", self.tone_style("muted")), (f"{i.bars:,}", self.tone_style(None)), sep,
             ("working ", self.tone_style("muted")), (str(i.working), self.tone_style(None)),
@@ -96,8 +113,8 @@ class HaltBanner(Static):
         if armed:
             text = f"KILL SWITCH ARMED: press {halt_keys} again to halt (disarms in 2 s)"
         elif halted:
-            why = f" ({reason})" if reason else ""
-            text = f"HALTED{why}: no new orders, working orders canceled. Resume: ctrl+p → Resume trading"
+            why = f" — {reason}" if reason else ""
+            text = f"HALTED{why} — resume: ctrl+p → Resume trading"
         else:
             text = ""
         self.update(text)

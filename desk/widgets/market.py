@@ -21,11 +21,12 @@ class MarketPane(Vertical):
     """Pane 1: instruments, last prices and regimes."""
 
     BORDER_TITLE = "1 Market"
+    ALLOW_MAXIMIZE = True
     BORDER_SUBTITLE = "S0 = calmest regime"
 
     def __init__(self, *, id: str | None = "market-pane") -> None:
         super().__init__(id=id, classes="pane")
-        self.table = DeskTable(id="market-table")
+        self.table = DeskTable(id="market-table", cursor=False)
         self._first: dict[Any, Decimal] = {}
         self._models: list[str] = []
 
@@ -42,9 +43,10 @@ class MarketPane(Vertical):
         """Columns for the engine's models; one row per instrument."""
         self._models = list(engine.specs)
         cols: list[tuple[str, str, int | None, bool]] = [
-            ("iid", "Instrument", 13, False), ("last", "Last", 11, True), ("chg", "Chg %", 7, True),
+            ("iid", "Instrument", None, False), ("last", "Last", 10, True),
         ]
-        cols += [(f"m:{m}", m, max(10, len(m)), True) for m in self._models]
+        cols += [(f"m:{m}", m, max(8, len(m)), True) for m in self._models]
+        cols += [("chg", "Chg %", 7, True)]
         self.table.set_columns(cols)
         self.sample(engine)
 

@@ -16,16 +16,16 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.containers import Vertical
 
-from desk.widgets.common import DeskTable, fmt_money, pnl_cell
+from desk.widgets.common import DeskTable, pnl_cell
 
 COLUMNS: list[tuple[str, str, int | None, bool]] = [
-    ("model", "Model", 14, False),
-    ("stage", "Stage", 6, False),
-    ("weight", "Weight", 6, True),
+    ("model", "Model", None, False),
     ("state", "State", 6, False),
-    ("trades", "Trades", 6, True),
     ("pnl", "PnL", 10, True),
-    ("sharpe", "Sharpe", 6, True),
+    ("sharpe", "Sharpe", 7, True),
+    ("trades", "Trades", 6, True),
+    ("weight", "Weight", 6, True),
+    ("stage", "Stage", 6, False),
 ]
 
 
@@ -33,6 +33,7 @@ class ModelsPane(Vertical):
     """Pane 4: models and the canary."""
 
     BORDER_TITLE = "4 Models & canary"
+    ALLOW_MAXIMIZE = True
     BORDER_SUBTITLE = "p pause/resume"
 
     def __init__(self, *, id: str | None = "models-pane") -> None:
@@ -71,5 +72,5 @@ class ModelsPane(Vertical):
                 "state": ("PAUSED" if paused else "ACTIVE", "paused" if paused else "active"),
                 "trades": (str(pf.fills(mid)), None),
                 "pnl": pnl_cell(pf.realized(mid) + pf.unrealized(mid)),
-                "sharpe": ("—", "muted") if sharpe is None else (fmt_money(sharpe, signed=True), None),
+                "sharpe": ("—", "muted") if sharpe is None else (f"{sharpe:+.2f}", None),
             })

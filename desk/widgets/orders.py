@@ -27,13 +27,13 @@ from desk.widgets.common import STATUS_TONE, DeskTable, fmt_clock, fmt_step
 MAX_FINISHED = 200
 
 COLUMNS: list[tuple[str, str, int | None, bool]] = [
-    ("time", "Time", 8, False),
     ("status", "Status", 16, False),
     ("side", "Side", 4, False),
     ("qty", "Qty", 10, True),
     ("iid", "Instrument", 12, False),
     ("price", "Price", 10, True),
     ("filled", "Filled", 10, True),
+    ("time", "Time", 8, False),
     ("model", "Model", 13, False),
     ("id", "Order ID", 16, False),
     ("reason", "Reason", 30, False),
@@ -44,6 +44,7 @@ class OrdersPane(Vertical):
     """Pane 2: orders, newest first."""
 
     BORDER_TITLE = "2 Orders"
+    ALLOW_MAXIMIZE = True
     BINDINGS = [Binding("escape", "close_filter", "Close filter", show=False, id="close-filter")]
 
     def __init__(self, *, id: str | None = "orders-pane") -> None:

@@ -25,13 +25,13 @@ from desk.widgets.common import DeskTable, Toned, fmt_money, fmt_step, pnl_cell,
 SPARK_POINTS = 240
 
 COLUMNS: list[tuple[str, str, int | None, bool]] = [
-    ("model", "Model", 13, False),
-    ("iid", "Instrument", 12, False),
-    ("qty", "Qty", 11, True),
-    ("value", "Value", 10, True),
+    ("model", "Model", None, False),
+    ("iid", "Instrument", None, False),
     ("unreal", "Unrealized", 10, True),
     ("real", "Realized", 10, True),
-    ("fees", "Fees", 8, True),
+    ("qty", "Qty", 10, True),
+    ("value", "Value", 10, True),
+    ("fees", "Fees", 7, True),
 ]
 
 
@@ -84,10 +84,11 @@ class PositionsPane(Vertical):
     """Pane 3: positions and PnL per model and instrument, equity sparkline."""
 
     BORDER_TITLE = "3 Positions & PnL"
+    ALLOW_MAXIMIZE = True
 
     def __init__(self, *, id: str | None = "positions-pane") -> None:
         super().__init__(id=id, classes="pane")
-        self.table = DeskTable(id="positions-table")
+        self.table = DeskTable(id="positions-table", cursor=False)
         self.equity = EquityLine(id="equity-line")
         self.spark = Sparkline([], id="equity-spark")
         self._curve_len = -1
