@@ -56,7 +56,7 @@ from desk.widgets.allocations import AllocationsPane
 from desk.widgets.header import DeskHeader, HaltBanner, HeaderInfo
 from desk.widgets.market import MarketPane
 from desk.widgets.models import ModelsPane
-from desk.widgets.orders import OrdersPane
+from desk.widgets.orders import MAX_FINISHED, OrdersPane
 from desk.widgets.positions import PositionsPane
 from themes import DEFAULT_THEME, DESK_TCSS, THEMES, VARIABLE_DEFAULTS
 
@@ -109,7 +109,10 @@ class DeskApp(App[int]):
         Binding(ALT_HALT_KEY, "kill_switch", "Halt (×2, alternate key)", id="halt-trading-alt", priority=True,
                 show=False, tooltip="Same as ctrl+k, for terminals that take ctrl+k"),
         Binding("question_mark,f1", "help", "Help", id="help"),
-        Binding("colon", "command_palette", "Commands", id="command-palette", show=False),
+        Binding("ctrl+p", "command_palette", "Commands", id="command-palette", show=False, priority=True,
+                tooltip="Command palette: Resume trading, Halt trading, pause/resume a model, speed, theme"),
+        Binding("colon", "command_palette", "Commands", id="command-palette-colon", show=False,
+                tooltip="Command palette (as ctrl+p)"),
         Binding("slash", "filter_orders", "Filter", id="filter-orders"),
         Binding("p", "toggle_model", "Pause model", id="pause-model"),
         Binding("plus,equals_sign", "speed_up", "Faster", id="speed-up", key_display="+"),
@@ -209,8 +212,7 @@ class DeskApp(App[int]):
         self.positions_pane.setup(e)
         self.models_pane.setup(e, self.link.stats)
         self.allocations_pane.setup(e, self.working.values())
-        if e.trading_state == TradingState.HALTED:
-            self.halt_reason = "restored"
+        self._load_history()
         self.sample(force=True)
         self.set_interval(self.sample_interval, self.sample, name="sampler")
         if self.install_signals:
@@ -219,6 +221,32 @@ class DeskApp(App[int]):
         if self.autostart:
             self.start_engine()
         self.call_after_refresh(gc.freeze)
+
+    def _load_history(self) -> None:
+        """A continued run: recent orders, alerts and governance actions
+        from the store, and why the desk is halted."""
+        e = self.engine
+        conn = e.store.conn
+        try:
+            rows = conn.execute(
+                "SELECT client_order_id, model_id, instrument_id, side, order_type, quantity, price, time_in_force,"
+                " status, filled_qty, avg_px, venue_order_id, reason, step, ts_init, ts_last FROM orders"
+                " ORDER BY ts_init DESC, client_order_id DESC LIMIT ?", (MAX_FINISHED,)).fetchall()
+            for r in reversed(rows):
+                if r[0] not in e.orders:
+                    self.orders_pane.order_changed(_order_from_row(r))
+            self.orders_pane.end_batch()
+            lines = conn.execute(
+                "SELECT seq, ts, 'GOV', action, who || ': ' || reason FROM governance_actions"
+                " UNION ALL SELECT seq, ts, level, code, message FROM alerts ORDER BY seq DESC LIMIT 100").fetchall()
+            for _seq, ts, level, code, msg in reversed(lines):
+                self.alerts_pane.add(ts, level, code, msg)
+            if e.trading_state == TradingState.HALTED:
+                row = conn.execute("SELECT who, reason FROM governance_actions WHERE action = 'HALTED'"
+                                   " ORDER BY seq DESC LIMIT 1").fetchone()
+                self.halt_reason = f"{row[1]} (by {row[0]})" if row else "restored"
+        except Exception as exc:  # history is a convenience; never fail the screen on it
+            log.warning("could not load history from the store: %s", exc)
 
     def on_unmount(self) -> None:
         """Remove the signal handlers and the bus subscription."""
@@ -496,8 +524,6 @@ class DeskApp(App[int]):
         for bid in order:
             rows.append((" ".join(dict.fromkeys(by_id[bid])), descs[bid], bid))
         rows += [
-            (self.get_key_display(Binding("ctrl+p", "")) + " :", "Command palette: Resume trading, Halt trading, "
-             "pause/resume a model, speed, theme", "command-palette"),
             (self.get_key_display(Binding("ctrl+q", "")), "Quit (asks while orders are working)", "quit"),
             (self.get_key_display(Binding("ctrl+c", "")), "Does not quit: tells how to quit", "help-quit"),
             ("tab shift+tab", "Next / previous widget", "focus-next"),
@@ -576,6 +602,23 @@ class DeskApp(App[int]):
         working orders stay."""
         if not self._quitting:
             asyncio.get_running_loop().create_task(self.shutdown(halt=False))
+
+
+def _order_from_row(r: tuple[Any, ...]) -> Any:
+    """An ``Order`` (for display) from a row of the store's ``orders`` table."""
+    from decimal import Decimal
+
+    from core.enums import OrderSide, OrderStatus, OrderType, TimeInForce
+    from core.identifiers import InstrumentId
+    from core.orders import Order
+
+    return Order(
+        client_order_id=r[0], model_id=r[1], instrument_id=InstrumentId.parse(r[2]), side=OrderSide(r[3]),
+        order_type=OrderType(r[4]), quantity=Decimal(r[5]), price=None if r[6] is None else Decimal(r[6]),
+        time_in_force=TimeInForce(r[7]), status=OrderStatus(r[8]), filled_qty=Decimal(r[9]),
+        avg_px=None if r[10] is None else Decimal(r[10]), venue_order_id=r[11], reason=r[12] or "",
+        step=int(r[13]), ts_init=int(r[14]), ts_last=int(r[15]),
+    )
 
 
 def faster(speed: float | None) -> float | None:
