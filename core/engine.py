@@ -406,11 +406,11 @@ class Engine:
             (p.quantity * self.portfolio.marks.get(i, ZERO) for (_, i), p in self.portfolio.positions.items()),
             ZERO,
         )
-        reserved = sum(
-            (o.leaves_qty * (o.price or self.portfolio.marks.get(o.instrument_id, ZERO))
-             for o in self.orders.values() if o.is_working and o.side == OrderSide.BUY),
-            ZERO,
-        )
+        reserved = ZERO
+        for coid in self.working.values():
+            o = self.orders[coid]
+            if o.is_working and o.side == OrderSide.BUY:
+                reserved += o.leaves_qty * (o.price or self.portfolio.marks.get(o.instrument_id, ZERO))
         return self.portfolio.equity() - held - reserved
 
     async def _route(self, bar: Bar) -> None:
@@ -436,7 +436,7 @@ class Engine:
             budget = model_budget(self.weights[model_id], rc.capital, len(per_inst))
             pos = self.portfolio.position(model_id, iid).quantity
             intent = decide(config=rc, instrument=inst, budget=budget, target_qty=tq, position=pos,
-                            close=bar.close, cash_available=self.cash_available())
+                            close=bar.close, cash_available=self.cash_available)
             if intent is None:
                 continue
             if self.trading_state == TradingState.REDUCING and intent.side == OrderSide.BUY:

@@ -10,7 +10,7 @@ sequence so that a re-processed bar regenerates the same ids.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: prefix of every ClientOrderId this desk creates; the kill switch and
 #: reconciliation use it to tell the desk's own orders from others.
@@ -32,12 +32,17 @@ class InstrumentId:
 
     symbol: str
     venue: str
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         if not _SYMBOL_RE.match(self.symbol):
             raise ValueError(f"instrument symbol: invalid {self.symbol!r}")
         if not _VENUE_RE.match(self.venue):
             raise ValueError(f"instrument venue: invalid {self.venue!r}")
+        object.__setattr__(self, "_hash", hash((self.symbol, self.venue)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def parse(cls, text: str) -> "InstrumentId":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Callable
 
 from core.enums import OrderSide, OrderType
 from core.instruments import Instrument
@@ -34,12 +35,16 @@ class RouterConfig:
             instrument is canceled and re-priced.
         threshold_fraction: minimum rebalance as a fraction of the budget
             (0.01 = 1 %); the min notional is the other floor.
+        max_order_notional: the rails' max notional per order (quote); a
+            larger rebalance is sent in slices no larger than this, one per
+            bar, so an exit after a rally is not stuck behind the rail.
     """
 
     capital: Decimal
     order_type: OrderType = OrderType.LIMIT
     reprice_bars: int = 5
     threshold_fraction: Decimal = Decimal("0.01")
+    max_order_notional: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +91,7 @@ def decide(
     target_qty: Decimal,
     position: Decimal,
     close: Decimal,
-    cash_available: Decimal,
+    cash_available: Callable[[], Decimal],
 ) -> OrderIntent | None:
     """Decide the rebalancing order of one model in one instrument.
 
@@ -96,7 +101,8 @@ def decide(
             (base units, see :func:`target_quantity`).
         position: the model's own quantity held (base units).
         close: last close (quote per base unit), the limit price.
-        cash_available: quote the desk can still spend (caps buys).
+        cash_available: returns the quote the desk can still spend (caps
+            buys); called only when a buy is considered.
 
     Returns None when the difference, valued at ``close``, is below the
     threshold (max of min notional and ``threshold_fraction`` × budget), or
@@ -116,7 +122,7 @@ def decide(
         return None
     limit = price if config.order_type == OrderType.LIMIT else None
     if delta_qty > 0:
-        spend = min(delta_qty * price, max(cash_available, ZERO))
+        spend = min(delta_qty * price, max(cash_available(), ZERO))
         if spend < threshold:
             return None  # the desk's cash, not the model, is the limit: nothing worth sending
         qty = size_buy(spend, price, instrument)
@@ -124,6 +130,8 @@ def decide(
     else:
         qty = size_sell(position, -delta_qty * price, price, instrument)
         side = OrderSide.SELL
+    if config.max_order_notional is not None:
+        qty = min(qty, floor_to_step(config.max_order_notional / price, instrument.step_size))
     if qty <= 0:
         return None
     return OrderIntent(side, qty, limit, price, config.order_type)

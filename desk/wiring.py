@@ -242,7 +242,7 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
         if store.meta_get("status") == "finished":
             finished_summary = json.loads(store.meta_get("summary") or "{}")
         clock = TestClock()
-        router = RouterConfig(capital=opts.capital, order_type=opts.order_type)
+        router = RouterConfig(capital=opts.capital, order_type=opts.order_type, max_order_notional=opts.capital)
         risk = RiskEngine(RiskConfig(allowed_symbols=frozenset(str(i) for i in instruments),
                                      max_order_notional=opts.capital))
         if executor is None:

@@ -693,6 +693,11 @@ def policy_target(
     return Decimal(repr(frac)).quantize(FRACTION_QUANTUM, rounding=ROUND_DOWN)
 
 
+#: once fitted, the feature history is trimmed to ``warmup`` rows when it
+#: exceeds this many windows (the filter itself needs no history)
+_HISTORY_CAP_WINDOWS = 20
+
+
 def _enc_floats(values: np.ndarray) -> list[float | str]:
     """Floats for JSON; non-finite as their repr string (strict JSON has no -inf)."""
     return [v if math.isfinite(v) else repr(v) for v in values.tolist()]
@@ -787,6 +792,11 @@ class HmmRegimeModel:
         if self._fp is not None:
             self._log_alpha = forward_step(self._log_alpha, np.array(row), self._fp)
             self._update_target()
+            if len(self._history) > _HISTORY_CAP_WINDOWS * self.cfg.warmup:
+                # bounded memory on long runs: keep the trailing windows only
+                drop = len(self._history) - self.cfg.warmup
+                del self._history[:drop]
+                self._history_start += drop
 
     def _update_target(self) -> None:
         """Recompute the cached target after the posterior moved (once per
@@ -888,6 +898,14 @@ class HmmRegimeModel:
         k = int(np.argmax(self._log_alpha))
         return k, math.exp(float(self._log_alpha[k]))
 
+    def _dropped_on_save(self) -> int:
+        """Rows a saved state leaves out: once a fit is installed the filter
+        continues from ``log_alpha`` alone, so only the trailing ``warmup``
+        rows (the next fit window) are kept."""
+        if self._fit is None:
+            return 0
+        return max(0, len(self._history) - self.cfg.warmup)
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable state (strict JSON: -inf is written as the string
         ``"-inf"``): config, fit parameters, log posterior, the last close and
@@ -905,8 +923,8 @@ class HmmRegimeModel:
             "last_ts": self._last_ts,
             "last_close": self._last_close,
             "returns": list(self._returns),
-            "history_start": self._history_start,
-            "history": [list(r) for r in self._history],
+            "history_start": self._history_start + self._dropped_on_save(),
+            "history": [list(r) for r in self._history[self._dropped_on_save():]],
             "pending": self._window_chosen and self._fit is None,
             "long": self._long,
             "target": None if self._target is None else format(self._target, "f"),

@@ -87,3 +87,30 @@ def test_throttle_counts_on_the_engine_clock():
         check(D("0.001"), rails=rails, now=59_000_000_000)
     assert e.value.code == DenialReason.THROTTLED
     check(D("0.001"), rails=rails, now=60_000_000_001)  # the first submit left the window
+
+
+def test_router_slices_an_exit_larger_than_the_max_order_notional():
+    from core.router import RouterConfig, decide
+
+    cfg = RouterConfig(capital=D("10000"), max_order_notional=D("10000"))
+    # holds 0.3 BTC at 40000 = 12000 > 10000: sell 0.25000 now (10000 / 40000), the rest next bar
+    intent = decide(config=cfg, instrument=BTC, budget=D("9000"), target_qty=D("0"), position=D("0.3"),
+                    close=D("40000"), cash_available=lambda: D("0"))
+    assert intent.side.value == "SELL" and intent.quantity == D("0.25000")
+    intent = decide(config=cfg, instrument=BTC, budget=D("9000"), target_qty=D("0"), position=D("0.05"),
+                    close=D("40000"), cash_available=lambda: D("0"))
+    assert intent.quantity == D("0.05000")
+
+
+def test_router_ignores_small_differences_and_caps_buys_by_cash():
+    from core.router import RouterConfig, decide
+
+    cfg = RouterConfig(capital=D("10000"))
+    # budget 1000: threshold max(10, 10) = 10; a 0.1 % fee shortfall (~1 USDT) sends nothing
+    held = D("0.03596")  # 0.036 bought, 0.1 % fee taken in BTC
+    assert decide(config=cfg, instrument=BTC, budget=D("1000"), target_qty=D("0.036"), position=held,
+                  close=D("27777.78"), cash_available=lambda: D("1000")) is None
+    # cash caps a buy: want 0.036 (1000 USDT) but only 500 available -> 500 / 27777.78 -> 0.01799
+    intent = decide(config=cfg, instrument=BTC, budget=D("1000"), target_qty=D("0.036"), position=D("0"),
+                    close=D("27777.78"), cash_available=lambda: D("500"))
+    assert intent.quantity == D("0.01799") and intent.price == D("27777.78")
