@@ -84,7 +84,8 @@ async def place_resting_buys(engine: Engine, n: int, *, below: str = "0.5", mode
     for k in range(n):
         iid = iids[k % len(iids)]
         inst = engine.instruments[iid]
-        ref = engine.portfolio.marks.get(iid) or engine.feed.market.last_close(iid.symbol)  # type: ignore[attr-defined]
+        feed = getattr(engine.feed, "inner", engine.feed)
+        ref = engine.portfolio.marks.get(iid) or feed.market.last_close(iid.symbol)
         price = inst.round_price(str(D(ref) * D(below)))
         qty = max(inst.min_qty, (D("20") / price).quantize(inst.step_size))
         order = engine.submit(model_id, iid, OrderSide.BUY, qty, price, price, OrderType.LIMIT)

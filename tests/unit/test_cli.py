@@ -164,3 +164,18 @@ def test_continue_another_setup_and_finished(tmp_path, capsys, klines_dir):
     other = write(tmp_path, "ETHUSDT-1m-x.csv", good_rows(10))
     code, out, err = run(["run", "--headless", "--data", str(other), "--state-dir", str(split)], capsys)
     assert code == 2 and str(split) in err and "another setup" in err
+
+
+def test_sim_default_continues_with_its_generator_state(tmp_path, capsys):
+    """The SIM market stopped after 300 bars and continued for 300 more ends
+    where one run of 600 bars ends (generator state and clock saved)."""
+    code, out, err = run(["run", "--headless", "--bars", "600", "--state-dir", str(tmp_path / "one")], capsys)
+    assert code == 0, err
+    straight = json.loads(out)
+    assert straight["bars"] == 600 and set(straight["positions"]) == {"BTCUSDT.SIM", "ETHUSDT.SIM"}
+    for _ in range(2):
+        code, out, err = run(["run", "--headless", "--bars", "300", "--state-dir", str(tmp_path / "two")], capsys)
+        assert code == 0, err
+    continued = json.loads(out)
+    for k in ("bars", "orders", "fills", "fees", "equity_end", "cash_end", "positions", "per_model", "signals"):
+        assert continued[k] == straight[k], k
