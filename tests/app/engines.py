@@ -91,6 +91,7 @@ async def place_resting_buys(engine: Engine, n: int, *, below: str = "0.5", mode
         order = engine.submit(model_id, iid, OrderSide.BUY, qty, price, price, OrderType.LIMIT)
         coids.append(order.client_order_id)
     await engine.send_pending()
+    engine.flush()  # commit the acceptances (the engine commits them at its next step)
     return coids
 
 

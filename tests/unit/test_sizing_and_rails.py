@@ -114,3 +114,14 @@ def test_router_ignores_small_differences_and_caps_buys_by_cash():
     intent = decide(config=cfg, instrument=BTC, budget=D("1000"), target_qty=D("0.036"), position=D("0"),
                     close=D("27777.78"), cash_available=lambda: D("500"))
     assert intent.quantity == D("0.01799") and intent.price == D("27777.78")
+
+
+def test_exit_sells_what_is_held_after_the_fee_never_the_bought_amount():
+    from core.router import RouterConfig, decide
+
+    eth = Instrument(InstrumentId("ETHUSDT", "BINANCE"), "ETH", "USDT", D("0.01"), D("0.0001"), D("0.0001"),
+                     min_notional=D("5"))
+    # bought 1.0000 ETH, fee 0.0010 ETH taken from it: holds 0.9990; target 0 sells 0.9990, not 1.0000
+    intent = decide(config=RouterConfig(capital=D("10000")), instrument=eth, budget=D("2000"),
+                    target_qty=D("0"), position=D("0.9990"), close=D("2100.00"), cash_available=lambda: D("0"))
+    assert intent.side.value == "SELL" and intent.quantity == D("0.9990")
