@@ -179,6 +179,8 @@ class EngineLink:
             mid: ModelStats(float(engine.weights[mid] * capital)) for mid in engine.specs
         }
         self.steps_seen = 0
+        #: callables run at the end of every engine step (tests, bench)
+        self.step_hooks: list[Callable[[], None]] = []
         self.tap = StepTap(engine.feed, self._on_step)
         engine.feed = self.tap
         self.pacer = Pacer()
@@ -217,6 +219,8 @@ class EngineLink:
         for mid, st in self.stats.items():
             if st.last_bucket != bucket:
                 st.add(float(self.model_equity(mid)), bucket)
+        for hook in self.step_hooks:
+            hook()
 
     def model_equity(self, model_id: str) -> Decimal:
         """budget + realized + unrealized of one model (quote)."""

@@ -3,6 +3,7 @@ injected wall clock, and helpers to wait without sleeping."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -46,6 +47,24 @@ async def settle(pilot: Any, cond: Callable[[], bool], tries: int = 200) -> bool
             return True
         await pilot.pause()
     return cond()
+
+
+async def until_steps(app: Any, cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait, event-driven (no polling, no sleep), until ``cond()`` holds at
+    the end of an engine step of the app's running engine."""
+    if cond():
+        return
+    done = asyncio.Event()
+
+    def hook() -> None:
+        if cond():
+            done.set()
+
+    app.link.step_hooks.append(hook)
+    try:
+        await asyncio.wait_for(done.wait(), timeout)
+    finally:
+        app.link.step_hooks.remove(hook)
 
 
 def store_statuses(engine: Any, coids: list[str]) -> dict[str, str]:

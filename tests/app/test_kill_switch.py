@@ -14,7 +14,7 @@ from textual.widgets import Input
 from core.enums import OrderStatus, TradingState
 from desk.app import ALT_HALT_KEY, DeskApp
 from desk.screens import ConfirmScreen, HelpScreen, QuitScreen
-from tests.app.conftest import audit_lines, settle, store_statuses
+from tests.app.conftest import audit_lines, settle, store_statuses, until_steps
 from tests.app.engines import place_resting_buys
 
 SEC = 1_000_000_000
@@ -172,7 +172,7 @@ async def test_halt_while_the_engine_runs(scripted, wall, tmp_path):
     app = DeskApp(engine, wall_clock=wall, speed=None, install_signals=False)
     async with app.run_test(size=(160, 48)) as pilot:
         bars0 = engine.stats.bars
-        assert await settle(pilot, lambda: engine.stats.bars > bars0 + 50)
+        await until_steps(app, lambda: engine.stats.bars > bars0 + 50)
         await pilot.press("ctrl+k")
         wall.advance(SEC // 4)
         await pilot.press("ctrl+k")
@@ -181,9 +181,10 @@ async def test_halt_while_the_engine_runs(scripted, wall, tmp_path):
         assert all(engine.orders[c].status == OrderStatus.CANCELED for c in coids)
         n_orders = len(engine.orders)
         bars1 = engine.stats.bars
-        assert await settle(pilot, lambda: engine.stats.bars > bars1 + 50)
+        await until_steps(app, lambda: engine.stats.bars > bars1 + 50)
         assert len(engine.orders) == n_orders  # halted: the router sends nothing
         assert not engine.working_orders()
+        assert app.status == "running"
         await app.shutdown(halt=False)
     assert app.run_ended_cleanly
     assert set(store_statuses(engine, coids).values()) == {"CANCELED"}

@@ -1,0 +1,318 @@
+"""Pilot tests of the keys and panes: quit (asks while orders work, Cancel
+focused; quits at once otherwise), help, pane focus, pause of a model,
+resume through the palette with a confirmation, ctrl+c, speed, the orders
+filter and order, the engine failing, SIGHUP, and start-up imports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from textual.command import CommandPalette
+
+from core.enums import OrderStatus, TradingState
+from desk.app import DEFAULT_SPEED, DeskApp, faster, slower
+from desk.screens import ConfirmScreen, HelpScreen, QuitScreen
+from tests.app.conftest import settle, store_statuses, until_steps
+from tests.app.engines import place_resting_buys
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _app(engine, wall, **kw):
+    kw.setdefault("autostart", False)
+    kw.setdefault("install_signals", False)
+    return DeskApp(engine, wall_clock=wall, **kw)
+
+
+# ---------------------------------------------------------------- quit
+async def test_quit_with_working_orders_asks_with_cancel_focused(wired, wall):
+    engine = wired.engine
+    coids = await place_resting_buys(engine, 3)
+    app = _app(engine, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("q")
+        assert await settle(pilot, lambda: isinstance(app.screen, QuitScreen))
+        assert app.screen.focused is not None and app.screen.focused.id == "cancel"
+        labels = [str(b.label) for b in app.screen.query("Button")]
+        assert labels == ["Halt and quit", "Quit and leave orders", "Cancel"]
+        await pilot.press("enter")  # Cancel
+        assert await settle(pilot, lambda: not isinstance(app.screen, QuitScreen))
+        assert app.is_running and engine.trading_state == TradingState.ACTIVE
+        assert all(engine.orders[c].status == OrderStatus.ACCEPTED for c in coids)
+        await pilot.press("q")
+        assert await settle(pilot, lambda: isinstance(app.screen, QuitScreen))
+        await pilot.press("escape")
+        assert await settle(pilot, lambda: not isinstance(app.screen, QuitScreen))
+        assert app.is_running
+
+
+async def test_halt_and_quit_cancels_the_orders(wired, wall):
+    engine = wired.engine
+    coids = await place_resting_buys(engine, 3)
+    app = _app(engine, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("q")
+        assert await settle(pilot, lambda: isinstance(app.screen, QuitScreen))
+        await pilot.click("#halt")
+        await settle(pilot, lambda: not app.is_running)
+    assert app.return_value == 0
+    assert engine.trading_state == TradingState.HALTED
+    assert set(store_statuses(engine, coids).values()) == {"CANCELED"}
+
+
+async def test_quit_and_leave_orders_keeps_them_working(wired, wall):
+    engine = wired.engine
+    coids = await place_resting_buys(engine, 3)
+    app = _app(engine, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("q")
+        assert await settle(pilot, lambda: isinstance(app.screen, QuitScreen))
+        await pilot.click("#leave")
+        await settle(pilot, lambda: not app.is_running)
+    assert app.return_value == 0
+    assert engine.trading_state == TradingState.ACTIVE
+    assert set(store_statuses(engine, coids).values()) == {"ACCEPTED"}
+
+
+async def test_quit_without_working_orders_quits_at_once(scripted, wall):
+    app = _app(scripted, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("q")
+        await settle(pilot, lambda: not app.is_running)
+        assert not isinstance(app.screen, QuitScreen)
+    assert app.return_value == 0 and app.finalized
+
+
+async def test_ctrl_c_does_not_quit_and_says_how(scripted, wall):
+    app = _app(scripted, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("ctrl+c")
+        await pilot.pause()
+        assert app.is_running
+        notes = [n.message for n in app._notifications]
+        assert any("to quit" in m and "q" in m for m in notes)
+
+
+# ---------------------------------------------------------------- help, panes
+async def test_help_lists_every_binding(scripted, wall):
+    app = _app(scripted, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("question_mark")
+        assert await settle(pilot, lambda: isinstance(app.screen, HelpScreen))
+        ids = {bid for _k, _d, bid in app.screen.rows}
+        assert {b.id for b in DeskApp.BINDINGS} <= ids
+        keys = " ".join(k for k, _d, _b in app.screen.rows)
+        assert "^k" in keys or "ctrl+k" in keys.lower()
+        assert any("ctrl+\\" in n or "ctrl+backslash" in n for n in app.screen.notes)
+        await pilot.press("escape")
+        assert await settle(pilot, lambda: not isinstance(app.screen, HelpScreen))
+
+
+@pytest.mark.parametrize("key,pane", [("1", "market"), ("2", "orders"), ("3", "positions"),
+                                      ("4", "models"), ("5", "allocations"), ("6", "alerts")])
+async def test_number_keys_focus_the_panes(scripted, wall, key, pane):
+    app = _app(scripted, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("6" if key != "6" else "1")
+        await pilot.press(key)
+        assert app.focused is app.pane(pane).focus_target
+        assert app.screen.maximized is None  # the roomy layout shows every pane
+
+
+async def test_compact_layout_maximizes_the_focused_pane(scripted, wall):
+    app = _app(scripted, wall)
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.compact
+        await pilot.press("2")
+        assert app.focused is app.orders_pane.table
+        assert app.screen.maximized is app.orders_pane
+        await pilot.press("2")
+        assert app.screen.maximized is None
+
+
+# ---------------------------------------------------------------- governance
+async def test_p_pauses_and_resumes_the_selected_model(scripted, wall):
+    engine = scripted
+    app = _app(engine, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("4")
+        assert app.models_pane.selected_model() == "hmm_v1"
+        await pilot.press("p")
+        assert engine.paused == {"hmm_v1"}
+        assert app.models_pane.table.get_cell("hmm_v1", "state").plain == "PAUSED"
+        await pilot.press("down", "p")
+        assert engine.paused == {"hmm_v1", "hmm_v2_canary"}
+        await pilot.press("up", "p")
+        assert engine.paused == {"hmm_v2_canary"}
+        gov = engine.store.conn.execute("SELECT who, action, details FROM governance_actions ORDER BY seq").fetchall()
+        assert [(w, a) for w, a, _ in gov] == [("tui", "MODEL_PAUSED"), ("tui", "MODEL_PAUSED"), ("tui", "MODEL_ACTIVE")]
+        assert "hmm_v1" in gov[0][2] and "hmm_v2_canary" in gov[1][2]
+
+
+async def _palette_run(pilot, app, text):
+    await pilot.press("ctrl+p")
+    assert await settle(pilot, lambda: isinstance(app.screen, CommandPalette))
+    await pilot.press(*text)
+
+    def highlighted():
+        ol = app.screen.query_one("CommandList")
+        return ol.highlighted is not None and text.lower() in str(ol.get_option_at_index(ol.highlighted).prompt).lower()
+
+    assert await settle(pilot, highlighted)
+    await pilot.press("enter")
+
+
+async def test_resume_through_the_palette_asks_with_cancel_focused(scripted, wall):
+    engine = scripted
+    app = _app(engine, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await app.halt("test", "setup")
+        assert engine.trading_state == TradingState.HALTED
+        await _palette_run(pilot, app, "Resume trading")
+        assert await settle(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert app.screen.focused is not None and app.screen.focused.id == "cancel"
+        await pilot.press("enter")  # Cancel
+        assert await settle(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        assert engine.trading_state == TradingState.HALTED
+        await _palette_run(pilot, app, "Resume trading")
+        assert await settle(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("tab", "enter")  # focus moves to "Resume trading"
+        assert await settle(pilot, lambda: engine.trading_state == TradingState.ACTIVE)
+        assert not app.banner.has_class("-halted")
+        gov = engine.store.conn.execute("SELECT who, action FROM governance_actions ORDER BY seq").fetchall()
+        assert gov[-1] == ("tui", "ACTIVE")
+
+
+async def test_halt_from_the_palette(scripted, wall):
+    app = _app(scripted, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await _palette_run(pilot, app, "Halt trading")
+        await app.wait_governance()
+        assert scripted.trading_state == TradingState.HALTED
+
+
+# ---------------------------------------------------------------- speed, orders
+def test_speed_ladder():
+    assert faster(10.0) == 20.0 and slower(10.0) == 5.0
+    assert faster(1000.0) is None and faster(None) is None
+    assert slower(None) == 1000.0 and slower(1.0) == 1.0
+    assert faster(7.0) == 10.0 and slower(7.0) == 5.0
+
+
+async def test_plus_and_minus_change_the_speed_live(scripted, wall):
+    app = _app(scripted, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        assert scripted.speed == DEFAULT_SPEED
+        await pilot.press("plus")
+        assert scripted.speed == 20.0
+        await pilot.press("minus", "minus")
+        assert scripted.speed == 5.0
+        assert app.header.info is not None and app.header.info.speed == 5.0
+
+
+async def test_orders_newest_first_and_filter(scripted, wall):
+    engine = scripted
+    await engine.warm_up()
+    app = _app(engine, wall, speed=None, max_bars=120)
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.start_engine()
+        await app.engine_worker.wait()
+        await pilot.pause()
+        shown = app.orders_pane.shown_ids()
+        created = [c for c in engine.orders]
+        assert shown and shown == list(reversed(created))[: len(shown)]
+        await pilot.press("slash", *"btc")
+        assert await settle(pilot, lambda: app.orders_pane.query_text == "btc")
+        ids = app.orders_pane.shown_ids()
+        assert ids and all(engine.orders[c].instrument_id.symbol == "BTCUSDT" for c in ids)
+        await pilot.press("escape")
+        assert app.orders_pane.shown_ids() == shown
+        assert app.focused is app.orders_pane.table
+
+
+# ---------------------------------------------------------------- failures, signals
+class _Boom(Exception):
+    pass
+
+
+async def test_engine_failure_halts_and_the_screen_stays(scripted, wall):
+    engine = scripted
+    await engine.warm_up()
+    inner = engine.feed
+    count = {"n": 0}
+
+    class FailingFeed:
+        finite = False
+
+        def warmup(self):
+            return []
+
+        def next_step(self):
+            count["n"] += 1
+            if count["n"] > 30:
+                raise _Boom("feed broke")
+            return inner.next_step()
+
+        def state_dict(self):
+            return inner.state_dict()
+
+        def load_state_dict(self, s):
+            inner.load_state_dict(s)
+
+    engine.feed = FailingFeed()
+    app = _app(engine, wall, speed=None)
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.start_engine()
+        await app.engine_worker.wait()
+        await pilot.pause()
+        assert app.status == "engine failed"
+        assert engine.trading_state == TradingState.HALTED
+        assert app.banner.has_class("-halted")
+        assert any(code == "ENGINE_FAILED" for _lv, code, _m in app.alerts_pane.lines)
+        gov = engine.store.conn.execute("SELECT who, action FROM governance_actions").fetchall()
+        assert ("engine", "HALTED") in gov
+        await pilot.press("2")  # still readable and driven by keys
+        assert app.focused is app.orders_pane.table
+        assert app.is_running
+
+
+async def test_sighup_halts_cancels_flushes_and_exits(wired, wall):
+    engine = wired.engine
+    coids = await place_resting_buys(engine, 3)
+    app = _app(engine, wall, install_signals=True)
+    async with app.run_test(size=(160, 48)) as pilot:
+        os.kill(os.getpid(), signal.SIGHUP)
+        await settle(pilot, lambda: not app.is_running)
+    assert app.hangup and app.finalized
+    assert engine.trading_state == TradingState.HALTED
+    assert set(store_statuses(engine, coids).values()) == {"CANCELED"}
+    gov = engine.store.conn.execute("SELECT who, action FROM governance_actions").fetchall()
+    assert ("sighup", "HALTED") in gov
+
+
+def test_first_screen_without_hmmlearn_or_ccxt(tmp_path):
+    """The app's first frame on the real SIM wiring, in a fresh interpreter:
+    neither hmmlearn nor ccxt is imported by then."""
+    code = f"""
+import asyncio, sys
+from pathlib import Path
+from desk.wiring import RunOptions, build
+from desk.app import make_app
+from tests.helpers.scripted import InlineExecutor
+built = build(RunOptions(state_dir=Path({str(tmp_path / 'state')!r})), executor=InlineExecutor())
+app = make_app(built, autostart=False, install_signals=False)
+async def main():
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        print(sorted(m for m in ("hmmlearn", "ccxt") if m in sys.modules))
+asyncio.run(main())
+built.close()
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
