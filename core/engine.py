@@ -20,7 +20,9 @@ import asyncio
 import dataclasses
 import importlib
 import logging
+from collections import deque
 from concurrent.futures import Future
+from pathlib import Path
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable, Protocol
@@ -217,6 +219,13 @@ class Engine:
         self._stop = asyncio.Event()
         self._coid_seq: dict[tuple[int, int], int] = {}
         self.fit_delay_hook: Callable[[], Any] | None = None
+        self.last_bar_ts: dict[InstrumentId, int] = {}
+        self.day_index = -1
+        self.day_start_equity = config.router.capital
+        self.fill_times: dict[tuple[str, InstrumentId], deque[int]] = {}
+        self.halt_file: Path | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.exempt_orders: set[str] = set()
         from core.governance import Governance  # local: governance imports engine types
 
         self.governance = Governance(self)
@@ -262,12 +271,30 @@ class Engine:
             if self.working.get(key) == order.client_order_id:
                 del self.working[key]
         self.emit(event)
+        if (event.type == "OrderAccepted" and self.trading_state == TradingState.HALTED and order.is_working
+                and order.client_order_id not in self.exempt_orders):
+            # an order in flight when the halt came: cancel it as soon as it is acknowledged
+            self.spawn(self.cancel(order, "HALT"))
         if event.type == "OrderRejected":
             self.alert("WARNING", "ORDER_REJECTED", f"{order.client_order_id} rejected: {order.reason}")
+
+    def spawn(self, coro: Any) -> None:
+        """Run a coroutine as a task of the running loop, keeping a reference
+        until it ends (a bare ``create_task`` may be garbage-collected)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def check_halt_file(self) -> None:
+        """Halt when the out-of-band ``HALT`` file exists in the state dir
+        (DESIGN.md section 5); checked at start and while running."""
+        if self.halt_file is not None and self.trading_state != TradingState.HALTED and self.halt_file.exists():
+            await self.governance.halt("HALT file", f"{self.halt_file} exists")
 
     def _book_fill(self, event: Event) -> None:
         assert isinstance(event, OrderFilled)
         self.portfolio.apply_fill(event)
+        self._count_fill(event)
 
     # ------------------------------------------------------------ flush
     def flush(self) -> None:
@@ -304,16 +331,25 @@ class Engine:
         return order
 
     def submit(self, model_id: str, iid: InstrumentId, side: OrderSide, qty: Decimal,
-               price: Decimal | None, reference_price: Decimal, order_type: OrderType, tags: str = "") -> Order:
+               price: Decimal | None, reference_price: Decimal, order_type: OrderType, tags: str = "",
+               exempt: bool = False) -> Order:
         """Create an order, run the rails, and queue it to be sent after the
         next commit. A denial is journaled with its code and reason and
-        raised as an alert; the order is returned in status DENIED."""
+        raised as an alert; the order is returned in status DENIED.
+
+        ``exempt`` marks a kill-switch FLATTEN order (reduce-only market):
+        it skips the halt gate and the throttles, not the instrument filters.
+        On spot a sell is exposure-reducing (reduce-only)."""
         order = self._new_order(model_id, iid, side, qty, price, order_type, tags)
+        order.reduce_only = side == OrderSide.SELL
+        if exempt:
+            self.exempt_orders.add(order.client_order_id)
         now = self.clock.timestamp_ns()
         try:
             self.risk.check(
                 instrument=self.instruments[iid], side=side, quantity=qty, price=price or reference_price,
                 trading_state=self.trading_state, model_paused=model_id in self.paused, now_ns=now,
+                reduce_only=order.reduce_only, model_id=model_id, limit_price=price, ctx=self, exempt=exempt,
             )
         except Denied as d:
             ev = OrderDenied(ts_event=now, ts_init=now, client_order_id=order.client_order_id,
@@ -332,6 +368,61 @@ class Engine:
         self.working[(model_id, iid)] = order.client_order_id
         self._to_send.append(order)
         return order
+
+    # ------------------------------------------------------------ rails context
+    def reference_price(self, instrument_id: InstrumentId) -> tuple[Decimal, int] | None:
+        """Last close (quote) of an instrument and the engine time of its
+        bar (ns), or None before the first bar (the rails' RiskContext)."""
+        px = self.portfolio.marks.get(instrument_id)
+        ts = self.last_bar_ts.get(instrument_id)
+        return None if px is None or ts is None else (px, ts)
+
+    def exposure(self, *, model_id: str | None = None, instrument_id: InstrumentId | None = None,
+                 venue: str | None = None) -> Decimal:
+        """Gross exposure (quote) of a scope: |quantity| x last price of the
+        matching positions plus the notional of matching working orders."""
+        total = ZERO
+        for (m, i), p in self.portfolio.positions.items():
+            if (model_id is None or m == model_id) and (instrument_id is None or i == instrument_id) \
+                    and (venue is None or i.venue == venue) and p.quantity:
+                total += abs(p.quantity) * self.portfolio.marks.get(i, ZERO)
+        for coid in self.working.values():
+            o = self.orders[coid]
+            if o.is_working and (model_id is None or o.model_id == model_id) \
+                    and (instrument_id is None or o.instrument_id == instrument_id) \
+                    and (venue is None or o.instrument_id.venue == venue):
+                total += o.leaves_qty * (o.price or self.portfolio.marks.get(o.instrument_id, ZERO))
+        return total
+
+    def day_pnl(self) -> Decimal:
+        """The desk's PnL (quote, realized + unrealized) since the start of
+        the current UTC day of the engine clock."""
+        return self.portfolio.equity() - self.day_start_equity
+
+    def _roll_day(self, ts_ns: int) -> None:
+        day = ts_ns // 86_400_000_000_000
+        if day != self.day_index:
+            self.day_index = day
+            self.day_start_equity = self.portfolio.equity()
+
+    def _count_fill(self, event: OrderFilled) -> None:
+        """The repeated-execution throttle: more than N fills of one model
+        and instrument within a window pauses the model."""
+        cfg = self.risk.config
+        n = cfg.limit("max_fills_per_window", model_id=event.model_id, instrument_id=event.instrument_id)
+        window = cfg.limit("fills_window_ns", model_id=event.model_id, instrument_id=event.instrument_id)
+        if not n or not window:
+            return
+        q = self.fill_times.setdefault((event.model_id, event.instrument_id), deque())
+        q.append(event.ts_event)
+        while q and q[0] <= event.ts_event - window:
+            q.popleft()
+        if len(q) > n and event.model_id not in self.paused:
+            self.governance.pause_model(
+                event.model_id, "rail",
+                f"repeated execution: {len(q)} fills of {event.instrument_id} within "
+                f"{window // 1_000_000_000} s > {n}",
+            )
 
     async def send_pending(self) -> None:
         """Commit (write-before-send), then send every queued order."""
@@ -467,8 +558,10 @@ class Engine:
     # ------------------------------------------------------------ the loop
     async def _process_bar(self, bar: Bar) -> None:
         self.clock.set_time(max(bar.ts_event, self.clock.timestamp_ns()))
+        self._roll_day(bar.ts_event)
         self.venue.on_bar(bar)
         self.portfolio.mark(bar.instrument_id, bar.close)
+        self.last_bar_ts[bar.instrument_id] = bar.ts_event
         await self._model_step(bar, trading=True)
         await self._route(bar)
         self.stats.bars += 1
@@ -500,6 +593,7 @@ class Engine:
         start_bars = self.stats.bars
         t0 = self.pace_clock.timestamp_ns()
         steps_here = 0
+        await self.check_halt_file()
         try:
             while not self._stop.is_set():
                 if max_bars is not None and self.stats.bars - start_bars >= max_bars:
@@ -519,6 +613,8 @@ class Engine:
                 await self.send_pending()
                 if self.stats.bars // self.config.checkpoint_every != (self.stats.bars - len(bars)) // self.config.checkpoint_every:
                     self.checkpoint()
+                if self.speed or steps_here % self.config.yield_every == 0:
+                    await self.check_halt_file()
                 if self.speed:
                     due = t0 + int(steps_here * 1e9 / self.speed)
                     wait = due - self.pace_clock.timestamp_ns()
@@ -565,6 +661,9 @@ class Engine:
             "pending_fits": fits,
             "risk": self.risk.state_dict(),
             "trading_state": self.trading_state.value,
+            "day": [self.day_index, format(self.day_start_equity, "f")],
+            "fill_times": {f"{m}|{i}": list(q) for (m, i), q in self.fill_times.items()},
+            "last_bar_ts": {str(i): t for i, t in self.last_bar_ts.items()},
             "paused": sorted(self.paused),
             "weights": {m: format(w, "f") for m, w in self.weights.items()},
             "working": [self._order_dict(o) for o in self.working_orders()],
@@ -610,6 +709,9 @@ class Engine:
             self.pending_fits[key] = _PendingFit(self.models[key[0]][key[1]], int(pf["apply_at"]), None, cls(**pf["result"]))
         self.risk.load_state_dict(snap["risk"])
         self.trading_state = TradingState(snap["trading_state"])
+        self.day_index, self.day_start_equity = int(snap["day"][0]), Decimal(snap["day"][1])
+        self.fill_times = {split(k): deque(v) for k, v in snap["fill_times"].items()}
+        self.last_bar_ts = {InstrumentId.parse(i): int(t) for i, t in snap["last_bar_ts"].items()}
         self.paused = set(snap["paused"])
         self.weights = {m: Decimal(w) for m, w in snap["weights"].items()}
         for d in snap["working"]:

@@ -13,7 +13,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from core.enums import TradingState
-from core.events import ModelStateChanged, TradingStateChanged
+from core.events import AlertRaised, ModelStateChanged, TradingStateChanged
 from core.identifiers import is_desk_order
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ class Governance:
         if prev == state:
             return False
         e.trading_state = state
+        e.store.meta_set("trading_state", state.value)  # survives a restart; only resume lifts it
         now = e.clock.timestamp_ns()
         seq = e.emit(TradingStateChanged(ts_event=now, ts_init=now, state=state.value, previous=prev.value,
                                          who=who, reason=reason))
@@ -52,10 +53,53 @@ class Governance:
         e = self.engine
         self._set_state(TradingState.HALTED, who, reason)
         e._to_send.clear()  # queued-but-unsent orders never leave
-        working = [o for o in e.working_orders() if is_desk_order(o.client_order_id)]
+        working = [o for o in e.working_orders()
+                   if is_desk_order(o.client_order_id) and o.client_order_id not in e.exempt_orders]
         await asyncio.gather(*(e.cancel(o, "HALT") for o in working))
         e.flush()
         return len(working)
+
+    async def flatten(self, who: str, reason: str) -> list[dict[str, str]]:
+        """Halt, then close each of the desk's positions with a reduce-only
+        MARKET order, exempt from the halt gate and the throttles but not
+        from the instrument filters. Dust below the step or the minimums is
+        reported, not retried.
+
+        Returns one report per (model, instrument) position:
+        ``{"model", "instrument", "quantity", "order", "status", "detail"}``.
+        """
+        from core.enums import OrderSide, OrderType
+        from core.values import floor_to_step
+
+        e = self.engine
+        await self.halt(who, f"FLATTEN: {reason}")
+        report: list[dict[str, str]] = []
+        for (model_id, iid), pos in sorted(e.portfolio.positions.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+            if pos.quantity <= 0:
+                continue
+            inst = e.instruments[iid]
+            qty = floor_to_step(pos.quantity, inst.step_size)
+            mark = e.portfolio.marks.get(iid)
+            row = {"model": model_id, "instrument": str(iid), "quantity": format(pos.quantity, "f"),
+                   "order": "", "status": "", "detail": ""}
+            if qty <= 0 or mark is None:
+                row.update(status="DUST", detail=f"{pos.quantity} is below the step {inst.step_size}")
+            else:
+                order = e.submit(model_id, iid, OrderSide.SELL, qty, None, mark, OrderType.MARKET,
+                                 tags="FLATTEN", exempt=True)
+                row.update(order=order.client_order_id, status=order.status.value,
+                           detail=order.reason if order.status.value == "DENIED" else f"market sell {qty}")
+                if order.status.value == "DENIED":
+                    row["status"] = "DUST"
+            report.append(row)
+        await e.send_pending()
+        now = e.clock.timestamp_ns()
+        summary = "; ".join(f"{r['model']} {r['instrument']} {r['quantity']}: {r['status']}" for r in report)
+        seq = e.emit(AlertRaised(ts_event=now, ts_init=now, level="WARNING", code="FLATTEN",
+                                 message=f"flatten by {who}: {summary or 'no positions'}"))
+        self._record(seq, who, "FLATTEN", reason, {"positions": report})
+        e.flush()
+        return report
 
     def reduce_only(self, who: str, reason: str) -> None:
         """Set ``REDUCING``: only exposure-reducing orders pass."""

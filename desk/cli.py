@@ -198,6 +198,11 @@ async def _drive(engine: Any, continued: bool, max_bars: int | None) -> None:
             loop.add_signal_handler(sig, engine.stop)
         except (NotImplementedError, RuntimeError):
             pass
+    try:
+        loop.add_signal_handler(
+            signal.SIGUSR1, lambda: engine.spawn(engine.governance.halt("SIGUSR1", "out-of-band halt signal")))
+    except (NotImplementedError, RuntimeError):
+        pass
     if not continued:
         log.info("warming the models up")
         await engine.warm_up()

@@ -265,10 +265,17 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             models=models, specs=[s for s, _ in specs], risk=risk, executor=executor, venue_factory=venue_factory,
         )
         engine.speed = opts.speed
+        engine.halt_file = state.path / "HALT"
         cp = store.load_checkpoint()
         continued = cp is not None
         if cp is not None:
             engine.restore(cp[1])
+        persisted = store.meta_get("trading_state")
+        if persisted is not None:
+            # the kill switch survives a restart: only an explicit resume lifts it
+            from core.enums import TradingState
+
+            engine.trading_state = TradingState(persisted)
         else:
             store.meta_set("setup", fp_text)
             store.meta_set("status", "running")

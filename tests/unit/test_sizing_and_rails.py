@@ -79,14 +79,17 @@ def test_allow_list_max_notional_and_paused_model():
     assert e.value.code == DenialReason.MODEL_PAUSED
 
 
-def test_throttle_counts_on_the_engine_clock():
+def test_throttle_is_a_token_bucket_on_the_engine_clock():
+    # capacity 3, refilled at 3 per 60 s = one token per 20 s
     rails = RiskEngine(RiskConfig(max_submits=3, window_ns=60_000_000_000))
     for t in (0, 1, 2):
         check(D("0.001"), rails=rails, now=t * 1_000_000_000)
+    # full at 3; t=0: take -> 2; t=1: +0.05 -> 2.05, take -> 1.05; t=2: +0.05 -> 1.10, take -> 0.10
+    # t=19 s: 0.10 + 17 s * 0.05/s = 0.95 < 1: denied (nothing spent)
     with pytest.raises(Denied) as e:
-        check(D("0.001"), rails=rails, now=59_000_000_000)
-    assert e.value.code == DenialReason.THROTTLED
-    check(D("0.001"), rails=rails, now=60_000_000_001)  # the first submit left the window
+        check(D("0.001"), rails=rails, now=19_000_000_000)
+    assert e.value.code == DenialReason.THROTTLED and "3 per 60 s" in e.value.message
+    check(D("0.001"), rails=rails, now=20_000_000_000)  # 0.95 + 0.05 = 1.00: one token
 
 
 def test_router_slices_an_exit_larger_than_the_max_order_notional():
