@@ -57,13 +57,13 @@ class DeskHeader(Toned, Static):
         if info == self.info:
             return
         self.info = info
-        self.update(self._render_info(info))
+        self.update(self._render_info(info), layout=False)
 
     def retone(self) -> None:
         """Re-render with the current theme's colours."""
         self.clear_tones()
         if self.info is not None:
-            self.update(self._render_info(self.info))
+            self.update(self._render_info(self.info), layout=False)
 
     def on_mount(self) -> None:
         """Follow theme changes."""
@@ -72,7 +72,7 @@ class DeskHeader(Toned, Static):
     def on_resize(self) -> None:
         """Re-render for the new width (compact below 110 columns)."""
         if self.info is not None:
-            self.update(self._render_info(self.info))
+            self.update(self._render_info(self.info), layout=False)
 
     def _render_info(self, i: HeaderInfo) -> Text:
         state_tone = {"ACTIVE": "active", "REDUCING": "reducing", "HALTED": "halted"}.get(i.state, "strong")
@@ -106,6 +106,8 @@ class HaltBanner(Static):
     """The full-width banner: class ``-halted`` (red) while halted, ``-armed``
     while the kill switch waits for its second press; hidden otherwise."""
 
+    _text = ""
+
     def set_state(self, halted: bool, armed: bool, halt_keys: str, reason: str = "") -> None:
         """Show the banner for the given state."""
         self.set_class(halted and not armed, "-halted")
@@ -117,4 +119,6 @@ class HaltBanner(Static):
             text = f"HALTED{why} — resume: ctrl+p → Resume trading"
         else:
             text = ""
-        self.update(text)
+        if text != self._text:
+            self._text = text
+            self.update(text, layout=False)

@@ -58,6 +58,7 @@ class OrdersPane(Vertical):
         self._next = 0
         self._needs_sort = False
         self._instruments: dict[Any, Any] = {}
+        self._subtitle = ""
 
     def compose(self) -> ComposeResult:
         """The (hidden) filter input above the table."""
@@ -140,7 +141,9 @@ class OrdersPane(Vertical):
         sub = f"{working} working"
         if self.query_text:
             sub += f" · filter: {self.query_text}"
-        self.border_subtitle = sub
+        if sub != self._subtitle:
+            self._subtitle = sub
+            self.border_subtitle = sub
 
     def shown_ids(self) -> list[str]:
         """Order ids in display order (top first)."""

@@ -72,7 +72,7 @@ class EquityLine(Toned, Static):
             ("  unrealized ", self.tone_style("muted")), (fmt_money(unrealized, signed=True), self.tone_style(pnl_cell(unrealized)[1])),
             ("  fees ", self.tone_style("muted")), (fmt_money(fees), self.tone_style(None)),
             no_wrap=True, overflow="ellipsis",
-        ))
+        ), layout=False)
 
     def retone(self) -> None:
         """Re-render in the current theme's colours on the next sample."""
