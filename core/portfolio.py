@@ -17,27 +17,76 @@ Accounting rules (DESIGN.md section 4):
 Worked example (the issue's): buy 1.0000 ETH at 2000.00, fee 0.1 % = 0.0010
 ETH → position 0.9990 ETH, cost 2000.00. Sell 0.9990 at 2100.00: proceeds
 2097.90, fee 2.0979 USDT, net 2095.8021 → realized +95.8021 USDT.
+
+Signed positions (issue 4, IBKR average cost on a margin account):
+
+* ``quantity`` is signed (negative = short) and ``cost`` is the signed total
+  cost: what was paid for a long, minus the net proceeds received for a
+  short (short 2 at 100 → quantity -2, cost -200). ``unrealized =
+  quantity * mark - cost`` holds for both sides.
+* Every fill is reduced to a signed base change ``delta`` (``+qty`` on a
+  buy, ``-qty`` on a sell, minus a fee charged in the base asset) and a
+  quote cash flow ``cash`` (``-qty*px`` on a buy, ``+qty*px`` on a sell,
+  minus a fee charged in the quote or in a third asset, valued in the quote).
+  Then: an *opening* fill (flat, or same side) adds ``-cash`` to the cost,
+  realized 0; a *reducing* fill removes the pro-rata share of the cost
+  (``cost * |delta| / |quantity|``, quantized; the whole cost on a close)
+  and realizes ``cash - removed``; a *flip* through zero closes the old side
+  at its average cost with the share ``|quantity| / |delta|`` of the fill's
+  cash (quantized) and opens the rest at the fill price (new cost = minus the
+  remaining cash). In every case ``Δrealized - Δcost = cash`` exactly, so
+  ``equity_start + realized + unrealized`` equals an independent cash ledger
+  (quote cash + holdings at the marks) to the last unit.
+* Spot instruments (the default, ``allow_short=False``) raise
+  :class:`AccountingError` when a fill would take the position below zero.
+  Short 2 at 100, buy 10 at 90, no fees → realized +20, long 8 with cost
+  720, unrealized +40 at a mark of 95.
+
+Fee assets (``OrderFilled.commission_currency``):
+
+* base asset: the position gets ``qty - fee`` on a buy (Binance: fee in the
+  asset received) and gives ``qty + fee`` on a sell (an extra reduction);
+  valued in ``fees`` at the fill price.
+* quote asset: paid from the quote cash (added to cost when opening,
+  deducted from realized when reducing).
+* a third asset (BNB): converted to the quote at its price at fill time,
+  then booked as a quote fee. The price is ``apply_fill(fill, fee_price=)``
+  if given, else the registry :meth:`Portfolio.set_price`; with neither,
+  :class:`MissingPriceError` names the asset. (The BNB balance itself is
+  outside this book: the fee is treated as quote spent at fill time.)
+
+Which asset is the base or the quote comes from
+:meth:`Portfolio.register_instrument`; for an unregistered instrument it is
+read from the symbol (``BASE/QUOTE``, or Binance's concatenated
+``BASEQUOTE``: a currency the symbol ends with is the quote, one it starts
+with is the base; anything else is a third asset).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
-from typing import Any
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any, Iterator, Literal
 
 from core.enums import OrderSide
 from core.events import OrderFilled
 from core.identifiers import InstrumentId
+from core.instruments import Instrument
 from core.values import ZERO, quantize_money
+
+#: how a fee's currency relates to the instrument (see ``fee_asset_kind``)
+FeeAssetKind = Literal["base", "quote", "other"]
 
 
 @dataclass(slots=True)
 class Position:
     """One model's position in one instrument.
 
-    ``quantity`` base units held; ``cost`` quote paid for what is held
-    (fees included); ``realized`` quote, net of fees; ``fees`` quote value of
-    all fees; ``fills`` count of fills.
+    ``quantity`` base units held, signed (negative = short); ``cost`` signed
+    total cost in quote of what is held, fees included (a long's cost is what
+    was paid; a short's is minus the net proceeds received); ``realized``
+    quote, net of every fee; ``fees`` quote value of all fees at fill time;
+    ``fills`` count of fills. Rules: module docstring (IBKR average cost).
     """
 
     quantity: Decimal = ZERO
@@ -55,6 +104,21 @@ class Position:
             return -self.cost
         return self.quantity * mark - self.cost
 
+    def avg_px(self, quantum: Decimal | None = None) -> Decimal | None:
+        """Average cost per unit, ``cost / quantity`` (quote per base unit,
+        fees included, positive for longs and shorts); ``None`` when flat.
+
+        ``quantum`` (e.g. ``Decimal("0.0001")``) rounds the result with
+        ROUND_HALF_EVEN for display; ``None`` returns the exact quotient (28
+        significant digits). Example: cost 600.00 over 59.94 → ``10.0100`` at
+        quantum 0.0001 (600 / 59.94 = 10.01001…). Derived, never stored: the
+        position keeps total cost (DESIGN.md section 4).
+        """
+        if self.quantity == 0:
+            return None
+        px = self.cost / self.quantity
+        return px if quantum is None else px.quantize(quantum, rounding=ROUND_HALF_EVEN)
+
     def to_dict(self) -> dict[str, str | int]:
         """JSON-ready state."""
         return {
@@ -69,7 +133,19 @@ class Position:
 
 
 class AccountingError(Exception):
-    """A fill that would make a model's position negative (spot is long-only)."""
+    """A fill the book cannot take: one that would make a spot position
+    negative (spot is long-only), or a malformed fill (non-positive quantity,
+    negative price or fee, unknown side)."""
+
+
+class MissingPriceError(AccountingError):
+    """A fee charged in a third asset (e.g. BNB) with no conversion price to
+    the quote: pass ``fee_price`` to ``apply_fill`` or call
+    ``Portfolio.set_price(asset, price)`` first. ``asset`` names the asset."""
+
+    def __init__(self, asset: str, message: str) -> None:
+        self.asset = asset
+        super().__init__(message)
 
 
 @dataclass(slots=True)
@@ -79,6 +155,11 @@ class Portfolio:
     ``equity_start`` is the quote cash at the start (no positions). Equity is
     computed from this book alone (``equity_start + realized + unrealized``)
     so that it can be checked against the venue's cash ledger.
+
+    ``allow_short`` (default False: spot, long-only) lets every instrument go
+    short (an IBKR-style margin account); ``register_instrument`` can set it
+    per instrument. ``asset_prices`` is the registry of asset prices in the
+    quote used to convert third-asset fees (``set_price``).
     """
 
     equity_start: Decimal
@@ -87,6 +168,74 @@ class Portfolio:
     equity_curve: list[tuple[int, str]] = field(default_factory=list)
     curve_every_ns: int = 3_600_000_000_000  # one point per hour of engine time
     _last_curve_ts: int = -1
+    allow_short: bool = False
+    asset_prices: dict[str, Decimal] = field(default_factory=dict)
+    instrument_assets: dict[InstrumentId, tuple[str, str]] = field(default_factory=dict)
+    short_by_instrument: dict[InstrumentId, bool] = field(default_factory=dict)
+
+    # ---------------------------------------------------------- setup
+    def register_instrument(self, instrument: Instrument, allow_short: bool | None = None) -> None:
+        """Declare an instrument's base and quote assets (so a fill's
+        ``commission_currency`` is classified without guessing from the
+        symbol) and, optionally, whether it may go short (``None`` keeps the
+        portfolio-wide ``allow_short``). Idempotent; registering again
+        replaces the earlier values."""
+        self.instrument_assets[instrument.id] = (instrument.base, instrument.quote)
+        if allow_short is None:
+            self.short_by_instrument.pop(instrument.id, None)
+        else:
+            self.short_by_instrument[instrument.id] = bool(allow_short)
+
+    def shorts_allowed(self, instrument_id: InstrumentId) -> bool:
+        """Whether positions in ``instrument_id`` may go below zero (the
+        per-instrument setting, else the portfolio's ``allow_short``)."""
+        return self.short_by_instrument.get(instrument_id, self.allow_short)
+
+    def set_price(self, asset: str, price: Decimal) -> None:
+        """Record the price of ``asset`` in the quote (quote per unit of
+        ``asset``, e.g. ``set_price("BNB", Decimal("600"))`` for BNB/USDT),
+        used to convert fees charged in a third asset at fill time (Binance's
+        "pay fees with BNB"). The caller updates it from the asset's own
+        market (e.g. each BNBUSDT bar) before the fills it should value.
+
+        Raises:
+            TypeError: if ``price`` is not a Decimal (no float in accounting).
+            ValueError: if ``price`` is not finite and positive.
+        """
+        if not isinstance(price, Decimal):
+            raise TypeError(f"price of {asset}: expected Decimal, got {type(price).__name__} {price!r}")
+        if not price.is_finite() or price <= 0:
+            raise ValueError(f"price of {asset}: must be finite and positive, got {price}")
+        self.asset_prices[asset] = price
+
+    def fee_asset_kind(self, instrument_id: InstrumentId, currency: str) -> FeeAssetKind:
+        """``"base"``, ``"quote"`` or ``"other"`` (a third asset) for a fee
+        charged in ``currency`` on ``instrument_id``.
+
+        Registered instruments (``register_instrument``) decide exactly.
+        Otherwise the symbol is read: ``BASE/QUOTE[:SETTLE]`` splits at the
+        slash; a concatenated Binance symbol (``ETHUSDT``, ``BTCUSDT-PERP``:
+        the part before ``-``) is the quote when it ends with ``currency``
+        and the base when it starts with it.
+        """
+        assets = self.instrument_assets.get(instrument_id)
+        if assets is None:
+            sym = instrument_id.symbol
+            if "/" in sym:
+                base, _, quote = sym.partition("/")
+                assets = (base, quote.partition(":")[0])
+            else:
+                core = sym.partition("-")[0]
+                if core != currency and core.endswith(currency):
+                    return "quote"
+                if core != currency and core.startswith(currency):
+                    return "base"
+                return "other"
+        if currency == assets[0]:
+            return "base"
+        if currency == assets[1]:
+            return "quote"
+        return "other"
 
     def position(self, model_id: str, instrument_id: InstrumentId) -> Position:
         """The (possibly new, flat) position of a model in an instrument."""
@@ -96,34 +245,88 @@ class Portfolio:
             pos = self.positions[key] = Position()
         return pos
 
-    def apply_fill(self, fill: OrderFilled) -> Decimal:
-        """Book a fill; returns the realized PnL of this fill (quote).
+    def apply_fill(self, fill: OrderFilled, fee_price: Decimal | None = None) -> Decimal:
+        """Book a fill; returns the realized PnL of this fill (quote, net of
+        every fee, quantized to 8 decimals ROUND_HALF_EVEN).
+
+        ``fill.last_qty`` base units at ``fill.last_px`` quote per base;
+        ``fill.commission`` in ``fill.commission_currency`` (base, quote or a
+        third asset, see the module docstring). ``fee_price`` (quote per unit
+        of the fee asset) converts a third-asset fee and takes precedence over
+        ``set_price``; it is ignored for base and quote fees. Rules: IBKR
+        average cost (reductions realize against the average cost, a flip
+        closes the old side and opens the rest at the fill price), Binance
+        fee in the asset received. Nothing is changed when it raises.
 
         Raises:
-            AccountingError: when a sell exceeds the model's position.
+            AccountingError: when a fill would take a spot (non-short)
+                position below zero, or the fill is malformed (side not
+                BUY/SELL, quantity <= 0, negative price or commission).
+            MissingPriceError: a third-asset fee with no ``fee_price`` and no
+                price from ``set_price``; names the asset.
         """
-        pos = self.position(fill.model_id, fill.instrument_id)
+        iid = fill.instrument_id
         qty, px, fee = fill.last_qty, fill.last_px, fill.commission
+        if fill.side not in (OrderSide.BUY.value, OrderSide.SELL.value):
+            raise AccountingError(f"{fill.model_id} {iid} {fill.trade_id}: unknown side {fill.side!r}")
+        if qty <= 0 or px < 0 or fee < 0:
+            raise AccountingError(
+                f"{fill.model_id} {iid} {fill.trade_id}: need qty > 0, px >= 0, fee >= 0; got {qty}, {px}, {fee}"
+            )
+        buy = fill.side == OrderSide.BUY.value
         notional = quantize_money(qty * px)
-        pos.fills += 1
-        if fill.side == OrderSide.BUY.value:
-            pos.quantity += qty - fee
-            pos.cost += notional
-            pos.fees += quantize_money(fee * px)
+        delta = qty if buy else -qty  # signed base change
+        cash = -notional if buy else notional  # signed quote cash flow
+        fee_value = ZERO  # the fee in quote (informational ``fees``)
+        if fee:
+            kind = self.fee_asset_kind(iid, fill.commission_currency)
+            if kind == "base":
+                delta -= fee
+                fee_value = quantize_money(fee * px)
+            elif kind == "quote":
+                fee_value = quantize_money(fee)
+                cash -= fee_value
+            else:
+                rate = fee_price if fee_price is not None else self.asset_prices.get(fill.commission_currency)
+                if rate is None:
+                    raise MissingPriceError(
+                        fill.commission_currency,
+                        f"{fill.model_id} {iid} {fill.trade_id}: fee {fee} {fill.commission_currency} has no "
+                        f"price in the quote; pass fee_price= or call set_price({fill.commission_currency!r}, price)",
+                    )
+                fee_value = quantize_money(fee * rate)
+                cash -= fee_value
+        pos = self.positions.get((fill.model_id, iid))
+        if pos is None:
+            pos = Position()
+        held = pos.quantity
+        if held + delta < 0 and not self.shorts_allowed(iid):
+            side = "buy" if buy else "sell"
+            raise AccountingError(
+                f"{fill.model_id} {iid}: {side} {qty} (fee {fee} {fill.commission_currency}) "
+                f"exceeds position {held} (spot, no shorts)"
+            )
+        if held == 0 or (held > 0) == (delta > 0):
+            # opening or adding to the same side
             realized = ZERO
-        else:
-            if qty > pos.quantity:
-                raise AccountingError(
-                    f"{fill.model_id} {fill.instrument_id}: sell {qty} exceeds position {pos.quantity}"
-                )
-            removed = pos.cost if qty == pos.quantity else quantize_money(pos.cost * qty / pos.quantity)
-            net = notional - fee
-            realized = net - removed
-            pos.quantity -= qty
+            pos.cost -= cash
+        elif abs(delta) <= abs(held):
+            # reducing or closing: remove the pro-rata share of the cost
+            removed = pos.cost if abs(delta) == abs(held) else quantize_money(pos.cost * abs(delta) / abs(held))
+            realized = cash - removed
             pos.cost -= removed
-            pos.realized += realized
-            pos.fees += fee
-        self.marks.setdefault(fill.instrument_id, px)
+        else:
+            # flip through zero: close the old side at its average cost with
+            # the share |held|/|delta| of the cash, open the rest at the fill
+            close_cash = quantize_money(cash * abs(held) / abs(delta))
+            realized = close_cash - pos.cost
+            pos.cost = -(cash - close_cash)
+        pos.quantity = held + delta
+        pos.realized += realized
+        pos.fees += fee_value
+        pos.fills += 1
+        self.positions[(fill.model_id, iid)] = pos
+        self.marks.setdefault(iid, px)
         return realized
 
     def mark(self, instrument_id: InstrumentId, price: Decimal) -> None:
@@ -131,27 +334,40 @@ class Portfolio:
         self.marks[instrument_id] = price
 
     # ---------------------------------------------------------- figures
-    def realized(self, model_id: str | None = None) -> Decimal:
-        """Sum of realized PnL (quote), for one model or all."""
-        return sum((p.realized for (m, _), p in self.positions.items() if model_id in (None, m)), ZERO)
+    def select(
+        self, model_id: str | None = None, venue: str | None = None
+    ) -> Iterator[tuple[str, InstrumentId, Position]]:
+        """The ``(model_id, instrument_id, position)`` triples of one model
+        and/or one venue (``instrument_id.venue``, e.g. ``"BINANCE"``);
+        ``None`` matches all. Every figure below sums over this selection, so
+        the parts (per model, per venue, per both) sum exactly to the totals
+        (Decimal addition of unquantized terms is exact)."""
+        for (m, i), p in self.positions.items():
+            if (model_id is None or m == model_id) and (venue is None or i.venue == venue):
+                yield m, i, p
 
-    def unrealized(self, model_id: str | None = None) -> Decimal:
-        """Sum of unrealized PnL at the marks (quote), for one model or all."""
-        return sum(
-            (p.unrealized(self.marks.get(i)) for (m, i), p in self.positions.items() if model_id in (None, m)),
-            ZERO,
-        )
+    def realized(self, model_id: str | None = None, venue: str | None = None) -> Decimal:
+        """Sum of realized PnL (quote, net of fees), for one model and/or
+        venue, or all."""
+        return sum((p.realized for _, _, p in self.select(model_id, venue)), ZERO)
 
-    def fees(self, model_id: str | None = None) -> Decimal:
-        """Sum of fees valued in the quote, for one model or all."""
-        return sum((p.fees for (m, _), p in self.positions.items() if model_id in (None, m)), ZERO)
+    def unrealized(self, model_id: str | None = None, venue: str | None = None) -> Decimal:
+        """Sum of unrealized PnL at the marks (quote, exact, not quantized),
+        for one model and/or venue, or all."""
+        return sum((p.unrealized(self.marks.get(i)) for _, i, p in self.select(model_id, venue)), ZERO)
 
-    def fills(self, model_id: str | None = None) -> int:
-        """Number of fills, for one model or all."""
-        return sum(p.fills for (m, _), p in self.positions.items() if model_id in (None, m))
+    def fees(self, model_id: str | None = None, venue: str | None = None) -> Decimal:
+        """Sum of fees valued in the quote at fill time, for one model and/or
+        venue, or all (informational: already inside realized and cost)."""
+        return sum((p.fees for _, _, p in self.select(model_id, venue)), ZERO)
+
+    def fills(self, model_id: str | None = None, venue: str | None = None) -> int:
+        """Number of fills, for one model and/or venue, or all."""
+        return sum(p.fills for _, _, p in self.select(model_id, venue))
 
     def quantity(self, instrument_id: InstrumentId) -> Decimal:
-        """Total quantity of an instrument over all models (base units)."""
+        """Total signed quantity of an instrument over all models (base
+        units; negative when the models are net short)."""
         return sum((p.quantity for (_, i), p in self.positions.items() if i == instrument_id), ZERO)
 
     def equity(self) -> Decimal:
@@ -172,12 +388,25 @@ class Portfolio:
             "marks": {str(i): format(px, "f") for i, px in self.marks.items()},
             "equity_curve": self.equity_curve,
             "last_curve_ts": self._last_curve_ts,
+            "allow_short": self.allow_short,
+            "asset_prices": {a: format(px, "f") for a, px in self.asset_prices.items()},
+            "instruments": {
+                str(i): [b, q, self.short_by_instrument.get(i)] for i, (b, q) in self.instrument_assets.items()
+            },
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Portfolio":
-        """Inverse of ``to_dict``."""
-        pf = cls(Decimal(d["equity_start"]))
+        """Inverse of ``to_dict`` (checkpoints written before issue 4 have no
+        ``allow_short``, ``asset_prices`` or ``instruments`` and load as spot
+        with empty registries)."""
+        pf = cls(Decimal(d["equity_start"]), allow_short=bool(d.get("allow_short", False)))
+        pf.asset_prices = {a: Decimal(px) for a, px in d.get("asset_prices", {}).items()}
+        for i, (b, q, short) in d.get("instruments", {}).items():
+            iid = InstrumentId.parse(i)
+            pf.instrument_assets[iid] = (b, q)
+            if short is not None:
+                pf.short_by_instrument[iid] = bool(short)
         for m, i, p in d["positions"]:
             pf.positions[(m, InstrumentId.parse(i))] = Position.from_dict(p)
         pf.marks = {InstrumentId.parse(i): Decimal(px) for i, px in d["marks"].items()}
