@@ -226,6 +226,9 @@ class Engine:
         self.halt_file: Path | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.exempt_orders: set[str] = set()
+        self.crash_plan: dict[str, int] = {}
+        self.crash_counts: dict[str, int] = {}
+        self._in_step = False
         from core.governance import Governance  # local: governance imports engine types
 
         self.governance = Governance(self)
@@ -428,10 +431,12 @@ class Engine:
         """Commit (write-before-send), then send every queued order."""
         if not self._to_send:
             return
-        self.flush()
+        self.checkpoint()
+        self.crash_point("after_order_written")
         batch, self._to_send = self._to_send, []
         for order in batch:
             await self.venue.submit_order(order)
+            self.crash_point("after_send")
 
     async def cancel(self, order: Order, reason: str) -> None:
         """Request a cancel of a working order (journaled as PENDING_CANCEL)."""
@@ -603,16 +608,21 @@ class Engine:
                     if self.feed.finite:
                         await self._end_of_data()
                     break
-                for bar in bars:
-                    if max_bars is not None and self.stats.bars - start_bars >= max_bars:
-                        break
-                    await self._process_bar(bar)
+                self._in_step = True
+                try:
+                    for bar in bars:
+                        await self._process_bar(bar)
+                finally:
+                    self._in_step = False
                 self.stats.steps += 1
                 steps_here += 1
                 self.portfolio.sample_equity(self.clock.timestamp_ns())
-                await self.send_pending()
-                if self.stats.bars // self.config.checkpoint_every != (self.stats.bars - len(bars)) // self.config.checkpoint_every:
-                    self.checkpoint()
+                if self._to_send:
+                    await self.send_pending()  # commits the step, then sends
+                elif self.store.has_journal_pending or (
+                        self.stats.bars // self.config.checkpoint_every
+                        != (self.stats.bars - len(bars)) // self.config.checkpoint_every):
+                    self.checkpoint()  # a step with fills or other events is committed at its end
                 if self.speed or steps_here % self.config.yield_every == 0:
                     await self.check_halt_file()
                 if self.speed:
@@ -642,8 +652,12 @@ class Engine:
         """Everything needed to continue this run later (JSON-ready)."""
         fits = {}
         for (mid, iid), pf in self.pending_fits.items():
-            if pf.result is None and pf.future is not None:
-                pf.result = pf.future.result()  # a checkpoint waits for an in-flight fit
+            if pf.result is None and pf.future is not None and pf.future.done() and not pf.future.exception():
+                pf.result = pf.future.result()
+            if pf.result is None:
+                # in flight: the restored model asks again for the same (deterministic) fit
+                fits[f"{mid}|{iid}"] = {"apply_at": pf.apply_at, "cls": None, "result": None}
+                continue
             fits[f"{mid}|{iid}"] = {
                 "apply_at": pf.apply_at,
                 "cls": f"{type(pf.result).__module__}:{type(pf.result).__qualname__}",
@@ -680,10 +694,30 @@ class Engine:
         }
 
     def checkpoint(self) -> None:
-        """Commit the venue's ledger, then the engine's snapshot and journal."""
+        """Commit the venue's ledger, then the engine's journal together
+        with its snapshot (the resume point). Between steps the snapshot is
+        written; in the middle of a step (an operator command while a fit is
+        awaited) only the journal is, so a resume point is always a step
+        boundary."""
         self.venue.commit()
-        self.store.set_checkpoint(self.stats.bars, self.snapshot_state())
+        if not self._in_step:
+            self.store.set_checkpoint(self.stats.bars, self.snapshot_state())
+        if self.store.has_fill_pending:
+            self.crash_point("before_fill_commit")
         self.flush()
+
+    def crash_point(self, name: str) -> None:
+        """Test hook: die by SIGKILL at the n-th pass of a named point when
+        ``crash_plan`` says so (``{"after_send": 3}``); see tests/recovery."""
+        plan = self.crash_plan
+        if not plan or name not in plan:
+            return
+        self.crash_counts[name] = self.crash_counts.get(name, 0) + 1
+        if self.crash_counts[name] == plan[name]:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Load a snapshot written by ``checkpoint`` (a continued run)."""
@@ -704,9 +738,14 @@ class Engine:
         self.target_qty = {split(k): Decimal(t) for k, t in snap["target_qty"].items()}
         for k, pf in snap["pending_fits"].items():
             key = split(k)
+            model = self.models[key[0]][key[1]]
+            if pf["result"] is None:
+                fn, args = model.fit_job()
+                self.pending_fits[key] = _PendingFit(model, int(pf["apply_at"]), self.executor.submit(fn, *args))
+                continue
             mod, _, qual = pf["cls"].partition(":")
             cls = getattr(importlib.import_module(mod), qual)
-            self.pending_fits[key] = _PendingFit(self.models[key[0]][key[1]], int(pf["apply_at"]), None, cls(**pf["result"]))
+            self.pending_fits[key] = _PendingFit(model, int(pf["apply_at"]), None, cls(**pf["result"]))
         self.risk.load_state_dict(snap["risk"])
         self.trading_state = TradingState(snap["trading_state"])
         self.day_index, self.day_start_equity = int(snap["day"][0]), Decimal(snap["day"][1])

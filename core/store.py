@@ -159,6 +159,16 @@ class Store:
         self._checkpoint = (1, step, json.dumps(snapshot, separators=(",", ":")))
 
     @property
+    def has_journal_pending(self) -> bool:
+        """True when journal rows wait for the next flush."""
+        return bool(self._journal)
+
+    @property
+    def has_fill_pending(self) -> bool:
+        """True when a fill waits for the next flush."""
+        return bool(self._fills)
+
+    @property
     def dirty(self) -> bool:
         """True when something is buffered."""
         return bool(self._journal or self._orders or self._meta or getattr(self, "_checkpoint", None))

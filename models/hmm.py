@@ -900,11 +900,12 @@ class HmmRegimeModel:
 
     def _dropped_on_save(self) -> int:
         """Rows a saved state leaves out: once a fit is installed the filter
-        continues from ``log_alpha`` alone, so only the trailing ``warmup``
-        rows (the next fit window) are kept."""
+        continues from ``log_alpha`` alone, so the saved state keeps no
+        feature history (it is written with every order commit and must stay
+        small; a refit schedule would rebuild its window from stored bars)."""
         if self._fit is None:
             return 0
-        return max(0, len(self._history) - self.cfg.warmup)
+        return len(self._history)
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable state (strict JSON: -inf is written as the string
