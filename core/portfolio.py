@@ -148,6 +148,10 @@ class MissingPriceError(AccountingError):
         super().__init__(message)
 
 
+#: most points kept in the equity curve (see ``Portfolio.sample_equity``)
+EQUITY_CURVE_MAX = 240
+
+
 @dataclass(slots=True)
 class Portfolio:
     """Positions per (model, instrument), marks per instrument, equity curve.
@@ -375,10 +379,16 @@ class Portfolio:
         return self.equity_start + self.realized() + self.unrealized()
 
     def sample_equity(self, ts_ns: int) -> None:
-        """Append an equity point at most once per ``curve_every_ns``."""
+        """Append an equity point at most once per ``curve_every_ns``; when
+        the curve holds more than ``EQUITY_CURVE_MAX`` points, every other
+        point is dropped and the interval doubles (a bounded curve for the
+        sparkline, cheap to save with each checkpoint)."""
         if self._last_curve_ts < 0 or ts_ns - self._last_curve_ts >= self.curve_every_ns:
             self.equity_curve.append((ts_ns, format(self.equity(), "f")))
             self._last_curve_ts = ts_ns
+            if len(self.equity_curve) > EQUITY_CURVE_MAX:
+                self.equity_curve = self.equity_curve[::2]
+                self.curve_every_ns *= 2
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready snapshot for the checkpoint."""
@@ -388,6 +398,7 @@ class Portfolio:
             "marks": {str(i): format(px, "f") for i, px in self.marks.items()},
             "equity_curve": self.equity_curve,
             "last_curve_ts": self._last_curve_ts,
+            "curve_every_ns": self.curve_every_ns,
             "allow_short": self.allow_short,
             "asset_prices": {a: format(px, "f") for a, px in self.asset_prices.items()},
             "instruments": {
@@ -412,4 +423,5 @@ class Portfolio:
         pf.marks = {InstrumentId.parse(i): Decimal(px) for i, px in d["marks"].items()}
         pf.equity_curve = [tuple(x) for x in d["equity_curve"]]  # type: ignore[misc]
         pf._last_curve_ts = int(d["last_curve_ts"])
+        pf.curve_every_ns = int(d.get("curve_every_ns", pf.curve_every_ns))
         return pf

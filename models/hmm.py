@@ -754,6 +754,7 @@ class HmmRegimeModel:
         self._long = False
         self._target: Decimal | None = None
         self._baseline = 0.0
+        self._cfg_dict = cfg.to_dict()
 
     # -- RegimeModel -------------------------------------------------------------
 
@@ -898,6 +899,15 @@ class HmmRegimeModel:
         k = int(np.argmax(self._log_alpha))
         return k, math.exp(float(self._log_alpha[k]))
 
+    def _fit_dict(self) -> dict[str, Any]:
+        """The installed fit as a dict, computed once per fit (the state is
+        saved with every order commit)."""
+        cached = getattr(self, "_fit_dict_cache", None)
+        if cached is None or cached[0] is not self._fit:
+            cached = (self._fit, self._fit.to_dict() if self._fit is not None else None)
+            self._fit_dict_cache = cached
+        return cached[1]  # type: ignore[return-value]
+
     def _dropped_on_save(self) -> int:
         """Rows a saved state leaves out: once a fit is installed the filter
         continues from ``log_alpha`` alone, so the saved state keeps no
@@ -918,7 +928,7 @@ class HmmRegimeModel:
             "version": _STATE_VERSION,
             "model_id": self.model_id,
             "instrument_id": str(self.instrument_id),
-            "config": self.cfg.to_dict(),
+            "config": self._cfg_dict,
             "n_bars": self._n_bars,
             "n_rows": self._n_rows,
             "last_ts": self._last_ts,
@@ -929,7 +939,7 @@ class HmmRegimeModel:
             "pending": self._window_chosen and self._fit is None,
             "long": self._long,
             "target": None if self._target is None else format(self._target, "f"),
-            "fit": None if self._fit is None else self._fit.to_dict(),
+            "fit": None if self._fit is None else self._fit_dict(),
             "log_alpha": None if self._log_alpha is None else _enc_floats(self._log_alpha),
         }
 
