@@ -108,22 +108,26 @@ class DeskApp(App[int]):
                 tooltip="Press twice within 2 s: HALTED, every working order canceled"),
         Binding(ALT_HALT_KEY, "kill_switch", "Halt (×2, alternate key)", id="halt-trading-alt", priority=True,
                 show=False, tooltip="Same as ctrl+k, for terminals that take ctrl+k"),
-        Binding("question_mark,f1", "help", "Help", id="help"),
+        Binding("question_mark,f1", "help", "Help", id="help", tooltip="This list of keys"),
         Binding("ctrl+p", "command_palette", "Commands", id="command-palette", show=False, priority=True,
                 tooltip="Command palette: Resume trading, Halt trading, pause/resume a model, speed, theme"),
         Binding("colon", "command_palette", "Commands", id="command-palette-colon", show=False,
                 tooltip="Command palette (as ctrl+p)"),
-        Binding("slash", "filter_orders", "Filter", id="filter-orders"),
-        Binding("p", "toggle_model", "Pause model", id="pause-model"),
-        Binding("plus,equals_sign", "speed_up", "Faster", id="speed-up", key_display="+"),
-        Binding("minus", "slow_down", "Slower", id="slow-down", key_display="-"),
+        Binding("slash", "filter_orders", "Filter", id="filter-orders",
+                tooltip="Filter the orders pane (id, model, instrument, side, status; !text inverts)"),
+        Binding("p", "toggle_model", "Pause model", id="pause-model",
+                tooltip="Pause or resume the model selected in the models pane (4)"),
+        Binding("plus,equals_sign", "speed_up", "Faster", id="speed-up", key_display="+", show=False,
+                tooltip="Faster replay: more bar steps per second (up to max)"),
+        Binding("minus", "slow_down", "Slower", id="slow-down", key_display="-", show=False,
+                tooltip="Slower replay: fewer bar steps per second"),
         Binding("1", "focus_pane('market')", "Market", id="focus-market", show=False),
         Binding("2", "focus_pane('orders')", "Orders", id="focus-orders", show=False),
         Binding("3", "focus_pane('positions')", "Positions", id="focus-positions", show=False),
         Binding("4", "focus_pane('models')", "Models", id="focus-models", show=False),
         Binding("5", "focus_pane('allocations')", "Allocations", id="focus-allocations", show=False),
         Binding("6", "focus_pane('alerts')", "Alerts", id="focus-alerts", show=False),
-        Binding("q", "quit", "Quit", id="quit"),
+        Binding("q", "quit", "Quit", id="quit", tooltip="Quit (asks first while orders are working)"),
     ]
 
     def __init__(
@@ -396,7 +400,7 @@ class DeskApp(App[int]):
             return
         self._last_sample_key = key
         self._dirty = False
-        self.market_pane.sample(e)
+        self.market_pane.sample(e, self.link.day_open)
         self.positions_pane.sample(e)
         self.models_pane.sample(e, self.link.stats)
         self.allocations_pane.sample(e, self.working.values())

@@ -44,6 +44,8 @@ from core.events import Event
 
 #: one Sharpe return per hour of engine clock
 SHARPE_BUCKET_NS = 3_600_000_000_000
+#: one UTC day in nanoseconds
+DAY_NS = 86_400_000_000_000
 #: hours in a year (24 × 365)
 PERIODS_PER_YEAR = 8760
 
@@ -179,6 +181,9 @@ class EngineLink:
             mid: ModelStats(float(engine.weights[mid] * capital)) for mid in engine.specs
         }
         self.steps_seen = 0
+        #: per instrument, the mark at the first step of the current UTC day (engine clock)
+        self.day_open: dict[Any, Decimal] = {}
+        self._day: int | None = None
         #: callables run at the end of every engine step (tests, bench)
         self.step_hooks: list[Callable[[], None]] = []
         self.tap = StepTap(engine.feed, self._on_step)
@@ -219,6 +224,13 @@ class EngineLink:
         for mid, st in self.stats.items():
             if st.last_bucket != bucket:
                 st.add(float(self.model_equity(mid)), bucket)
+        day = e.clock.timestamp_ns() // DAY_NS
+        if day != self._day:
+            self._day = day
+            self.day_open = dict(e.portfolio.marks)
+        elif len(self.day_open) < len(e.portfolio.marks):
+            for iid, px in e.portfolio.marks.items():
+                self.day_open.setdefault(iid, px)
         for hook in self.step_hooks:
             hook()
 

@@ -1,5 +1,6 @@
-"""The market pane: per instrument its last price, the change since the
-pane first saw it, and each model's regime with its probability.
+"""The market pane: per instrument its last price, each model's regime with
+its probability, and the change since the first step of the UTC day (engine
+clock; ``desk.link.EngineLink.day_open``).
 
 Regimes are the models' canonical states (ordered by the variance of the
 return feature, ascending: ``S0`` is the calmest); the probability is the
@@ -27,7 +28,6 @@ class MarketPane(Vertical):
     def __init__(self, *, id: str | None = "market-pane") -> None:
         super().__init__(id=id, classes="pane")
         self.table = DeskTable(id="market-table", cursor=False)
-        self._first: dict[Any, Decimal] = {}
         self._models: list[str] = []
 
     def compose(self) -> ComposeResult:
@@ -46,12 +46,13 @@ class MarketPane(Vertical):
             ("iid", "Instrument", None, False), ("last", "Last", 10, True),
         ]
         cols += [(f"m:{m}", m, max(8, len(m)), True) for m in self._models]
-        cols += [("chg", "Chg %", 7, True)]
+        cols += [("chg", "Day %", 7, True)]
         self.table.set_columns(cols)
-        self.sample(engine)
+        self.sample(engine, {})
 
-    def sample(self, engine: Any) -> None:
-        """Update the changed cells from the engine."""
+    def sample(self, engine: Any, day_open: dict[Any, Decimal]) -> None:
+        """Update the changed cells from the engine; ``day_open`` are the
+        marks at the first step of the day."""
         marks = engine.portfolio.marks
         for iid in sorted(engine.instruments, key=str):
             inst = engine.instruments[iid]
@@ -61,7 +62,7 @@ class MarketPane(Vertical):
                 cells["last"] = ("—", "muted")
                 cells["chg"] = ("", None)
             else:
-                first = self._first.setdefault(iid, px)
+                first = day_open.get(iid)
                 cells["last"] = (fmt_step(px, inst.tick_size), None)
                 cells["chg"] = pnl_cell((px / first - 1) * 100) if first else ("", None)
             for m in self._models:
