@@ -75,6 +75,15 @@ class OrderInitialized(OrderEvent):
     time_in_force: str
     reduce_only: bool = False
     tags: str = ""
+    # order-management issue (4): optional, defaulted, so older journals still load
+    trigger_price: Decimal | None = None
+    trailing_offset: Decimal | None = None
+    trailing_offset_type: str = "PRICE"
+    expire_time_ns: int | None = None
+    post_only: bool = False
+    contingency: str = "NO_CONTINGENCY"
+    linked_order_ids: str = ""  # comma-separated ClientOrderIds (OCO siblings / OTO children)
+    parent_order_id: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,9 +122,16 @@ class OrderPendingCancel(OrderEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OrderCanceled(OrderEvent):
-    """The venue canceled the order (on request, or e.g. END_OF_DATA)."""
+    """The venue canceled the order (on request, or e.g. END_OF_DATA).
+
+    ``executed_qty`` (base units) is the quantity the venue says had been
+    executed when the cancel took effect, as Binance's cancel response
+    reports ``executedQty``; ``None`` when the venue does not say. Fills up
+    to it may still arrive after this acknowledgement.
+    """
 
     reason: str
+    executed_qty: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,6 +151,59 @@ class OrderFilled(OrderEvent):
     commission: Decimal
     commission_currency: str
     liquidity_side: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderTriggered(OrderEvent):
+    """A stop's trigger was reached (STOP_MARKET, STOP_LIMIT,
+    TRAILING_STOP_MARKET): ``trigger_price`` (quote per base) is the level
+    that fired. Fills, if any, follow as ``OrderFilled`` (NautilusTrader's
+    ``OrderTriggered``)."""
+
+    venue_order_id: str
+    trigger_price: Decimal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderPendingUpdate(OrderEvent):
+    """A modify (cancel/replace) was requested: the new total ``quantity``
+    (base units), ``price`` and ``trigger_price`` (quote per base); ``None``
+    means unchanged. ``OrderUpdated`` or ``OrderModifyRejected`` follows."""
+
+    quantity: Decimal | None = None
+    price: Decimal | None = None
+    trigger_price: Decimal | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderUpdated(OrderEvent):
+    """The venue amended the order in place: ``quantity`` is the new total
+    (filled included), ``price``/``trigger_price`` the values now in force.
+    Also sent unsolicited when a trailing stop's trigger ratchets."""
+
+    venue_order_id: str
+    quantity: Decimal
+    price: Decimal | None = None
+    trigger_price: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderModifyRejected(OrderEvent):
+    """The venue (or the desk's emulated replace) refused a modify; the
+    order goes back to the status it had before ``PENDING_UPDATE``."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderExpired(OrderEvent):
+    """The order's time in force ran out: GTD/DAY expiry, or the unfilled
+    remainder of an IOC/FOK order (Binance reports these as ``EXPIRED``).
+    ``executed_qty`` as in :class:`OrderCanceled`."""
+
+    reason: str
+    executed_qty: Decimal | None = None
 
 
 # ---------------------------------------------------------------- others
@@ -211,6 +280,13 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 _DECIMAL_FIELDS = {"quantity", "price", "last_qty", "last_px", "commission", "target"}
+
+# order-management issue (4): the new order events and Decimal fields
+EVENT_TYPES.update({
+    cls.__name__: cls
+    for cls in (OrderTriggered, OrderPendingUpdate, OrderUpdated, OrderModifyRejected, OrderExpired)
+})
+_DECIMAL_FIELDS.update({"trigger_price", "trailing_offset", "executed_qty"})
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
