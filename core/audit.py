@@ -51,3 +51,50 @@ class AuditLog:
             os.fsync(self._fh.fileno())
         finally:
             self._fh.close()
+
+
+def repair_audit(path: str | Path, journal: "Any") -> dict[str, int]:
+    """Repair the audit log from the journal at start (issue 5).
+
+    ``journal`` yields ``(seq, type, payload)`` of committed events in
+    sequence order (``Store.iter_journal``). A torn last line (no newline, or
+    not JSON: the process died while writing it) is cut off; then every
+    audited journal event with a ``seq`` beyond the last good line is
+    appended; existing lines are left as they are.
+
+    Returns ``{"torn": 0|1, "appended": n, "kept": n}``.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    data = p.read_bytes() if p.exists() else b""
+    torn = 0
+    last_seq = 0
+    good_end = 0
+    kept = 0
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            torn = 1
+            break
+        try:
+            rec = json.loads(data[pos:nl])
+            last_seq = max(last_seq, int(rec["seq"]))
+            kept += 1
+        except (ValueError, KeyError, TypeError):
+            torn = 1
+            break
+        pos = good_end = nl + 1
+    if torn:
+        with open(p, "r+b") as fh:
+            fh.truncate(good_end)
+    appended = 0
+    with open(p, "a", encoding="utf-8") as fh:
+        for seq, typ, payload in journal:
+            if seq <= last_seq or typ not in AUDITED_TYPES:
+                continue
+            fh.write(json.dumps({"seq": seq, **payload}, separators=(",", ":")) + "\n")
+            appended += 1
+        fh.flush()
+        os.fsync(fh.fileno())
+    return {"torn": torn, "appended": appended, "kept": kept}

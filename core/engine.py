@@ -229,6 +229,7 @@ class Engine:
         self.crash_plan: dict[str, int] = {}
         self.crash_counts: dict[str, int] = {}
         self._in_step = False
+        self.unreconciled: list[str] = []
         from core.governance import Governance  # local: governance imports engine types
 
         self.governance = Governance(self)
@@ -582,6 +583,31 @@ class Engine:
             self.stats.warmup_bars += 1
         for key in list(self.pending_fits):
             await self._apply_due_fit(key, self.pending_fits[key].apply_at)
+
+    async def recover(self, max_resend_age_ns: int = 5_000_000_000) -> list[str]:
+        """Reconcile with the venue after a restart (``core.recovery``):
+        acknowledge, apply missed fills once, resend an order written but
+        never sent (within ``max_resend_age_ns`` of engine clock, default
+        5 s) or reject it as ``STALE_AFTER_RESTART``. A difference it cannot
+        explain raises an alert and halts trading. Returns the report lines
+        (empty when nothing needed reconciling)."""
+        from core.recovery import reconcile
+
+        if not hasattr(self.venue, "lookup"):
+            return []
+        report = await reconcile(self, max_resend_age_ns)
+        lines = report.lines()
+        for line in lines:
+            log.warning("reconciliation: %s", line)
+        if report.changed:
+            self.alert("WARNING" if not report.differences else "ERROR", "RECONCILED",
+                       "; ".join(lines)[:2000])
+        if report.differences:
+            self.unreconciled = list(report.differences)
+            await self.governance.halt("reconciliation", "unreconciled difference with the venue: "
+                                       + "; ".join(report.differences)[:500])
+        self.checkpoint()
+        return lines
 
     def stop(self) -> None:
         """Ask ``run`` to stop after the current step (thread-safe only from

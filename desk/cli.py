@@ -172,7 +172,7 @@ def run_headless(opts: Any, default_bars: int | None) -> int:
         asyncio.run(_drive(engine, built.continued, max_bars))
         wall = time.perf_counter() - t0
         summary = engine.summary(wall, engine.stats.bars - bars0)
-        problems = reconcile(summary, engine)
+        problems = list(engine.unreconciled) + reconcile(summary, engine)
         code = EXIT_OK
         if problems:
             for p in problems:
@@ -206,6 +206,8 @@ async def _drive(engine: Any, continued: bool, max_bars: int | None) -> None:
     if not continued:
         log.info("warming the models up")
         await engine.warm_up()
+    else:
+        await engine.recover()
     progress = asyncio.create_task(_progress(engine))
     try:
         await engine.run(max_bars=max_bars)

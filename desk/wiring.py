@@ -21,7 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from core.audit import AuditLog
+from core.audit import AuditLog, repair_audit
 from core.clock import TestClock
 from core.engine import Engine, EngineConfig, ModelSpec
 from core.enums import OrderType
@@ -259,9 +259,14 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             return PaperVenue(state.path / "venue-paper.sqlite", venue_name, quote, instruments, clock,
                               paper_cfg, on_event)
 
+        audit_path = state.path / "audit" / "orders.jsonl"
+        fixed = repair_audit(audit_path, store.iter_journal())
+        if fixed["torn"] or (fixed["appended"] and store.load_checkpoint() is not None):
+            messages.append(f"audit log repaired from the journal: torn last line cut {fixed['torn']}, "
+                            f"{fixed['appended']} missing lines appended")
         engine = Engine(
             config=EngineConfig(router=router), clock=clock, store=store,
-            audit=AuditLog(state.path / "audit" / "orders.jsonl"), feed=feed, instruments=instruments,
+            audit=AuditLog(audit_path), feed=feed, instruments=instruments,
             models=models, specs=[s for s, _ in specs], risk=risk, executor=executor, venue_factory=venue_factory,
         )
         engine.speed = opts.speed
