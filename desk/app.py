@@ -161,6 +161,9 @@ class DeskApp(App[int]):
         self.status = "idle"
         self.halt_reason = ""
         self.working: dict[str, Any] = {o.client_order_id: o for o in engine.orders.values() if o.is_working}
+        # at max speed the engine lets the loop run every step, not every 64
+        # (keys, the kill switch and redraws wait at most one step)
+        engine.config.yield_every = 1
         self.link = EngineLink(engine, self._on_events)
         self.link.set_speed(speed)
         self.engine_worker: Worker[None] | None = None

@@ -38,8 +38,10 @@ TARGETS = {"hmm_v1": ["0.5", "0.5", "0.5", "1", "1", "1", "0", "0", "0.3", "0.3"
 
 
 def scripted_sim_engine(state_dir: Path, *, seed: int = 7, warmup_bars: int = 4,
-                        risk: RiskConfig | None = None) -> Engine:
-    """The SIM market (seeded) with scripted models under the default ids."""
+                        risk: RiskConfig | None = None, venue_cash: Decimal | None = None) -> Engine:
+    """The SIM market (seeded) with scripted models under the default ids.
+    ``venue_cash`` gives the paper venue more cash than the models' capital
+    (10000), for orders placed by hand."""
     state_dir.mkdir(parents=True, exist_ok=True)
     clock = TestClock()
     market = SimMarket(seed=seed)
@@ -54,7 +56,7 @@ def scripted_sim_engine(state_dir: Path, *, seed: int = 7, warmup_bars: int = 4,
         instruments=instruments, models=models, specs=list(SPECS), risk=RiskEngine(risk),
         executor=InlineExecutor(),
         venue_factory=lambda cb: PaperVenue(state_dir / "venue-paper.sqlite", "SIM", "USDT", instruments, clock,
-                                            PaperConfig(), cb),
+                                            PaperConfig(starting_cash=venue_cash or D("10000")), cb),
     )
 
 
