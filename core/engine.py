@@ -451,6 +451,38 @@ class Engine:
             self.emit(ev)
         await self.venue.cancel_order(order, reason)
 
+    async def modify(self, order: Order, quantity: Decimal | None = None, price: Decimal | None = None,
+                     trigger_price: Decimal | None = None, reason: str = "") -> bool:
+        """Request a native amend of a working order (issue 4): journals
+        ``OrderPendingUpdate`` (PENDING_UPDATE), then calls the venue's
+        ``modify_order``; ``OrderUpdated`` or ``OrderModifyRejected`` comes
+        back through the venue callback. ``quantity`` is the new total
+        (filled included, base units), prices quote per base, ``None`` =
+        unchanged. Returns False, sending nothing, when the order is not
+        working or the desk is HALTED (no modified orders, DESIGN.md section
+        4); a venue without ``modify_order`` gets ``OrderModifyRejected``
+        (use ``core.emulator.OrderEmulator.replace`` to emulate it)."""
+        from core.events import OrderModifyRejected, OrderPendingUpdate
+
+        if not order.is_working:
+            return False
+        if self.trading_state == TradingState.HALTED:
+            self.alert("WARNING", "MODIFY_HALTED", f"{order.client_order_id}: no modified orders while HALTED")
+            return False
+        now = self.clock.timestamp_ns()
+        common = dict(ts_event=now, ts_init=now, client_order_id=order.client_order_id,
+                      instrument_id=order.instrument_id, model_id=order.model_id)
+        ev = OrderPendingUpdate(**common, quantity=quantity, price=price, trigger_price=trigger_price, reason=reason)
+        if order.apply(ev):
+            self.store.record_order(order)
+            self.emit(ev)
+        amend = getattr(self.venue, "modify_order", None)
+        if amend is None:
+            self._on_venue_event(OrderModifyRejected(**common, reason=f"venue {self.venue.venue} cannot amend"))
+            return True
+        await amend(order, quantity, price, trigger_price)
+        return True
+
     def working_orders(self) -> list[Order]:
         """Orders that may still trade, oldest first."""
         return [o for o in self.orders.values() if o.is_working]

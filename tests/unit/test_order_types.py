@@ -507,3 +507,46 @@ def test_paper_limit_orders_never_overfill_and_release_every_reservation(tmp_pat
     # cash spent + cash left = the start; base received = fills minus base fees
     spent = sum((e.last_qty * e.last_px for e in ev if e.type == "OrderFilled"), D(0))
     assert v.balance("USDT") + spent == D("10000")
+
+
+# ------------------------------------------------------------------ the engine hook
+def test_engine_modify_journals_pending_update_then_the_venue_update(tmp_path):
+    import json
+
+    from core.audit import AuditLog
+    from core.engine import Engine, EngineConfig, ModelSpec
+    from core.enums import TradingState
+    from core.risk import RiskConfig, RiskEngine
+    from core.router import RouterConfig
+    from core.store import Store
+    from tests.helpers.scripted import InlineExecutor, ScriptedModel
+    from venues.feeds import ReplayFeed
+    from venues.klines import KlineFile
+
+    minute = 60_000_000_000
+    bars_ = [Bar(IID, D("2000"), D("2001"), D("2000"), D("2000"), D("100"), k * minute, (k + 1) * minute, k + 2)
+             for k in range(6)]
+    clock = TestClock()
+    eng = Engine(
+        config=EngineConfig(router=RouterConfig(capital=D("10000"))), clock=clock,
+        store=Store(tmp_path / "desk.sqlite"), audit=AuditLog(tmp_path / "audit" / "orders.jsonl"),
+        feed=ReplayFeed([KlineFile("x.csv", IID, "ETHUSDT", minute, bars_, [])]), instruments={IID: ETH},
+        models={"m0": {IID: ScriptedModel("m0", IID, ["1"] * 4, warmup=2)}}, specs=[ModelSpec("m0", D("1"))],
+        risk=RiskEngine(RiskConfig()), executor=InlineExecutor(),
+        venue_factory=lambda cb: PaperVenue(tmp_path / "venue.sqlite", "BINANCE", "USDT", {IID: ETH}, clock,
+                                            PaperConfig(), cb),
+    )
+    asyncio.run(eng.warm_up())
+    asyncio.run(eng.run(max_bars=4))  # the buy at 2000.00 rests: the lows never go below it
+    (o,) = eng.working_orders()
+    assert o.status == OrderStatus.ACCEPTED and o.price == D("2000.00")
+    assert asyncio.run(eng.modify(o, price=D("1995.00")))
+    assert o.status == OrderStatus.ACCEPTED and o.price == D("1995.00") and o.quantity == D("5.0000")
+    eng.flush()
+    types_ = [t for (t,) in eng.store.conn.execute("SELECT type FROM journal ORDER BY seq")]
+    assert types_[-2:] == ["OrderPendingUpdate", "OrderUpdated"]
+    last = json.loads(eng.store.conn.execute("SELECT payload FROM journal ORDER BY seq DESC LIMIT 1").fetchone()[0])
+    assert last["price"] == "1995.00" and last["quantity"] == "5.0000"
+    eng.trading_state = TradingState.HALTED
+    assert not asyncio.run(eng.modify(o, price=D("1990.00")))  # no modified orders while halted
+    assert o.price == D("1995.00")
