@@ -66,6 +66,8 @@ log = logging.getLogger("desk.app")
 DEFAULT_SPEED = 10.0
 #: the speeds ``+`` and ``-`` step through (None = as fast as possible)
 SPEED_LADDER: tuple[float | None, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, None)
+#: how often the survivors of the young GC generations are frozen
+GC_FREEZE_INTERVAL_S = 2.0
 #: the continuous figures' sampling period (10 Hz)
 SAMPLE_INTERVAL_S = 0.1
 #: the kill switch's key and its alternate (for terminals that take ctrl+k;
@@ -227,7 +229,8 @@ class DeskApp(App[int]):
         self.models_pane.focus_target.focus()
         if self.autostart:
             self.start_engine()
-        self.call_after_refresh(gc.freeze)
+        self.call_after_refresh(lambda: gc.freeze())
+        self.set_interval(GC_FREEZE_INTERVAL_S, self._gc_janitor, name="gc-janitor")
 
     def _load_history(self) -> None:
         """A continued run: recent orders, alerts and governance actions
@@ -254,6 +257,20 @@ class DeskApp(App[int]):
                 self.halt_reason = f"{row[1]} (by {row[0]})" if row else "restored"
         except Exception as exc:  # history is a convenience; never fail the screen on it
             log.warning("could not load history from the store: %s", exc)
+
+    def _gc_janitor(self) -> None:
+        """Collect the young generations, then freeze the survivors.
+
+        ``gc.freeze()`` after start-up keeps the start-up objects out of the
+        cyclic collector. The engine and the screen keep allocating
+        long-lived objects (orders, rendered cells), and each full
+        collection walks all of them: at max speed these pauses grew to
+        ~200 ms (bench/ui.py). Freezing the survivors every few seconds
+        keeps full collections short. The cost: cyclic garbage made of
+        frozen objects is never collected (young cycles are collected just
+        before each freeze)."""
+        gc.collect(1)
+        gc.freeze()
 
     def on_unmount(self) -> None:
         """Remove the signal handlers and the bus subscription."""
@@ -282,6 +299,7 @@ class DeskApp(App[int]):
                 e.flush()
                 self.needs_warm_up = False
                 self.warmed = True
+                gc.collect(1)
                 gc.freeze()
             self.status = "running"
             self._dirty = True

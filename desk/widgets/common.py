@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from typing import Any, ClassVar, Iterable, Sequence
 
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.widgets import DataTable
@@ -144,11 +145,50 @@ class DeskTable(Toned, DataTable):
         super().__init__(id=id, classes=classes, cursor_type="row" if cursor else "none",
                          show_cursor=cursor, zebra_stripes=False, cursor_foreground_priority="renderable")
         self._raw: dict[str, dict[str, Cell]] = {}
+        self._rows_put: dict[str, dict[str, Text]] = {}
         self._right: dict[str, bool] = {}
 
     def on_mount(self) -> None:
         """Follow theme changes."""
         self.app.theme_changed_signal.subscribe(self, self._on_theme_changed)
+
+    #: rendered cells kept across updates (see ``_render_cell``)
+    _STABLE_CACHE_MAX = 20_000
+
+    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
+                     cursor: bool = False, hover: bool = False) -> Any:
+        """Render a cell, reusing the rendering of the same cell object.
+
+        The stock DataTable keys its cell cache on a table-wide update
+        counter, so one ``update_cell`` re-renders every visible cell
+        (DESIGN.md section 7). Here a data cell is rendered once per value
+        object (``upsert`` makes a new object exactly when a cell's text or
+        tone changes) and style inputs; when the same object shows at
+        another row (rows shifting as new orders arrive) only the row and
+        column mouse metadata of its segments is re-stamped.
+        (Overrides a private method of textual 8.2.8, pinned exactly.)
+        """
+        if row_index < 0 or column_index < 0:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        row_key = self._row_locations.get_key(row_index)
+        column_key = self._column_locations.get_key(column_index)
+        cell = self._data[row_key][column_key]
+        key = (id(cell), base_style, width, cursor, hover, self._show_hover_cursor, self._pseudo_class_state)
+        cache: dict[Any, Any] = self.__dict__.setdefault("_stable_cells", {})
+        hit = cache.get(key)
+        if hit is not None and hit[0] is cell:
+            if hit[1] == (row_index, column_index):
+                return hit[2]
+            meta = Style.from_meta({"row": row_index, "column": column_index})
+            lines = [[Segment(seg.text, (seg.style or Style.null()) + meta, seg.control) for seg in line]
+                     for line in hit[2]]
+            cache[key] = (cell, (row_index, column_index), lines)
+            return lines
+        lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        if len(cache) >= self._STABLE_CACHE_MAX:
+            cache.clear()
+        cache[key] = (cell, (row_index, column_index), lines)
+        return lines
 
     def _on_theme_changed(self, _theme: Any) -> None:
         self.call_after_refresh(self.retone)
@@ -156,6 +196,7 @@ class DeskTable(Toned, DataTable):
     def retone(self) -> None:
         """Re-render every cell with the current theme's colours."""
         self.clear_tones()
+        self.__dict__["_stable_cells"] = {}
         for row_key, cells in self._raw.items():
             for col, cell in cells.items():
                 self.update_cell(row_key, col, self._render(col, cell))
@@ -168,6 +209,30 @@ class DeskTable(Toned, DataTable):
 
     def _render(self, col: str, cell: Cell) -> Text:
         return self.toned(cell[0], cell[1], "right" if self._right.get(col) else "left")
+
+    def render_cells(self, cells: dict[str, Cell]) -> dict[str, Text]:
+        """The Text of each cell (for :meth:`put_row`)."""
+        return {col: self._render(col, cell) for col, cell in cells.items()}
+
+    def put_row(self, key: str, texts: dict[str, Text]) -> None:
+        """Add the row ``key`` or set its cells to ``texts`` (objects from
+        :meth:`render_cells`), calling ``update_cell`` only for cells whose
+        object changed. Rows written this way are not re-toned by
+        :meth:`retone`; their owner re-renders them."""
+        if key not in self._rows_put:
+            self._rows_put[key] = dict(texts)
+            self.add_row(*(texts.get(c, Text("")) for c in self._right), key=key)
+            return
+        old = self._rows_put[key]
+        for col, text in texts.items():
+            if old.get(col) is not text:
+                old[col] = text
+                self.update_cell(key, col, text)
+
+    def pop_row(self, key: str) -> None:
+        """Remove a row written with :meth:`put_row`."""
+        if self._rows_put.pop(key, None) is not None:
+            self.remove_row(key)
 
     def has_row(self, key: str) -> bool:
         """True when a row with ``key`` is shown."""
@@ -195,6 +260,7 @@ class DeskTable(Toned, DataTable):
     def drop_all(self) -> None:
         """Remove every row (columns stay)."""
         self._raw.clear()
+        self._rows_put.clear()
         self.clear()
 
     def row_keys(self) -> Iterable[str]:

@@ -3,9 +3,9 @@ coloured by tone, filterable with ``/``.
 
 Driven by order events (not sampled): the app calls :meth:`order_changed`
 with the engine's ``Order`` for each order event as soon as the event is
-published, then :meth:`end_batch` once per batch (re-sorting only when a
-new order appeared). All working orders are kept; of the finished ones the
-newest :data:`MAX_FINISHED` stay.
+published, then :meth:`end_batch` once per batch of the same event-loop
+turn. All working orders are kept, and the newest finished ones up to
+:data:`MAX_ROWS` rows in all.
 
 The filter is a case-insensitive substring over the order id, model,
 instrument, side, type and status; a leading ``!`` inverts it. ``enter``
@@ -23,8 +23,10 @@ from textual.widgets import Input
 
 from desk.widgets.common import STATUS_TONE, DeskTable, fmt_clock, fmt_step
 
-#: finished orders kept in the pane (all working orders are kept)
-MAX_FINISHED = 200
+#: orders kept in the pane: every working order, then the newest finished
+#: ones up to this many rows in all (a constant row count in steady state)
+MAX_ROWS = 200
+MAX_FINISHED = MAX_ROWS
 
 COLUMNS: list[tuple[str, str, int | None, bool]] = [
     ("status", "Status", 16, False),
@@ -56,7 +58,9 @@ class OrdersPane(Vertical):
         self._orders: dict[str, Any] = {}
         self._seq: dict[str, int] = {}
         self._next = 0
-        self._needs_sort = False
+        self._newest: list[str] = []
+        self._shown: list[str] = []
+        self._texts: dict[str, Any] = {}
         self._instruments: dict[Any, Any] = {}
         self._subtitle = ""
 
@@ -113,30 +117,39 @@ class OrdersPane(Vertical):
         return (q in hay) != invert
 
     def order_changed(self, order: Any) -> None:
-        """An order event was published for ``order``: show its new state."""
+        """An order event was published for ``order``: show its new state
+        (the table is rewritten at :meth:`end_batch`)."""
         coid = order.client_order_id
         if coid not in self._seq:
             self._seq[coid] = self._next
             self._next += 1
+            self._newest.insert(0, coid)
         self._orders[coid] = order
-        if self._matches(order):
-            if self.table.upsert(coid, self._cells(order)):
-                self._needs_sort = True
-        else:
-            self.table.drop(coid)
+        self._texts[coid] = self.table.render_cells(self._cells(order))
 
     def end_batch(self) -> None:
         """After a batch of events: drop the oldest finished orders beyond
-        :data:`MAX_FINISHED`, then put the newest first."""
-        finished = [c for c, o in self._orders.items() if not o.is_working]
-        for coid in finished[: max(0, len(finished) - MAX_FINISHED)]:
+        :data:`MAX_ROWS` rows in all, then write the rows, newest first.
+
+        The rows are slots ``s0``, ``s1``, … holding the orders in display
+        order; a new order shifts the contents down instead of inserting a
+        row, so the table keeps its height (no layout pass) and only cells
+        whose content changed are updated.
+        """
+        excess = len(self._newest) - MAX_ROWS
+        finished = [c for c in reversed(self._newest) if not self._orders[c].is_working] if excess > 0 else []
+        for coid in finished[:excess]:
             del self._orders[coid]
             del self._seq[coid]
-            self.table.drop(coid)
-        if self._needs_sort:
-            seq = self._seq
-            self.table.sort("id", key=lambda cell: -seq[cell.plain])
-            self._needs_sort = False
+            del self._texts[coid]
+            self._newest.remove(coid)
+        shown = [c for c in self._newest if self._matches(self._orders[c])]
+        t = self.table
+        for i, coid in enumerate(shown):
+            t.put_row(f"s{i}", self._texts[coid])
+        for i in range(len(shown), len(self._shown)):
+            t.pop_row(f"s{i}")
+        self._shown = shown
         working = sum(1 for o in self._orders.values() if o.is_working)
         sub = f"{working} working"
         if self.query_text:
@@ -147,7 +160,7 @@ class OrdersPane(Vertical):
 
     def shown_ids(self) -> list[str]:
         """Order ids in display order (top first)."""
-        return [str(r.key.value) for r in self.table.ordered_rows]
+        return list(self._shown)
 
     # ------------------------------------------------------------ filter
     def open_filter(self) -> None:
@@ -158,12 +171,6 @@ class OrdersPane(Vertical):
     def set_filter(self, text: str) -> None:
         """Filter the rows (newest first)."""
         self.query_text = text
-        self.table.drop_all()
-        for coid in sorted(self._orders, key=lambda c: -self._seq[c]):
-            o = self._orders[coid]
-            if self._matches(o):
-                self.table.upsert(coid, self._cells(o))
-        self._needs_sort = False
         self.end_batch()
 
     def on_input_changed(self, event: Input.Changed) -> None:
