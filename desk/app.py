@@ -32,6 +32,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -98,6 +99,12 @@ class DeskApp(App[int]):
         max_bars: stop the engine after this many bars (None = until quit).
         sample_interval: seconds between samples of the continuous figures.
         install_signals: handle SIGHUP (and SIGTERM) on the app's loop.
+        close_hook: closes the engine's resources (``Built.close``); called
+            before a hard exit.
+        hard_exit_on_hangup: after a SIGHUP, once halted and persisted, call
+            ``close_hook`` and leave with ``os._exit``: with its terminal
+            gone Textual's own shutdown blocks writing to it (seen under
+            tmux: the writer thread dies on EIO and the queue fills).
     """
 
     CSS_PATH = DESK_TCSS
@@ -145,6 +152,8 @@ class DeskApp(App[int]):
         max_bars: int | None = None,
         sample_interval: float = SAMPLE_INTERVAL_S,
         install_signals: bool = True,
+        close_hook: Callable[[], None] | None = None,
+        hard_exit_on_hangup: bool = False,
     ) -> None:
         super().__init__()
         for theme in THEMES:
@@ -160,6 +169,8 @@ class DeskApp(App[int]):
         self.max_bars = max_bars
         self.sample_interval = sample_interval
         self.install_signals = install_signals
+        self.close_hook = close_hook
+        self.hard_exit_on_hangup = hard_exit_on_hangup
         self.status = "idle"
         self.halt_reason = ""
         self.working: dict[str, Any] = {o.client_order_id: o for o in engine.orders.values() if o.is_working}
@@ -600,6 +611,14 @@ class DeskApp(App[int]):
             await self.halt(who, reason)
         await self.stop_engine()
         self.finalize()
+        if self.hangup and self.hard_exit_on_hangup:
+            log.warning("SIGHUP: halted and persisted; exiting")
+            try:
+                if self.close_hook is not None:
+                    self.close_hook()
+            finally:
+                logging.shutdown()
+                os._exit(EXIT_OK)
         self.exit(EXIT_OK)
 
     # ------------------------------------------------------------ signals
@@ -709,13 +728,26 @@ def run_app(opts: Any, *, max_speed: bool = False, app_factory: Callable[..., De
         for m in built.messages:
             log.info(m)
         speed = opts.speed if opts.speed is not None else (None if max_speed else DEFAULT_SPEED)
-        app = app_factory(built, speed=speed, max_bars=opts.bars)
+        close = _Once(built.close)
+        app = app_factory(built, speed=speed, max_bars=opts.bars, close_hook=close, hard_exit_on_hangup=True)
         code = app.run()
         return EXIT_OK if code is None else int(code)
     finally:
         if app is not None:
             _after_app(app)
-        built.close()
+        (app.close_hook if app is not None and app.close_hook is not None else built.close)()
+
+
+class _Once:
+    """Call a function at most once."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn: Callable[[], None] | None = fn
+
+    def __call__(self) -> None:
+        fn, self.fn = self.fn, None
+        if fn is not None:
+            fn()
 
 
 def _after_app(app: DeskApp) -> None:
