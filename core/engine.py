@@ -299,6 +299,7 @@ class Engine:
         assert isinstance(event, OrderFilled)
         self.portfolio.apply_fill(event)
         self._count_fill(event)
+        self.crash_point("after_fill_received")
 
     # ------------------------------------------------------------ flush
     def flush(self) -> None:
@@ -595,6 +596,7 @@ class Engine:
 
     # ------------------------------------------------------------ the loop
     async def _process_bar(self, bar: Bar) -> None:
+        self.crash_point("bar")
         self.clock.set_time(max(bar.ts_event, self.clock.timestamp_ns()))
         self._roll_day(bar.ts_event)
         self.venue.on_bar(bar)

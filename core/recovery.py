@@ -141,8 +141,10 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int) -> ReconcileReport
             report.canceled.append(coid)
         elif known.status == "REJECTED" and order.is_working:
             engine._on_venue_event(OrderRejected(**common, reason=known.reason or "REJECTED"))
+    engine.flush()
+    stored = {r[0] for r in engine.store.conn.execute("SELECT client_order_id FROM orders")}
     for coid in venue.order_ids():  # type: ignore[attr-defined]
-        if is_desk_order(coid) and coid not in engine.orders:
+        if is_desk_order(coid) and coid not in engine.orders and coid not in stored:
             report.differences.append(f"the venue has desk order {coid} that the store does not know")
     engine.flush()
     for order in to_resend:

@@ -271,6 +271,9 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
         )
         engine.speed = opts.speed
         engine.halt_file = state.path / "HALT"
+        plan = os.environ.get("DESK_CRASH_PLAN")  # test hook of tests/recovery: {"after_send": 3}
+        if plan:
+            engine.crash_plan = {str(k): int(v) for k, v in json.loads(plan).items()}
         cp = store.load_checkpoint()
         continued = cp is not None
         if cp is not None:

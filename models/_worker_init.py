@@ -60,11 +60,29 @@ def init_worker(niceness: int = 10, quiet: bool = True) -> None:
             os.nice(niceness)
         except (OSError, AttributeError):
             pass
+    _die_with_parent()
     if quiet:
         warnings.simplefilter("ignore")
         root = logging.getLogger()
         root.handlers[:] = [logging.NullHandler()]
         root.setLevel(logging.CRITICAL)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when the desk process dies
+    (``prctl(PR_SET_PDEATHSIG)``), so a ``kill -9`` of the desk leaves no
+    orphaned fit worker behind; a no-op where prctl is unavailable."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def preload(*module_names: str) -> int:

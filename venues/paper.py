@@ -79,11 +79,12 @@ Order management (issue 4):
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 from zoneinfo import ZoneInfo
 
 import sqlite_utils
@@ -106,6 +107,7 @@ from core.events import (
 from core.identifiers import InstrumentId
 from core.instruments import Instrument
 from core.orders import LIMIT_TYPES, STOP_TYPES, ContingencyType, Order, TrailingOffsetType
+from core.recovery import VenueOrderReport
 from core.values import ZERO, dec_str, floor_to_step, quantize_money
 
 BASE_QUANTUM = Decimal("0.00000001")
@@ -256,7 +258,8 @@ class PaperVenue:
         self.on_event = on_event
         self.db = sqlite_utils.Database(Path(path))
         self.db.conn.execute("PRAGMA journal_mode=WAL")
-        self.db.conn.execute("PRAGMA synchronous=FULL")
+        # a simulated exchange: durable against a crash of the process (WAL, NORMAL)
+        self.db.conn.execute("PRAGMA synchronous=NORMAL")
         self._free: dict[str, Decimal] = {}
         self._locked: dict[str, Decimal] = {}
         self._working: dict[str, _VenueOrder] = {}
@@ -267,6 +270,7 @@ class PaperVenue:
         self._fills: list[dict[str, object]] = []
         self._last_px: dict[InstrumentId, Decimal] = {}
         self._pools: dict[str, _Pool] = {}
+        self._last_bar_ts: dict[InstrumentId, int] = {}
         self._load_or_init()
 
     # ----------------------------------------------------------- ledger
@@ -296,6 +300,8 @@ class PaperVenue:
         self._locked = {k: Decimal(v) for k, v in json.loads(state["locked"]).items()}
         self._next_order = int(state["next_order"])
         self._next_trade = int(state["next_trade"])
+        if "last_bar_ts" in state:
+            self._last_bar_ts = {InstrumentId.parse(k): int(v) for k, v in json.loads(state["last_bar_ts"]).items()}
         if "last_px" in state:
             self._last_px = {InstrumentId.parse(k): Decimal(v) for k, v in json.loads(state["last_px"]).items()}
         for r in db["orders"].rows:
@@ -325,6 +331,9 @@ class PaperVenue:
             ("next_trade", str(self._next_trade)),
         ]
         rows.append(("pools", json.dumps({k: dec_str(p.amount) for k, p in sorted(self._pools.items())})))
+        if self._last_bar_ts:
+            rows.append(("last_bar_ts", json.dumps({str(k): v for k, v in sorted(
+                self._last_bar_ts.items(), key=lambda kv: str(kv[0]))})))
         if self._last_px:
             rows.append(("last_px", json.dumps({str(k): dec_str(v) for k, v in sorted(
                 self._last_px.items(), key=lambda kv: str(kv[0]))})))
@@ -336,6 +345,36 @@ class PaperVenue:
                 self.db["fills"].insert_all(self._fills, pk="trade_id")
         self._dirty_orders.clear()
         self._fills.clear()
+
+    def lookup(self, client_order_id: str) -> VenueOrderReport | None:
+        """The venue's view of one order (status, executed quantity and its
+        fills as ``OrderFilled`` events), or None if it never saw the id.
+        Used by reconciliation after a restart or an unknown submit outcome."""
+        if client_order_id not in self._seen:
+            return None
+        self.commit()
+        row = self.db.conn.execute(
+            "SELECT venue_order_id, model_id, instrument_id, order_type, filled, status FROM orders "
+            "WHERE client_order_id=?", (client_order_id,)).fetchone()
+        if row is None:  # seen and rejected: the venue keeps no order
+            return VenueOrderReport(client_order_id, "", "REJECTED", ZERO, (), "rejected at submit")
+        vid, model_id, iid_text, otype, filled, status = row
+        iid = InstrumentId.parse(iid_text)
+        liquidity = (LiquiditySide.MAKER if otype in ("LIMIT",) else LiquiditySide.TAKER).value
+        fills = tuple(
+            OrderFilled(ts_event=int(ts), ts_init=int(ts), client_order_id=client_order_id, instrument_id=iid,
+                        model_id=model_id, venue_order_id=vid, trade_id=tid, side=side, last_qty=Decimal(q),
+                        last_px=Decimal(px), commission=Decimal(fee), commission_currency=ccy,
+                        liquidity_side=liquidity)
+            for tid, side, q, px, fee, ccy, ts in self.db.conn.execute(
+                "SELECT trade_id, side, qty, px, commission, commission_currency, ts FROM fills "
+                "WHERE client_order_id=? ORDER BY rowid", (client_order_id,))
+        )
+        return VenueOrderReport(client_order_id, vid, status, Decimal(filled), fills)
+
+    def order_ids(self) -> list[str]:
+        """Every ClientOrderId the venue has seen, sorted."""
+        return sorted(self._seen)
 
     def balance(self, asset: str) -> Decimal:
         """Total (free + locked) of ``asset``."""
@@ -388,6 +427,18 @@ class PaperVenue:
 
     # ----------------------------------------------------------- orders
     async def submit_order(self, order: Order) -> None:
+        """Accept or reject ``order`` (see ``_submit``), then commit the
+        venue's ledger before returning, as an exchange persists an order
+        before it answers."""
+        with self._persist_then_report():
+            await self._submit(order)
+
+    async def cancel_order(self, order: Order, reason: str = "CANCELED") -> None:
+        """Cancel a working order (see ``_cancel_request``), then commit."""
+        with self._persist_then_report():
+            await self._cancel_request(order, reason)
+
+    async def _submit(self, order: Order) -> None:
         """Accept or reject ``order``.
 
         Rejected (``OrderRejected``, reason naming the rule): a repeated
@@ -505,7 +556,7 @@ class PaperVenue:
         if not pool.members:
             del self._pools[pool_id]
 
-    async def cancel_order(self, order: Order, reason: str = "CANCELED") -> None:
+    async def _cancel_request(self, order: Order, reason: str = "CANCELED") -> None:
         """Cancel a working order and release its reservation; the
         acknowledgement (``OrderCanceled``) carries the executed quantity. An
         unknown or finished order gets no event (the OMS keeps its own
@@ -637,11 +688,33 @@ class PaperVenue:
         then limit/market matching within the bar's volume share; IOC/FOK
         remainders expire after their first bar. The bar's close becomes the
         venue's last price afterwards."""
+        if bar.ts_event <= self._last_bar_ts.get(bar.instrument_id, -1):
+            return  # already matched before a restart of the engine: the venue outlived it
+        with self._persist_then_report(only_if_dirty=True):
+            try:
+                if self._working:
+                    self._match_bar(bar)
+            finally:
+                self._last_px[bar.instrument_id] = bar.close
+                self._last_bar_ts[bar.instrument_id] = bar.ts_event
+
+    @contextmanager
+    def _persist_then_report(self, only_if_dirty: bool = False) -> Iterator[None]:
+        """Hold the reports produced inside the block, commit the ledger, then
+        deliver them: like an exchange, the venue persists a change before it
+        reports it, so a report the engine received is never lost by the
+        venue (the engine may still lose it: reconciliation finds it)."""
+        outer = self.on_event
+        held: list[Event] = []
+        self.on_event = held.append
         try:
-            if self._working:
-                self._match_bar(bar)
+            yield
         finally:
-            self._last_px[bar.instrument_id] = bar.close
+            self.on_event = outer
+            if not only_if_dirty or self._dirty_orders or self._fills:
+                self.commit()
+            for ev in held:
+                outer(ev)
 
     def _match_bar(self, bar: Bar) -> None:
         inst = self.instruments.get(bar.instrument_id)
