@@ -163,6 +163,7 @@ class DeskApp(App[int]):
         self.wall_clock = wall_clock or MonotonicClock()
         self.kill = KillSwitch(self.wall_clock)
         self.needs_warm_up = warm_up
+        self.reconciled = False
         self.autostart = autostart
         self.mode = mode
         self.market = market or ", ".join(sorted({i.venue for i in engine.instruments}))
@@ -312,6 +313,11 @@ class DeskApp(App[int]):
                 self.warmed = True
                 gc.collect(1)
                 gc.freeze()
+            elif not self.reconciled:
+                self.status = "reconciling with the venue"
+                self._dirty = True
+                await e.recover()  # a continued run: orders, fills and balances checked first
+            self.reconciled = True
             self.status = "running"
             self._dirty = True
             self.link.pacer.run_started(e.stats.steps)

@@ -28,8 +28,6 @@ from core.errors import EXIT_OK, EXIT_UNRECONCILED, EXIT_USAGE, DeskError
 
 log = logging.getLogger("desk")
 
-#: the quickstart's default: a few thousand SIM bars when headless
-DEFAULT_SIM_BARS_HEADLESS = 4000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,10 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     state_dir = getattr(args, "state_dir", Path("var"))
     try:
         if args.command is None:
-            return run_headless(_options(None, state_dir), default_bars=DEFAULT_SIM_BARS_HEADLESS)
+            from desk.app import run_app  # textual is imported only for the UI
+
+            return run_app(_options(None, state_dir))
         if args.command == "run":
             opts = _options(args, state_dir)
-            return run_headless(opts, default_bars=None if opts.data else DEFAULT_SIM_BARS_HEADLESS)
+            if not args.headless:
+                from desk.app import run_app
+
+                return run_app(opts, max_speed=args.speed == "max")
+            return run_headless(opts, default_bars=None)
     except DeskError as exc:
         sys.stderr.write(f"desk: error: {exc}\n")
         return exc.exit_code
