@@ -38,6 +38,7 @@ from core.enums import OrderSide, OrderStatus, OrderType, TimeInForce
 from core.events import (
     ORDER_EVENT_TYPES,
     Event,
+    OrderAccepted,
     OrderCanceled,
     OrderDenied,
     OrderEvent,
@@ -520,8 +521,7 @@ class OrderEmulator:
         executed = effective_filled(order)
         g = self.group_of(coid)
         if rep.group_driven and g is not None:
-            others = sum((effective_filled(self.orders[i]) for i in g.history if i != coid), ZERO)
-            new_qty = min(rep.total - executed, g.target - others - executed)
+            new_qty = g.target - self._group_filled(g)  # the group's remainder now, this order's fills included
         else:
             new_qty = rep.total - executed
         if new_qty <= 0:
@@ -580,10 +580,10 @@ class OrderEmulator:
         elif isinstance(event, (OrderCanceled, OrderExpired, OrderRejected, OrderDenied)):
             self._replacing.pop(coid, None)
             self._on_terminal(order, event)
-        elif isinstance(event, OrderUpdated):
+        elif isinstance(event, (OrderUpdated, OrderAccepted)):
             g = self.group_of(coid)
             if g is not None:
-                self._reconcile(g)
+                self._reconcile(g)  # a member settled: bring it to the group's remainder if that moved
         elif isinstance(event, OrderModifyRejected):
             self._alert("MODIFY_REJECTED", f"{coid}: {event.reason}")
 

@@ -384,3 +384,55 @@ def test_the_emulator_follows_the_engine_bus(tmp_path):
     desk.pump()
     desk.bar("2095", "2101", "2094", "2100")
     assert tp.status == OrderStatus.FILLED and sl.status == OrderStatus.CANCELED
+
+
+def test_bracket_legs_resized_by_emulated_replace_on_a_venue_without_amend(tmp_path):
+    desk = Desk(tmp_path, native_modify=False, max_volume_share=D("0.1"))
+    entry = desk.new(OrderSide.BUY, "1.0000", "2000.00")
+    br = desk.em.submit_bracket(entry, take_profit_price=D("2200.00"), stop_trigger_price=D("1900.00"))
+    desk.pump()
+    desk.bar("2000", "2001", "1999", "2000", v="4")  # legs released for 0.3996
+    desk.bar("2000", "2001", "1999", "2000", v="6")  # net 0.9990 in all: both legs replaced (cancel, then new)
+    tp0, sl0 = desk.em.orders[br.take_profit_id], desk.em.orders[br.stop_loss_id]
+    assert tp0.status == sl0.status == OrderStatus.CANCELED
+    tp = desk.orders[desk.em.replacements[br.take_profit_id]]
+    sl = desk.orders[desk.em.replacements[br.stop_loss_id]]
+    assert (tp.client_order_id, sl.client_order_id) == (f"{br.take_profit_id}.R1", f"{br.stop_loss_id}.R1")
+    assert (tp.quantity, sl.quantity) == (D("0.9990"), D("0.9990"))
+    assert tp.status == sl.status == OrderStatus.ACCEPTED
+    assert desk.venue.free("ETH") == 0  # one reservation of 0.9990 for the pair
+    desk.bar("1950", "1960", "1850", "1860")  # the stop fires at 1900 and sells the 0.9990
+    assert sl.status == OrderStatus.FILLED and tp.status == OrderStatus.CANCELED
+    assert desk.venue.balance("ETH") == 0
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+BARS = st.lists(st.tuples(st.integers(1850, 2250), st.integers(0, 120), st.integers(0, 120), st.integers(1, 80)),
+                min_size=1, max_size=14)
+
+
+@settings(max_examples=80, deadline=None)
+@given(BARS, st.booleans(), st.sampled_from([None, D("0.05"), D("0.2")]), st.booleans())
+def test_a_bracket_never_sells_more_than_its_entry_bought(tmp_path_factory, bars, native, share, cancel_early):
+    desk = Desk(tmp_path_factory.mktemp("br"), native_modify=native, max_volume_share=share)
+    entry = desk.new(OrderSide.BUY, "1.0000", "2000.00")
+    br = desk.em.submit_bracket(entry, take_profit_price=D("2200.00"), stop_trigger_price=D("1900.00"))
+    desk.pump()
+    for k, (o, up, down, vol) in enumerate(bars):
+        o = D(o)
+        desk.bar(o, o + up, o - down, o, v=D(vol) / 10)
+        if cancel_early and k == 1 and entry.is_working:
+            desk.cancel(entry, "OPERATOR")
+            desk.pump()
+        bought = sum((e.last_qty - e.commission for e in desk.of(entry.client_order_id, "OrderFilled")), D(0))
+        sold = sum((e.last_qty for e in desk.reports if e.type == "OrderFilled" and e.side == "SELL"), D(0))
+        assert sold <= bought  # exits never exceed the net entry
+        assert desk.venue.balance("ETH") == bought - sold >= 0
+        assert all(x >= 0 for x in desk.venue._locked.values())
+        for o_ in desk.orders.values():
+            assert 0 <= o_.filled_qty <= o_.quantity
+    legs = [o_ for o_ in desk.orders.values() if o_.client_order_id.startswith((br.take_profit_id,
+                                                                               br.stop_loss_id))]
+    assert sum((o_.leaves_qty for o_ in legs if o_.is_working), D(0)) <= 2 * desk.venue.balance("ETH")
