@@ -486,6 +486,7 @@ class DeskApp(App[int]):
                 + f". Working orders now: {working}.")
 
         def done(ok: bool | None) -> None:
+            """Resume only on the confirm button."""
             if ok:
                 self.engine.governance.resume(WHO, "operator resume from the command palette")
                 self.link.drain()
@@ -601,6 +602,7 @@ class DeskApp(App[int]):
                 return
 
             async def chosen(choice: str | None) -> None:
+                """Act on the quit question's answer (cancel does nothing)."""
                 if choice == "halt":
                     await self.shutdown(halt=True)
                 elif choice == "leave":
