@@ -14,7 +14,7 @@ from typing import Any
 from core.events import ORDER_EVENT_TYPES, Event
 
 
-AUDITED_TYPES = ORDER_EVENT_TYPES | {"TradingStateChanged", "ModelStateChanged"}
+AUDITED_TYPES = ORDER_EVENT_TYPES | {"TradingStateChanged", "ModelStateChanged", "FillAllocated"}
 
 
 class AuditLog:

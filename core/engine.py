@@ -35,6 +35,7 @@ from core.enums import OrderSide, OrderStatus, OrderType, TimeInForce, TradingSt
 from core.events import (
     AlertRaised,
     Event,
+    FillAllocated,
     ModelFitted,
     OrderDenied,
     OrderEvent,
@@ -50,11 +51,15 @@ from core.orders import InvalidTransition, Order
 from core.portfolio import Portfolio
 from core.ports import FitExecutor, RegimeModel
 from core.risk import Denied, RiskEngine
+from core.netting import net, split_fill
 from core.router import RouterConfig, decide, model_budget, target_quantity
 from core.store import Store, StoreError
 from core.values import ZERO, quantize_money
 
 log = logging.getLogger("desk.engine")
+
+#: the owner of a netted order shared by several models
+NET_MODEL_ID = "NET"
 
 
 class Feed(Protocol):
@@ -297,7 +302,20 @@ class Engine:
 
     def _book_fill(self, event: Event) -> None:
         assert isinstance(event, OrderFilled)
-        self.portfolio.apply_fill(event)
+        order = self.orders.get(event.client_order_id)
+        if order is not None and order.allocation:
+            inst = self.instruments[event.instrument_id]
+            parts = split_fill(event.last_qty, event.commission, order.allocation, inst.step_size,
+                               Decimal("0.00000001"))
+            for model_id, (qty, fee) in parts.items():
+                order.allocation[model_id] -= qty
+                self.portfolio.apply_fill(dataclasses.replace(event, model_id=model_id, last_qty=qty, commission=fee))
+                self.emit(FillAllocated(
+                    ts_event=event.ts_event, ts_init=event.ts_init, client_order_id=event.client_order_id,
+                    instrument_id=event.instrument_id, model_id=model_id, trade_id=event.trade_id, last_qty=qty,
+                    commission=fee, commission_currency=event.commission_currency))
+        else:
+            self.portfolio.apply_fill(event)
         self._count_fill(event)
         self.crash_point("after_fill_received")
 
@@ -337,7 +355,7 @@ class Engine:
 
     def submit(self, model_id: str, iid: InstrumentId, side: OrderSide, qty: Decimal,
                price: Decimal | None, reference_price: Decimal, order_type: OrderType, tags: str = "",
-               exempt: bool = False) -> Order:
+               exempt: bool = False, allocation: dict[str, Decimal] | None = None) -> Order:
         """Create an order, run the rails, and queue it to be sent after the
         next commit. A denial is journaled with its code and reason and
         raised as an alert; the order is returned in status DENIED.
@@ -347,10 +365,12 @@ class Engine:
         On spot a sell is exposure-reducing (reduce-only)."""
         order = self._new_order(model_id, iid, side, qty, price, order_type, tags)
         order.reduce_only = side == OrderSide.SELL
+        order.allocation = allocation
         if exempt:
             self.exempt_orders.add(order.client_order_id)
         now = self.clock.timestamp_ns()
         try:
+            self._check_self_match(order)
             self.risk.check(
                 instrument=self.instruments[iid], side=side, quantity=qty, price=price or reference_price,
                 trading_state=self.trading_state, model_paused=model_id in self.paused, now_ns=now,
@@ -373,6 +393,34 @@ class Engine:
         self.working[(model_id, iid)] = order.client_order_id
         self._to_send.append(order)
         return order
+
+    def _check_self_match(self, order: Order) -> None:
+        """Self-match prevention: deny an order that could trade against one
+        of the desk's own working orders on the instrument (a buy at or above
+        a resting sell, a sell at or below a resting buy; a market order
+        against any). Reduce-only protective stops are allowed to rest.
+
+        Raises:
+            Denied: code SELF_MATCH, naming the resting order.
+        """
+        from core.enums import DenialReason
+
+        for coid in self.working.values():
+            o = self.orders[coid]
+            if o.instrument_id != order.instrument_id or o.side == order.side or not o.is_working:
+                continue
+            if o.order_type not in (OrderType.LIMIT, OrderType.MARKET):
+                continue  # protective stops and take-profits of a bracket may rest
+            if order.price is None or o.price is None:
+                crosses = True
+            elif order.side == OrderSide.BUY:
+                crosses = order.price >= o.price
+            else:
+                crosses = order.price <= o.price
+            if crosses:
+                raise Denied(DenialReason.SELF_MATCH,
+                             f"{order.side.value} at {order.price or 'MARKET'} could trade against the desk's own "
+                             f"{o.side.value} {o.client_order_id} at {o.price or 'MARKET'}")
 
     # ------------------------------------------------------------ rails context
     def reference_price(self, instrument_id: InstrumentId) -> tuple[Decimal, int] | None:
@@ -564,35 +612,89 @@ class Engine:
         return self.portfolio.equity() - held - reserved
 
     async def _route(self, bar: Bar) -> None:
+        """Turn the models' targets on ``bar``'s instrument into orders.
+
+        A working order of the instrument is re-priced when stale, else the
+        instrument waits for it. One model wanting a change gets its own
+        order; several are netted (``core.netting``): opposite wants cross
+        internally at the close with no fee, the rest is one order whose
+        fills are split back to the models by the largest-remainder rule.
+        """
         iid = bar.instrument_id
         inst = self.instruments[iid]
         rc = self.config.router
+        waiting = False
+        for key, coid in list(self.working.items()):
+            if key[1] != iid:
+                continue
+            order = self.orders[coid]
+            if order.is_working and self.stats.bars - order.step >= rc.reprice_bars * len(self.instruments):
+                await self.cancel(order, "REPRICE")
+            if key in self.working:
+                waiting = True
+        if waiting or self.trading_state == TradingState.HALTED:
+            return
+        buys: dict[str, Decimal] = {}
+        sells: dict[str, Decimal] = {}
+        planned = [ZERO]  # buy notional already planned in this pass (caps the next buyer's cash)
+        last = None
         for model_id, per_inst in self.models.items():
-            if iid not in per_inst:
+            if iid not in per_inst or model_id in self.paused:
                 continue
             key = (model_id, iid)
-            coid = self.working.get(key)
-            if coid is not None:
-                order = self.orders[coid]
-                if order.is_working and self.stats.bars - order.step >= rc.reprice_bars * len(self.instruments):
-                    await self.cancel(order, "REPRICE")
-                if key in self.working:
-                    continue
-            if model_id in self.paused or self.trading_state == TradingState.HALTED:
-                continue
             tq = self.target_qty.get(key)
             if tq is None:
                 continue
             budget = model_budget(self.weights[model_id], rc.capital, len(per_inst))
             pos = self.portfolio.position(model_id, iid).quantity
             intent = decide(config=rc, instrument=inst, budget=budget, target_qty=tq, position=pos,
-                            close=bar.close, cash_available=self.cash_available)
+                            close=bar.close, cash_available=lambda: self.cash_available() - planned[0])
             if intent is None:
                 continue
             if self.trading_state == TradingState.REDUCING and intent.side == OrderSide.BUY:
                 continue
-            self.submit(model_id, iid, intent.side, intent.quantity, intent.price, intent.reference_price,
-                        intent.order_type)
+            if intent.side == OrderSide.BUY:
+                buys[model_id] = intent.quantity
+                planned[0] += intent.quantity * intent.reference_price
+            else:
+                sells[model_id] = intent.quantity
+            last = intent
+        if last is None:
+            return
+        if len(buys) + len(sells) == 1:
+            model_id, qty = next(iter({**buys, **sells}.items()))
+            self.submit(model_id, iid, last.side, qty, last.price, last.reference_price, last.order_type)
+            return
+        result = net(buys, sells, inst.step_size)
+        self._cross_internally(iid, result, last.reference_price)
+        if result.side is None:
+            return
+        side = OrderSide(result.side)
+        owners = list(result.residual)
+        if len(owners) == 1:
+            self.submit(owners[0], iid, side, result.order_qty, last.price, last.reference_price, last.order_type)
+        else:
+            self.submit(NET_MODEL_ID, iid, side, result.order_qty, last.price, last.reference_price,
+                        last.order_type, tags="NET " + ",".join(f"{m}:{q}" for m, q in result.residual.items()),
+                        allocation=dict(result.residual))
+
+    def _cross_internally(self, iid: InstrumentId, result: Any, price: Decimal) -> None:
+        """Book the internal crosses of a netting: each seller sells and each
+        buyer buys its part at ``price`` (the bar's close on the tick), no
+        fee, with TradeIds ``X-<step>-<n>``; nothing goes to the venue."""
+        if not result.crossed:
+            return
+        now = self.clock.timestamp_ns()
+        n = 0
+        for side, parts in (("SELL", result.cross_sells), ("BUY", result.cross_buys)):
+            for model_id, qty in parts.items():
+                n += 1
+                self.emit(OrderFilled(
+                    ts_event=now, ts_init=now, client_order_id=f"NHD-{self.stats.bars:x}-X-{n}", instrument_id=iid,
+                    model_id=model_id, venue_order_id="INTERNAL", trade_id=f"X-{self.stats.bars:x}-{n}", side=side,
+                    last_qty=qty, last_px=price, commission=ZERO, commission_currency=self.venue.quote,
+                    liquidity_side="INTERNAL",
+                ))
 
     # ------------------------------------------------------------ the loop
     async def _process_bar(self, bar: Bar) -> None:
@@ -751,6 +853,7 @@ class Engine:
             "price": None if o.price is None else format(o.price, "f"), "tif": o.time_in_force.value,
             "ts_init": o.ts_init, "step": o.step, "status": o.status.value, "filled_qty": format(o.filled_qty, "f"),
             "venue_order_id": o.venue_order_id, "trade_ids": sorted(o.trade_ids),
+            "allocation": None if not o.allocation else {m: format(q, "f") for m, q in o.allocation.items()},
         }
 
     def checkpoint(self) -> None:
@@ -822,6 +925,7 @@ class Engine:
                 ts_init=int(d["ts_init"]), step=int(d["step"]), status=OrderStatus(d["status"]),
                 filled_qty=Decimal(d["filled_qty"]), venue_order_id=d["venue_order_id"],
                 trade_ids=set(d["trade_ids"]),
+                allocation=None if not d.get("allocation") else {m: Decimal(q) for m, q in d["allocation"].items()},
             )
             self.orders[o.client_order_id] = o
             self.working[(o.model_id, o.instrument_id)] = o.client_order_id
@@ -834,6 +938,7 @@ class Engine:
         c = self.store.conn
         orders = {s: n for s, n in c.execute("SELECT status, COUNT(*) FROM orders GROUP BY status ORDER BY status")}
         fills = c.execute("SELECT COUNT(*) FROM fills").fetchone()[0]
+        internal = c.execute("SELECT COUNT(*) FROM fills WHERE trade_id LIKE 'X-%'").fetchone()[0]
         signals = c.execute("SELECT COUNT(*) FROM journal WHERE type='SignalGenerated'").fetchone()[0]
         pf = self.portfolio
         positions = {}
@@ -858,6 +963,7 @@ class Engine:
             "signals": int(signals),
             "orders": orders,
             "fills": int(fills),
+            "internal_fills": int(internal),
             "denials": self.stats.denials,
             "fees": format(pf.fees(), "f"),
             "realized_pnl": format(pf.realized(), "f"),

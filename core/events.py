@@ -260,6 +260,21 @@ class AlertRaised(Event):
     message: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FillAllocated(Event):
+    """A part of a shared (netted) order's fill attributed to one model by
+    the largest-remainder rule: ``last_qty`` base units and ``commission``
+    in ``commission_currency`` of fill ``trade_id``."""
+
+    client_order_id: str
+    instrument_id: InstrumentId
+    model_id: str
+    trade_id: str
+    last_qty: Decimal
+    commission: Decimal
+    commission_currency: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -276,6 +291,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ModelStateChanged,
         ModelFitted,
         AlertRaised,
+        FillAllocated,
     )
 }
 

@@ -172,6 +172,7 @@ class Order:
     ts_last: int = 0
     reason: str = ""
     trade_ids: set[str] = field(default_factory=set)
+    allocation: dict[str, Decimal] | None = None  # a netted order: each model's remaining part
     trigger_price: Decimal | None = None
     trailing_offset: Decimal | None = None
     trailing_offset_type: TrailingOffsetType = TrailingOffsetType.PRICE
