@@ -33,7 +33,6 @@ import statistics
 import sys
 import tempfile
 import time
-from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +99,9 @@ async def _kill(n_orders: int, running: bool) -> tuple[float, float, int]:
     from tests.app.engines import close_engine, place_resting_buys, scripted_sim_engine
 
     with tempfile.TemporaryDirectory() as d:
-        engine = scripted_sim_engine(Path(d) / "state", venue_cash=Decimal("100000"))
+        # the models trade small (at most 30 % of capital) so the resting orders have cash
+        small = {"hmm_v1": ["0.3", "0.3", "0.1", "0.1", "0", "0"], "hmm_v2_canary": ["0.3", "0", "0.3", "0"]}
+        engine = scripted_sim_engine(Path(d) / "state", targets=small)
         try:
             await engine.warm_up()
             await engine.run(max_bars=10)

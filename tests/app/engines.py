@@ -38,16 +38,17 @@ TARGETS = {"hmm_v1": ["0.5", "0.5", "0.5", "1", "1", "1", "0", "0", "0.3", "0.3"
 
 
 def scripted_sim_engine(state_dir: Path, *, seed: int = 7, warmup_bars: int = 4,
-                        risk: RiskConfig | None = None, venue_cash: Decimal | None = None) -> Engine:
-    """The SIM market (seeded) with scripted models under the default ids.
-    ``venue_cash`` gives the paper venue more cash than the models' capital
-    (10000), for orders placed by hand."""
+                        risk: RiskConfig | None = None, targets: dict[str, list[str]] | None = None) -> Engine:
+    """The SIM market (seeded) with scripted models under the default ids
+    (``targets`` replaces :data:`TARGETS`, e.g. smaller ones to leave cash
+    for orders placed by hand)."""
+    targets = targets or TARGETS
     state_dir.mkdir(parents=True, exist_ok=True)
     clock = TestClock()
     market = SimMarket(seed=seed)
     instruments = {i.id: i for i in market.instruments.values()}
     store = Store(state_dir / "desk.sqlite")
-    models = {s.model_id: {iid: ScriptedModel(s.model_id, iid, TARGETS[s.model_id], warmup=2)
+    models = {s.model_id: {iid: ScriptedModel(s.model_id, iid, targets[s.model_id], warmup=2)
                            for iid in sorted(instruments, key=str)} for s in SPECS}
     risk = risk or RiskConfig(allowed_symbols=frozenset(str(i) for i in instruments), max_order_notional=D("10000"))
     return Engine(
@@ -56,7 +57,7 @@ def scripted_sim_engine(state_dir: Path, *, seed: int = 7, warmup_bars: int = 4,
         instruments=instruments, models=models, specs=list(SPECS), risk=RiskEngine(risk),
         executor=InlineExecutor(),
         venue_factory=lambda cb: PaperVenue(state_dir / "venue-paper.sqlite", "SIM", "USDT", instruments, clock,
-                                            PaperConfig(starting_cash=venue_cash or D("10000")), cb),
+                                            PaperConfig(), cb),
     )
 
 
