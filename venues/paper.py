@@ -92,7 +92,6 @@ import sqlite_utils
 from core.clock import Clock
 from core.data import Bar
 from core.emulator import Trailing, trailing_trigger, walk_stop
-from core.faults import PaperFaults
 from core.enums import LiquiditySide, OrderSide, OrderType, TimeInForce
 from core.events import (
     Event,
@@ -110,7 +109,6 @@ from core.instruments import Instrument
 from core.orders import LIMIT_TYPES, STOP_TYPES, ContingencyType, Order, TrailingOffsetType
 from core.recovery import VenueOrderReport
 from core.values import ZERO, dec_str, floor_to_step, quantize_money
-from core.venue_errors import DuplicateClientOrderId, OrderNotFound, TransientVenueError
 
 BASE_QUANTUM = Decimal("0.00000001")
 _MARKET_PRICED = frozenset({OrderType.MARKET, OrderType.STOP_MARKET, OrderType.TRAILING_STOP_MARKET})
@@ -248,7 +246,6 @@ class PaperVenue:
         clock: Clock,
         config: PaperConfig,
         on_event: Callable[[Event], None],
-        faults: PaperFaults | None = None,
     ) -> None:
         for inst in instruments.values():
             if inst.quote != quote:
@@ -263,8 +260,6 @@ class PaperVenue:
         self.clock = clock
         self.config = config
         self.on_event = on_event
-        self._sink = on_event
-        self.faults: PaperFaults | None = None
         self.db = sqlite_utils.Database(Path(path))
         self.db.conn.execute("PRAGMA journal_mode=WAL")
         # a simulated exchange: durable against a crash of the process (WAL, NORMAL)
@@ -281,8 +276,6 @@ class PaperVenue:
         self._pools: dict[str, _Pool] = {}
         self._last_bar_ts: dict[InstrumentId, int] = {}
         self._load_or_init()
-        if faults is not None:
-            self.set_faults(faults)
 
     # ----------------------------------------------------------- ledger
     def _load_or_init(self) -> None:
@@ -360,14 +353,7 @@ class PaperVenue:
     def lookup(self, client_order_id: str) -> VenueOrderReport | None:
         """The venue's view of one order (status, executed quantity and its
         fills as ``OrderFilled`` events), or None if it never saw the id.
-        Used by reconciliation after a restart or an unknown submit outcome.
-
-        Raises:
-            TransientVenueError, VenueThrottled: from the fault plan only.
-        """
-        if self.faults is not None:
-            self._pump()
-            self.faults.gate("lookup", client_order_id)
+        Used by reconciliation after a restart or an unknown submit outcome."""
         if client_order_id not in self._seen:
             return None
         self.commit()
@@ -391,32 +377,8 @@ class PaperVenue:
         return VenueOrderReport(client_order_id, vid, status, Decimal(filled), fills)
 
     def order_ids(self) -> list[str]:
-        """Every ClientOrderId the venue has seen, sorted.
-
-        Raises:
-            TransientVenueError, VenueThrottled: from the fault plan only.
-        """
-        if self.faults is not None:
-            self._pump()
-            self.faults.gate("order_ids")
+        """Every ClientOrderId the venue has seen, sorted."""
         return sorted(self._seen)
-
-    def open_orders(self) -> dict[str, Decimal]:
-        """The open orders (mass status, as Binance ``GET /api/v3/openOrders``):
-        ClientOrderId -> executed quantity (base units), in acceptance order.
-
-        Raises:
-            TransientVenueError, VenueThrottled: from the fault plan only.
-        """
-        if self.faults is not None:
-            self._pump()
-            self.faults.gate("open_orders")
-        return {coid: vo.filled for coid, vo in self._working.items()}
-
-    def is_connected(self) -> bool:
-        """False while a planned disconnect lasts (always True without a
-        fault plan): what a live adapter knows of its session."""
-        return self.faults is None or self.faults.connected()
 
     def balance(self, asset: str) -> Decimal:
         """Total (free + locked) of ``asset``."""
@@ -471,27 +433,12 @@ class PaperVenue:
     async def submit_order(self, order: Order) -> None:
         """Accept or reject ``order`` (see ``_submit``), then commit the
         venue's ledger before returning, as an exchange persists an order
-        before it answers.
-
-        Raises:
-            DuplicateClientOrderId: the venue has seen this ClientOrderId
-                (look it up, it is not a rejection).
-            TransientVenueError, VenueThrottled: from the fault plan only
-                (:meth:`_submit_faulted`).
-        """
-        if self.faults is not None and await self._submit_faulted(order):
-            return
+        before it answers."""
         with self._persist_then_report():
             await self._submit(order)
 
     async def cancel_order(self, order: Order, reason: str = "CANCELED") -> None:
-        """Cancel a working order (see ``_cancel_request``), then commit.
-
-        Raises:
-            TransientVenueError, VenueThrottled: from the fault plan only.
-        """
-        if self.faults is not None and await self._cancel_faulted(order, reason):
-            return
+        """Cancel a working order (see ``_cancel_request``), then commit."""
         with self._persist_then_report():
             await self._cancel_request(order, reason)
 
@@ -509,9 +456,8 @@ class PaperVenue:
         common = self._common(order.client_order_id, order.instrument_id, order.model_id, now)
         inst = self.instruments.get(order.instrument_id)
         if order.client_order_id in self._seen:
-            # Binance -2010 "Duplicate order sent": the earlier request under this id was
-            # executed; the engine must look it up, never read it as a rejection
-            raise DuplicateClientOrderId(self.venue, order.client_order_id)
+            self.on_event(OrderRejected(**common, reason=f"duplicate client order id {order.client_order_id}"))
+            return
         self._seen.add(order.client_order_id)
         if inst is None:
             self.on_event(OrderRejected(**common, reason=f"unknown instrument {order.instrument_id}"))
@@ -627,15 +573,7 @@ class PaperVenue:
     async def modify_order(self, order: Order, quantity: Decimal | None = None, price: Decimal | None = None,
                            trigger_price: Decimal | None = None) -> None:
         """Amend a working order (see ``_modify``), then commit before the
-        report goes out, as for submits and cancels.
-
-        Raises:
-            TransientVenueError, VenueThrottled: from the fault plan only
-                (a disconnect or a throttle: nothing is amended).
-        """
-        if self.faults is not None:
-            self._pump()
-            self.faults.gate("modify", order.client_order_id)
+        report goes out, as for submits and cancels."""
         with self._persist_then_report():
             await self._modify(order, quantity, price, trigger_price)
 
@@ -761,8 +699,6 @@ class PaperVenue:
         then limit/market matching within the bar's volume share; IOC/FOK
         remainders expire after their first bar. The bar's close becomes the
         venue's last price afterwards."""
-        if self.faults is not None:
-            self._pump()
         if bar.ts_event <= self._last_bar_ts.get(bar.instrument_id, -1):
             return  # already matched before a restart of the engine: the venue outlived it
         with self._persist_then_report(only_if_dirty=True):
