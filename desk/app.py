@@ -190,6 +190,7 @@ class DeskApp(App[int]):
         self._dirty = True
         self._last_sample_key: tuple[Any, ...] | None = None
         self._signals: list[int] = []
+        self._governance_tasks: set[asyncio.Task[Any]] = set()
         self.last_halt_count: int | None = None
         self.header = DeskHeader(id="header")
         self.banner = HaltBanner(id="banner")
@@ -448,14 +449,20 @@ class DeskApp(App[int]):
         """``ctrl+k`` (or the alternate key): the first press arms, a second
         press within 2 s of the wall clock halts."""
         if self.kill.press():
-            self.run_worker(self.halt(WHO, "kill switch (ctrl+k twice)"), name="halt",
-                            group="governance", exit_on_error=False)
+            self._start_halt(WHO, "kill switch (ctrl+k twice)")
         self.sample(force=True)
+
+    def _start_halt(self, who: str, reason: str) -> None:
+        """Start the halt as a plain task at once (a Textual worker would
+        cost extra event-loop turns, each possibly a frame, before the
+        first cancel leaves)."""
+        task = asyncio.get_running_loop().create_task(self.halt(who, reason))
+        self._governance_tasks.add(task)
+        task.add_done_callback(self._governance_tasks.discard)
 
     def action_halt_now(self) -> None:
         """Halt at once (the palette's "Halt trading")."""
-        self.run_worker(self.halt(WHO, "halt from the command palette"), name="halt", group="governance",
-                        exit_on_error=False)
+        self._start_halt(WHO, "halt from the command palette")
 
     async def halt(self, who: str, reason: str) -> int:
         """HALTED and every working order canceled, through governance.
@@ -468,9 +475,8 @@ class DeskApp(App[int]):
 
     async def wait_governance(self) -> None:
         """Wait for governance commands started by keys (tests, bench)."""
-        workers = [w for w in self.workers if w.group == "governance"]
-        if workers:
-            await self.workers.wait_for_complete(workers)
+        while self._governance_tasks:
+            await asyncio.gather(*list(self._governance_tasks), return_exceptions=True)
 
     def action_resume_trading(self) -> None:
         """Ask, then resume trading (the palette's "Resume trading")."""
