@@ -170,7 +170,7 @@ class Portfolio:
     positions: dict[tuple[str, InstrumentId], Position] = field(default_factory=dict)
     marks: dict[InstrumentId, Decimal] = field(default_factory=dict)
     equity_curve: list[tuple[int, str]] = field(default_factory=list)
-    curve_every_ns: int = 3_600_000_000_000  # one point per hour of engine time
+    curve_every_ns: int = 60_000_000_000  # one point per minute of engine time (doubles as it fills)
     _last_curve_ts: int = -1
     allow_short: bool = False
     asset_prices: dict[str, Decimal] = field(default_factory=dict)
