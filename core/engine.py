@@ -47,7 +47,7 @@ from core.events import (
 )
 from core.identifiers import InstrumentId, make_client_order_id
 from core.instruments import Instrument
-from core.orders import InvalidTransition, Order
+from core.orders import ContingencyType, InvalidTransition, Order, TrailingOffsetType
 from core.portfolio import Portfolio
 from core.ports import FitExecutor, RegimeModel
 from core.risk import Denied, RiskEngine
@@ -235,10 +235,23 @@ class Engine:
         self.crash_counts: dict[str, int] = {}
         self._in_step = False
         self.unreconciled: list[str] = []
+        from core.emulator import OrderEmulator
         from core.governance import Governance  # local: governance imports engine types
 
         self.governance = Governance(self)
+        #: orders not owned by the router (brackets, OCO/OTO legs, manual orders), still working
+        self.extra_working: set[str] = set()
+        self.emulator = OrderEmulator(
+            _EngineOrderActions(self), instruments, clock,
+            native_modify=bool(getattr(self.venue, "supports_modify", False)),
+            on_alert=lambda code, message: self.alert("WARNING", code, message),
+        )
         self.bus.subscribe("OrderFilled", self._book_fill)
+        self.emulator.attach(self.bus)
+        from core.recovery import VenueSession  # local: recovery imports engine types
+
+        #: the link to the venue: unknown submits, queued cancels, throttle, reconciliation (issue 5)
+        self.session = VenueSession(self)
 
     # ------------------------------------------------------------ events
     def emit(self, event: Event) -> int:
@@ -279,6 +292,7 @@ class Engine:
             key = (order.model_id, order.instrument_id)
             if self.working.get(key) == order.client_order_id:
                 del self.working[key]
+            self.extra_working.discard(order.client_order_id)
         self.emit(event)
         if (event.type == "OrderAccepted" and self.trading_state == TradingState.HALTED and order.is_working
                 and order.client_order_id not in self.exempt_orders):
@@ -405,11 +419,12 @@ class Engine:
         """
         from core.enums import DenialReason
 
-        for coid in self.working.values():
+        for coid in self._live_coids():
             o = self.orders[coid]
             if o.instrument_id != order.instrument_id or o.side == order.side or not o.is_working:
                 continue
-            if o.order_type not in (OrderType.LIMIT, OrderType.MARKET):
+            if o.order_type not in (OrderType.LIMIT, OrderType.MARKET) or o.parent_order_id \
+                    or (order.parent_order_id and order.reduce_only):
                 continue  # protective stops and take-profits of a bracket may rest
             if order.price is None or o.price is None:
                 crosses = True
@@ -439,7 +454,7 @@ class Engine:
             if (model_id is None or m == model_id) and (instrument_id is None or i == instrument_id) \
                     and (venue is None or i.venue == venue) and p.quantity:
                 total += abs(p.quantity) * self.portfolio.marks.get(i, ZERO)
-        for coid in self.working.values():
+        for coid in self._live_coids():
             o = self.orders[coid]
             if o.is_working and (model_id is None or o.model_id == model_id) \
                     and (instrument_id is None or o.instrument_id == instrument_id) \
@@ -477,6 +492,52 @@ class Engine:
                 f"{window // 1_000_000_000} s > {n}",
             )
 
+    def submit_prepared(self, order: Order, tags: str = "") -> Order:
+        """Journal, check and queue an order built outside the router (by
+        the emulator: OCO/OTO/bracket legs, emulated replaces; or a manual
+        order), with all its order-type fields. The same rails as
+        ``submit``; sent after the next commit (``send_pending``).
+        Returns the order (status DENIED when a rail refused it)."""
+        from core.orders import initialized_event
+
+        now = self.clock.timestamp_ns()
+        if order.client_order_id in self.orders:
+            raise ValueError(f"client order id {order.client_order_id} already exists")
+        self.orders[order.client_order_id] = order
+        self.emit(initialized_event(order, now, tags))
+        inst = self.instruments[order.instrument_id]
+        ref = self.portfolio.marks.get(order.instrument_id, ZERO)
+        try:
+            self._check_self_match(order)
+            self.risk.check(
+                instrument=inst, side=order.side, quantity=order.quantity,
+                price=order.price or order.trigger_price or ref, trading_state=self.trading_state,
+                model_paused=order.model_id in self.paused, now_ns=now, reduce_only=order.reduce_only,
+                model_id=order.model_id, limit_price=order.price, ctx=self,
+            )
+        except Denied as d:
+            ev = OrderDenied(ts_event=now, ts_init=now, client_order_id=order.client_order_id,
+                             instrument_id=order.instrument_id, model_id=order.model_id, code=d.code.value,
+                             reason=d.message)
+            order.apply(ev)
+            self.store.record_order(order)
+            self.emit(ev)
+            self.stats.denials += 1
+            self.alert("WARNING", f"DENIED_{d.code.value}", f"{order.client_order_id}: {d.message}")
+            return order
+        ev2 = OrderSubmitted(ts_event=now, ts_init=now, client_order_id=order.client_order_id,
+                             instrument_id=order.instrument_id, model_id=order.model_id)
+        order.apply(ev2)
+        self.store.record_order(order)
+        self.emit(ev2)
+        self.extra_working.add(order.client_order_id)
+        self._to_send.append(order)
+        return order
+
+    def _live_coids(self) -> list[str]:
+        """ClientOrderIds of working orders: the router's and the others."""
+        return [*self.working.values(), *self.extra_working]
+
     async def send_pending(self) -> None:
         """Commit (write-before-send), then send every queued order."""
         if not self._to_send:
@@ -485,7 +546,7 @@ class Engine:
         self.crash_point("after_order_written")
         batch, self._to_send = self._to_send, []
         for order in batch:
-            await self.venue.submit_order(order)
+            await self.session.submit(order)  # never retried blindly: an unknown outcome stays in flight
             self.crash_point("after_send")
 
     async def cancel(self, order: Order, reason: str) -> None:
@@ -498,7 +559,7 @@ class Engine:
         if order.apply(ev):
             self.store.record_order(order)
             self.emit(ev)
-        await self.venue.cancel_order(order, reason)
+        await self.session.cancel(order, reason)  # queued while the venue is throttled or down
 
     async def modify(self, order: Order, quantity: Decimal | None = None, price: Decimal | None = None,
                      trigger_price: Decimal | None = None, reason: str = "") -> bool:
@@ -529,8 +590,21 @@ class Engine:
         if amend is None:
             self._on_venue_event(OrderModifyRejected(**common, reason=f"venue {self.venue.venue} cannot amend"))
             return True
-        await amend(order, quantity, price, trigger_price)
+        from core.venue_errors import VenueError
+
+        try:
+            await amend(order, quantity, price, trigger_price)
+        except VenueError as exc:  # refused at the venue edge (throttled, down): nothing amended
+            self.session.note_error(exc)
+            self._on_venue_event(OrderModifyRejected(**common, reason=f"{type(exc).__name__}: {exc.detail}"))
         return True
+
+    @property
+    def venue_blocked_until_ns(self) -> int | None:
+        """Engine-clock ns until which nothing is sent to the venue (HTTP 429
+        ``Retry-After``; cancels queue meanwhile), or None; for the TUI header.
+        ``session.status()`` says more (disconnected, unknown submits)."""
+        return self.session.blocked_until_ns
 
     def working_orders(self) -> list[Order]:
         """Orders that may still trade, oldest first."""
@@ -605,7 +679,7 @@ class Engine:
             ZERO,
         )
         reserved = ZERO
-        for coid in self.working.values():
+        for coid in self._live_coids():
             o = self.orders[coid]
             if o.is_working and o.side == OrderSide.BUY:
                 reserved += o.leaves_qty * (o.price or self.portfolio.marks.get(o.instrument_id, ZERO))
@@ -779,6 +853,7 @@ class Engine:
                 self.stats.steps += 1
                 steps_here += 1
                 self.portfolio.sample_equity(self.clock.timestamp_ns())
+                await self.session.tick()  # queued cancels, unknown submits, periodic reconciliation
                 if self._to_send:
                     await self.send_pending()  # commits the step, then sends
                 elif self.store.has_journal_pending or (
@@ -797,8 +872,7 @@ class Engine:
                 elif steps_here % self.config.yield_every == 0:
                     await asyncio.sleep(0)
         except StoreError as exc:
-            self.trading_state = TradingState.HALTED
-            log.error("store failed, trading halted: %s", exc)
+            await self.session.on_store_failure(exc)  # HALTED, alert, nothing sent any more
             raise
         self.checkpoint()
         return self.stats
@@ -845,8 +919,8 @@ class Engine:
             "working": [self._order_dict(o) for o in self.working_orders()],
         }
 
-    @staticmethod
-    def _order_dict(o: Order) -> dict[str, Any]:
+    def _order_dict(self, o: Order) -> dict[str, Any]:
+        """A working order, JSON-ready, for the checkpoint."""
         return {
             "client_order_id": o.client_order_id, "model_id": o.model_id, "instrument_id": str(o.instrument_id),
             "side": o.side.value, "order_type": o.order_type.value, "quantity": format(o.quantity, "f"),
@@ -854,6 +928,14 @@ class Engine:
             "ts_init": o.ts_init, "step": o.step, "status": o.status.value, "filled_qty": format(o.filled_qty, "f"),
             "venue_order_id": o.venue_order_id, "trade_ids": sorted(o.trade_ids),
             "allocation": None if not o.allocation else {m: format(q, "f") for m, q in o.allocation.items()},
+            "router": self.working.get((o.model_id, o.instrument_id)) == o.client_order_id,
+            "reduce_only": o.reduce_only,
+            "avg_px": None if o.avg_px is None else format(o.avg_px, "f"),
+            "trigger_price": None if o.trigger_price is None else format(o.trigger_price, "f"),
+            "trailing_offset": None if o.trailing_offset is None else format(o.trailing_offset, "f"),
+            "trailing_offset_type": o.trailing_offset_type.value, "expire_time_ns": o.expire_time_ns,
+            "post_only": o.post_only, "contingency": o.contingency.value,
+            "linked_order_ids": list(o.linked_order_ids), "parent_order_id": o.parent_order_id,
         }
 
     def checkpoint(self) -> None:
@@ -926,9 +1008,20 @@ class Engine:
                 filled_qty=Decimal(d["filled_qty"]), venue_order_id=d["venue_order_id"],
                 trade_ids=set(d["trade_ids"]),
                 allocation=None if not d.get("allocation") else {m: Decimal(q) for m, q in d["allocation"].items()},
+                reduce_only=bool(d.get("reduce_only", False)),
+                avg_px=None if d.get("avg_px") is None else Decimal(d["avg_px"]),
+                trigger_price=None if d.get("trigger_price") is None else Decimal(d["trigger_price"]),
+                trailing_offset=None if d.get("trailing_offset") is None else Decimal(d["trailing_offset"]),
+                trailing_offset_type=TrailingOffsetType(d.get("trailing_offset_type", "PRICE")),
+                expire_time_ns=d.get("expire_time_ns"), post_only=bool(d.get("post_only", False)),
+                contingency=ContingencyType(d.get("contingency", "NO_CONTINGENCY")),
+                linked_order_ids=tuple(d.get("linked_order_ids", ())), parent_order_id=d.get("parent_order_id"),
             )
             self.orders[o.client_order_id] = o
-            self.working[(o.model_id, o.instrument_id)] = o.client_order_id
+            if d.get("router", True):
+                self.working[(o.model_id, o.instrument_id)] = o.client_order_id
+            else:
+                self.extra_working.add(o.client_order_id)
 
     # ------------------------------------------------------------ figures
     def summary(self, wall_s: float, bars_here: int) -> dict[str, Any]:
@@ -981,3 +1074,29 @@ class Engine:
         }
 
 
+
+
+class _EngineOrderActions:
+    """The engine as the :class:`core.emulator.OrderEmulator`'s owner:
+    submits go through the rails and are sent after the next commit;
+    cancels and amends are sent as tasks of the running loop."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def submit(self, order: Order) -> None:
+        """Journal, check and queue a prepared order."""
+        self.engine.submit_prepared(order)
+
+    def cancel(self, order: Order, reason: str) -> None:
+        """Cancel a working order."""
+        self.engine.spawn(self.engine.cancel(order, reason))
+
+    def modify(self, order: Order, quantity: Decimal | None, price: Decimal | None,
+               trigger_price: Decimal | None) -> None:
+        """Amend a working order natively."""
+        self.engine.spawn(self.engine.modify(order, quantity=quantity, price=price, trigger_price=trigger_price))
+
+    def report(self, event: OrderEvent) -> None:
+        """Apply an emulator-generated order event like a venue report."""
+        self.engine._on_venue_event(event)
