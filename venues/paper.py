@@ -84,7 +84,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 from zoneinfo import ZoneInfo
 
 import sqlite_utils
@@ -92,6 +92,7 @@ import sqlite_utils
 from core.clock import Clock
 from core.data import Bar
 from core.emulator import Trailing, trailing_trigger, walk_stop
+from core.faults import PaperFaults
 from core.enums import LiquiditySide, OrderSide, OrderType, TimeInForce
 from core.events import (
     Event,
@@ -109,9 +110,31 @@ from core.instruments import Instrument
 from core.orders import LIMIT_TYPES, STOP_TYPES, ContingencyType, Order, TrailingOffsetType
 from core.recovery import VenueOrderReport
 from core.values import ZERO, dec_str, floor_to_step, quantize_money
+from core.venue_errors import DuplicateClientOrderId, OrderNotFound, TransientVenueError
 
 BASE_QUANTUM = Decimal("0.00000001")
 _MARKET_PRICED = frozenset({OrderType.MARKET, OrderType.STOP_MARKET, OrderType.TRAILING_STOP_MARKET})
+
+
+class _FixedClock:
+    """A clock stopped at ``ts_ns``: a delayed request is executed at its due time."""
+
+    def __init__(self, ts_ns: int) -> None:
+        self._ts = ts_ns
+
+    def timestamp_ns(self) -> int:
+        return self._ts
+
+
+def _run_now(coro: Any) -> None:
+    """Run a coroutine that never suspends (the venue's request handlers)
+    to its end, from synchronous code."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+    raise RuntimeError("paper venue: a request handler suspended")
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +269,7 @@ class PaperVenue:
         clock: Clock,
         config: PaperConfig,
         on_event: Callable[[Event], None],
+        faults: PaperFaults | None = None,
     ) -> None:
         for inst in instruments.values():
             if inst.quote != quote:
@@ -260,6 +284,8 @@ class PaperVenue:
         self.clock = clock
         self.config = config
         self.on_event = on_event
+        self._sink = on_event
+        self.faults: PaperFaults | None = None
         self.db = sqlite_utils.Database(Path(path))
         self.db.conn.execute("PRAGMA journal_mode=WAL")
         # a simulated exchange: durable against a crash of the process (WAL, NORMAL)
@@ -276,6 +302,8 @@ class PaperVenue:
         self._pools: dict[str, _Pool] = {}
         self._last_bar_ts: dict[InstrumentId, int] = {}
         self._load_or_init()
+        if faults is not None:
+            self.set_faults(faults)
 
     # ----------------------------------------------------------- ledger
     def _load_or_init(self) -> None:
@@ -353,7 +381,14 @@ class PaperVenue:
     def lookup(self, client_order_id: str) -> VenueOrderReport | None:
         """The venue's view of one order (status, executed quantity and its
         fills as ``OrderFilled`` events), or None if it never saw the id.
-        Used by reconciliation after a restart or an unknown submit outcome."""
+        Used by reconciliation after a restart or an unknown submit outcome.
+
+        Raises:
+            TransientVenueError, VenueThrottled: from the fault plan only.
+        """
+        if self.faults is not None:
+            self._pump()
+            self.faults.gate("lookup", client_order_id)
         if client_order_id not in self._seen:
             return None
         self.commit()
@@ -377,8 +412,32 @@ class PaperVenue:
         return VenueOrderReport(client_order_id, vid, status, Decimal(filled), fills)
 
     def order_ids(self) -> list[str]:
-        """Every ClientOrderId the venue has seen, sorted."""
+        """Every ClientOrderId the venue has seen, sorted.
+
+        Raises:
+            TransientVenueError, VenueThrottled: from the fault plan only.
+        """
+        if self.faults is not None:
+            self._pump()
+            self.faults.gate("order_ids")
         return sorted(self._seen)
+
+    def open_orders(self) -> dict[str, Decimal]:
+        """The open orders (mass status, as Binance ``GET /api/v3/openOrders``):
+        ClientOrderId -> executed quantity (base units), in acceptance order.
+
+        Raises:
+            TransientVenueError, VenueThrottled: from the fault plan only.
+        """
+        if self.faults is not None:
+            self._pump()
+            self.faults.gate("open_orders")
+        return {coid: vo.filled for coid, vo in self._working.items()}
+
+    def is_connected(self) -> bool:
+        """False while a planned disconnect lasts (always True without a
+        fault plan): what a live adapter knows of its session."""
+        return self.faults is None or self.faults.connected()
 
     def balance(self, asset: str) -> Decimal:
         """Total (free + locked) of ``asset``."""
@@ -433,12 +492,27 @@ class PaperVenue:
     async def submit_order(self, order: Order) -> None:
         """Accept or reject ``order`` (see ``_submit``), then commit the
         venue's ledger before returning, as an exchange persists an order
-        before it answers."""
+        before it answers.
+
+        Raises:
+            DuplicateClientOrderId: the venue has seen this ClientOrderId
+                (look it up, it is not a rejection).
+            TransientVenueError, VenueThrottled: from the fault plan only
+                (:meth:`_submit_faulted`).
+        """
+        if self.faults is not None and await self._submit_faulted(order):
+            return
         with self._persist_then_report():
             await self._submit(order)
 
     async def cancel_order(self, order: Order, reason: str = "CANCELED") -> None:
-        """Cancel a working order (see ``_cancel_request``), then commit."""
+        """Cancel a working order (see ``_cancel_request``), then commit.
+
+        Raises:
+            TransientVenueError, VenueThrottled: from the fault plan only.
+        """
+        if self.faults is not None and await self._cancel_faulted(order, reason):
+            return
         with self._persist_then_report():
             await self._cancel_request(order, reason)
 
@@ -456,8 +530,9 @@ class PaperVenue:
         common = self._common(order.client_order_id, order.instrument_id, order.model_id, now)
         inst = self.instruments.get(order.instrument_id)
         if order.client_order_id in self._seen:
-            self.on_event(OrderRejected(**common, reason=f"duplicate client order id {order.client_order_id}"))
-            return
+            # Binance -2010 "Duplicate order sent": the earlier request under this id was
+            # executed; the engine must look it up, never read it as a rejection
+            raise DuplicateClientOrderId(self.venue, order.client_order_id)
         self._seen.add(order.client_order_id)
         if inst is None:
             self.on_event(OrderRejected(**common, reason=f"unknown instrument {order.instrument_id}"))
@@ -573,7 +648,15 @@ class PaperVenue:
     async def modify_order(self, order: Order, quantity: Decimal | None = None, price: Decimal | None = None,
                            trigger_price: Decimal | None = None) -> None:
         """Amend a working order (see ``_modify``), then commit before the
-        report goes out, as for submits and cancels."""
+        report goes out, as for submits and cancels.
+
+        Raises:
+            TransientVenueError, VenueThrottled: from the fault plan only
+                (a disconnect or a throttle: nothing is amended).
+        """
+        if self.faults is not None:
+            self._pump()
+            self.faults.gate("modify", order.client_order_id)
         with self._persist_then_report():
             await self._modify(order, quantity, price, trigger_price)
 
@@ -699,6 +782,8 @@ class PaperVenue:
         then limit/market matching within the bar's volume share; IOC/FOK
         remainders expire after their first bar. The bar's close becomes the
         venue's last price afterwards."""
+        if self.faults is not None:
+            self._pump()
         if bar.ts_event <= self._last_bar_ts.get(bar.instrument_id, -1):
             return  # already matched before a restart of the engine: the venue outlived it
         with self._persist_then_report(only_if_dirty=True):
@@ -888,6 +973,188 @@ class PaperVenue:
                 if other is not None:
                     self._cancel(other, "OCO_EXHAUSTED")
         return qty
+
+    # ----------------------------------------------------------- faults (issue 5)
+    def set_faults(self, faults: PaperFaults | None) -> None:
+        """Attach a fault plan (``core.faults.PaperFaults``; ``None``
+        detaches it). From then on every request is counted and gated by the
+        plan, and reports pass through it (muted or lost ones are kept in
+        ``faults.withheld``). Without a plan the venue behaves as before."""
+        self.faults = faults
+        if faults is None:
+            self.on_event = self._sink
+            return
+        faults.bind(self.clock, self.venue)
+        self.on_event = self._deliver
+
+    def _deliver(self, event: Event) -> None:
+        f = self.faults
+        if f is None or f.passes(event):
+            self._sink(event)
+
+    def _pump(self) -> None:
+        """Execute the delayed submits whose time has come, each at its due
+        time on the engine clock (its ``ts_accepted``), so it matches the
+        bars that close after that time, as a late acceptance would."""
+        f = self.faults
+        if f is None or not f.delayed:
+            return
+        for d in f.due():
+            saved = self.clock
+            self.clock = _FixedClock(d.due_ns)
+            try:
+                with self._persist_then_report():
+                    try:
+                        _run_now(self._submit(d.order))
+                    except DuplicateClientOrderId:
+                        pass  # a resend under the same id arrived first: the late original is refused
+            finally:
+                self.clock = saved
+
+    async def _submit_faulted(self, order: Order) -> bool:
+        """The plan's part of a submit: count and gate it, then apply a
+        planned timeout (accept now, accept later, or drop; then raise).
+        Returns False when no timeout is planned for this order.
+
+        Raises:
+            TransientVenueError: ``kind="timeout"`` for a planned timeout,
+                ``kind="disconnected"`` during a disconnect.
+            VenueThrottled: during a throttle.
+        """
+        f = self.faults
+        assert f is not None
+        self._pump()
+        f.gate("submit", order.client_order_id)
+        plan = f.take_submit(order.client_order_id)
+        if plan is None:
+            return False
+        if plan.accepted:
+            f.mute(order.client_order_id,
+                   frozenset({"OrderAccepted", "OrderRejected"}) if plan.withhold == "ack" else None)
+            if plan.accept_after_ns == 0:
+                with self._persist_then_report():
+                    try:
+                        await self._submit(order)
+                    except DuplicateClientOrderId:
+                        pass  # the answer is lost with the rest
+            else:
+                f.delay(order, plan.accept_after_ns, plan.withhold)
+        raise TransientVenueError(
+            self.venue, f"submit {order.client_order_id}: timeout waiting for response from backend server; "
+            "send status unknown, execution status unknown", kind="timeout")
+
+    async def _cancel_faulted(self, order: Order, reason: str) -> bool:
+        """The plan's part of a cancel: count and gate it, then apply a
+        planned timeout (cancel with the acknowledgement withheld, or not at
+        all; then raise). Returns False when no timeout is planned.
+
+        Raises:
+            TransientVenueError: a planned timeout or a disconnect.
+            VenueThrottled: during a throttle.
+        """
+        f = self.faults
+        assert f is not None
+        self._pump()
+        f.gate("cancel", order.client_order_id)
+        plan = f.take_cancel(order.client_order_id)
+        if plan is None:
+            return False
+        if plan.applied:
+            f.mute(order.client_order_id, frozenset({"OrderCanceled"}))
+            with self._persist_then_report():
+                await self._cancel_request(order, reason)
+        raise TransientVenueError(self.venue, f"cancel {order.client_order_id}: timeout", kind="timeout")
+
+    def _plan(self) -> PaperFaults:
+        if self.faults is None:
+            self.set_faults(PaperFaults())
+        assert self.faults is not None
+        return self.faults
+
+    def inject_cancel(self, client_order_id: str, reason: str = "VENUE_CANCELED", report: bool = True) -> None:
+        """Cancel a working order on the venue's own initiative (maintenance,
+        self-trade prevention...), releasing its reservation. ``report=False``
+        withholds the ``OrderCanceled`` report: only reconciliation finds it.
+
+        Raises:
+            OrderNotFound: when the order is not open at the venue.
+        """
+        vo = self._working.get(client_order_id)
+        if vo is None:
+            raise OrderNotFound(self.venue, f"no open order {client_order_id}")
+        if not report:
+            self._plan().mute(client_order_id, frozenset({"OrderCanceled"}))
+        with self._persist_then_report():
+            self._working.pop(client_order_id, None)
+            self._cancel(vo, reason)
+
+    def inject_fill(self, client_order_id: str, quantity: Decimal | None = None, price: Decimal | None = None,
+                    report: bool = True) -> None:
+        """Fill a working order outside the bar path, as taker, at ``price``
+        (quote per base; default the venue's last price) for ``quantity``
+        (base units; default what is left). ``report=False`` withholds the
+        ``OrderFilled`` report: only reconciliation finds it.
+
+        Raises:
+            OrderNotFound: when the order is not open at the venue.
+            ValueError: a quantity outside (0, leaves] or no price known.
+        """
+        vo = self._working.get(client_order_id)
+        if vo is None:
+            raise OrderNotFound(self.venue, f"no open order {client_order_id}")
+        qty = vo.leaves if quantity is None else quantity
+        px = price if price is not None else self._last_px.get(vo.instrument_id)
+        if px is None:
+            raise ValueError(f"inject_fill {client_order_id}: no price given and no last price")
+        if not ZERO < qty <= vo.leaves:
+            raise ValueError(f"inject_fill {client_order_id}: quantity {qty} outside (0, {vo.leaves}]")
+        if not report:
+            self._plan().mute(client_order_id, frozenset({"OrderFilled"}))
+        now = self.clock.timestamp_ns()
+        with self._persist_then_report():
+            self._fill(vo, px, Bar(vo.instrument_id, px, px, px, px, ZERO, now, now), qty, maker=False)
+
+    def inject_foreign_order(self, client_order_id: str, instrument_id: InstrumentId, side: OrderSide,
+                             quantity: Decimal, price: Decimal) -> None:
+        """A fill the engine did not ask for: an order it never sent (placed
+        on the account by someone else, here under ``client_order_id``) is
+        accepted and filled in full at ``price`` (quote per base) as taker.
+        Its reports go to the engine like any other.
+
+        Raises:
+            DuplicateClientOrderId: when the venue has seen the id.
+        """
+        now = self.clock.timestamp_ns()
+        order = Order(client_order_id=client_order_id, model_id="EXTERNAL", instrument_id=instrument_id,
+                      side=side, order_type=OrderType.LIMIT, quantity=quantity, price=price,
+                      time_in_force=TimeInForce.GTC, ts_init=now, step=0)
+        with self._persist_then_report():
+            _run_now(self._submit(order))
+            vo = self._working.get(client_order_id)
+            if vo is not None:
+                self._fill(vo, price, Bar(instrument_id, price, price, price, price, ZERO, now, now),
+                           vo.leaves, maker=False)
+
+    def release_withheld(self, client_order_id: str | None = None) -> int:
+        """Deliver the withheld reports (of one order, or all) late, in
+        order, and stop muting that order (or any). Returns how many.
+        A report the engine already got from reconciliation changes nothing
+        there (fills are keyed by TradeId)."""
+        f = self.faults
+        if f is None:
+            return 0
+        out, keep = [], []
+        for e in f.withheld:
+            (out if client_order_id is None or getattr(e, "client_order_id", None) == client_order_id
+             else keep).append(e)
+        f.withheld = keep
+        if client_order_id is None:
+            f.muted.clear()
+        else:
+            f.unmute(client_order_id)
+        for ev in out:
+            self._sink(ev)
+        return len(out)
 
     def close(self) -> None:
         """Commit and close the venue's store."""

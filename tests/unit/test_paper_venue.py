@@ -3,12 +3,15 @@
 import asyncio
 from decimal import Decimal
 
+import pytest
+
 from core.clock import TestClock
 from core.data import Bar
 from core.enums import OrderSide, OrderType, TimeInForce
 from core.identifiers import InstrumentId
 from core.instruments import Instrument
 from core.orders import Order
+from core.venue_errors import DuplicateClientOrderId
 from venues.paper import PaperConfig, PaperVenue
 
 D = Decimal
@@ -81,8 +84,10 @@ def test_orders_submitted_during_a_bar_do_not_match_it_and_duplicates_rejected(t
     asyncio.run(v.submit_order(order("NHD-1-0-0", OrderSide.BUY, "1", "2000")))
     v.on_bar(bar(200, "1990", "1995", "1980", "1990"))  # the same bar: no fill
     assert ev[-1].type == "OrderAccepted"
-    asyncio.run(v.submit_order(order("NHD-1-0-0", OrderSide.BUY, "1", "2000")))
-    assert ev[-1].type == "OrderRejected" and "duplicate" in ev[-1].reason
+    # a repeated ClientOrderId means "look it up" (Binance -2010), never a rejection of the first
+    with pytest.raises(DuplicateClientOrderId):
+        asyncio.run(v.submit_order(order("NHD-1-0-0", OrderSide.BUY, "1", "2000")))
+    assert ev[-1].type == "OrderAccepted" and v.working_orders() == ["NHD-1-0-0"]
 
 
 def test_cancel_all_releases_reservations_and_ledger_outlives_the_process(tmp_path):
