@@ -681,6 +681,8 @@ class OrderEmulator:
         g = self.group_of(coid)
         if g is None or g.closed:
             return
+        if not expected and getattr(event, "reason", "").startswith("HALT"):
+            return  # the kill switch canceled it: the protective legs it keeps stay (DESIGN.md section 5)
         if not expected:
             # canceled, expired or rejected by someone else: the others go too
             for mid in g.members:

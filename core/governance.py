@@ -46,16 +46,45 @@ class Governance:
         self._record(seq, who, state.value, reason, {"previous": prev.value})
         return True
 
-    async def halt(self, who: str, reason: str) -> int:
+    async def halt(self, who: str, reason: str, cancel_stops: bool = False) -> int:
         """Set ``HALTED`` and cancel every working order of the desk
-        concurrently. Returns the number of cancels sent. Idempotent: a halt
-        while halted still cancels anything left working."""
+        concurrently, except reduce-only protective stops, which stay unless
+        ``cancel_stops`` ("cancel all, stops too"). Orders queued but not
+        yet sent never leave: they are canceled locally. Returns the number
+        of cancels sent. Idempotent: a halt while halted still cancels
+        anything left working."""
+        from core.events import OrderCanceled
+        from core.orders import STOP_TYPES
+
         e = self.engine
         self._set_state(TradingState.HALTED, who, reason)
-        e._to_send.clear()  # queued-but-unsent orders never leave
+        queued, e._to_send = e._to_send, []
+        now = e.clock.timestamp_ns()
+        for o in queued:  # written, never sent: nothing to ask the venue
+            e._on_venue_event(OrderCanceled(ts_event=now, ts_init=now, client_order_id=o.client_order_id,
+                                            instrument_id=o.instrument_id, model_id=o.model_id,
+                                            reason="HALT before send"))
         working = [o for o in e.working_orders()
-                   if is_desk_order(o.client_order_id) and o.client_order_id not in e.exempt_orders]
+                   if is_desk_order(o.client_order_id) and o.client_order_id not in e.exempt_orders
+                   and (cancel_stops or not (o.reduce_only and o.order_type in STOP_TYPES))]
         await asyncio.gather(*(e.cancel(o, "HALT") for o in working))
+        e.flush()
+        return len(working)
+
+    async def halt_model(self, model_id: str, who: str, reason: str) -> int:
+        """A per-model halt: pause the model and cancel its working orders;
+        an order netted for several models that includes it is canceled too,
+        and the router re-nets it without the model on the next bar.
+        Returns the number of cancels sent.
+
+        Raises:
+            GovernanceError: for an unknown model id.
+        """
+        e = self.engine
+        self.pause_model(model_id, who, f"HALT: {reason}")
+        working = [o for o in e.working_orders()
+                   if o.model_id == model_id or (o.allocation and o.allocation.get(model_id))]
+        await asyncio.gather(*(e.cancel(o, f"MODEL_HALT {model_id}") for o in working))
         e.flush()
         return len(working)
 

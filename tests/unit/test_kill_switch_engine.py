@@ -114,3 +114,50 @@ def test_halt_file_halts_and_the_halt_survives_a_restart(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["trading_state"] == "HALTED"  # only an explicit resume lifts it
     assert out["fills"] == 0 and out["bars"] == 400
+
+
+def _bracket_engine(tmp_path):
+    from core.enums import TimeInForce
+    from core.orders import Order
+
+    closes = ["2000", "2000", "2000", "2000", "2050", "2050"]
+    lows = ["1999", "1999", "1999", "1990", "2040", "2040"]
+    eng = build(tmp_path, closes, ["0"], lows=lows)
+    asyncio.run(eng.warm_up())
+
+    async def setup():
+        await eng.run(max_bars=3)
+        entry = Order("NHD-B-1", "m0", IID, OrderSide.BUY, OrderType.LIMIT, D("1.0000"), D("2000.00"),
+                      TimeInForce.GTC, eng.clock.timestamp_ns(), eng.stats.bars)
+        br = eng.emulator.submit_bracket(entry, take_profit_price=D("2200.00"), stop_trigger_price=D("1900.00"))
+        await eng.send_pending()
+        await eng.run(max_bars=2)  # the entry fills; the legs are released
+        await eng.send_pending()
+        return br
+
+    return eng, asyncio.run(setup())
+
+
+def test_halt_keeps_protective_stops_unless_told(tmp_path):
+    eng, br = _bracket_engine(tmp_path)
+    tp, sl = eng.orders[br.take_profit_id], eng.orders[br.stop_loss_id]
+    assert tp.is_working and sl.is_working and sl.order_type == OrderType.STOP_MARKET and sl.reduce_only
+    asyncio.run(eng.governance.halt("test", "kill"))
+    assert tp.status == OrderStatus.CANCELED  # a take-profit limit is not a protective stop
+    assert sl.is_working  # the reduce-only stop stays
+    asyncio.run(eng.governance.halt("test", "cancel all, stops too", cancel_stops=True))
+    assert sl.status == OrderStatus.CANCELED
+
+
+def test_halt_model_cancels_and_renets_without_it(tmp_path):
+    # two models want to buy on bar 3 (a NET order); the low never reaches the limit, so it rests
+    eng = build(tmp_path, ["2000"] * 6, ["1"], lows=["2000"] * 6, weights=("0.5", "0.5"))
+    asyncio.run(eng.warm_up())
+    asyncio.run(eng.run(max_bars=3))
+    net = [o for o in eng.working_orders()]
+    assert len(net) == 1 and net[0].model_id == "NET" and set(net[0].allocation) == {"m0", "m1"}
+    n = asyncio.run(eng.governance.halt_model("m1", "test", "bad model"))
+    assert n == 1 and net[0].status == OrderStatus.CANCELED and "m1" in eng.paused
+    asyncio.run(eng.run(max_bars=1))  # the next bar re-nets without m1: m0 alone, 5000 / 2000 = 2.5
+    again = eng.working_orders()
+    assert len(again) == 1 and again[0].model_id == "m0" and again[0].quantity == D("2.5")
