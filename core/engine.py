@@ -21,6 +21,7 @@ import dataclasses
 import importlib
 import logging
 from collections import deque
+from datetime import date
 from concurrent.futures import Future
 from pathlib import Path
 from dataclasses import dataclass
@@ -148,6 +149,7 @@ class EngineConfig:
     fit_apply_lag: int = 1
     checkpoint_every: int = 5000
     yield_every: int = 64
+    day_tz: str = "UTC"
 
 
 @dataclass(slots=True)
@@ -225,8 +227,14 @@ class Engine:
         self._coid_seq: dict[tuple[int, int], int] = {}
         self.fit_delay_hook: Callable[[], Any] | None = None
         self.last_bar_ts: dict[InstrumentId, int] = {}
+        from core.daily_pnl import EndOfDayMarks, zone
+
+        zone(config.day_tz)  # an unknown zone is refused at start (ValueError naming it)
         self.day_index = -1
+        self._day_end_ns = -1
         self.day_start_equity = config.router.capital
+        self.eod = EndOfDayMarks(config.day_tz)
+        self.realized_by_day: dict[str, Decimal] = {}
         self.fill_times: dict[tuple[str, InstrumentId], deque[int]] = {}
         self.halt_file: Path | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -323,13 +331,15 @@ class Engine:
                                Decimal("0.00000001"))
             for model_id, (qty, fee) in parts.items():
                 order.allocation[model_id] -= qty
-                self.portfolio.apply_fill(dataclasses.replace(event, model_id=model_id, last_qty=qty, commission=fee))
+                r = self.portfolio.apply_fill(dataclasses.replace(event, model_id=model_id, last_qty=qty,
+                                                                  commission=fee))
+                self._tally_realized(event.ts_event, r)
                 self.emit(FillAllocated(
                     ts_event=event.ts_event, ts_init=event.ts_init, client_order_id=event.client_order_id,
                     instrument_id=event.instrument_id, model_id=model_id, trade_id=event.trade_id, last_qty=qty,
                     commission=fee, commission_currency=event.commission_currency))
         else:
-            self.portfolio.apply_fill(event)
+            self._tally_realized(event.ts_event, self.portfolio.apply_fill(event))
         self._count_fill(event)
         self.crash_point("after_fill_received")
 
@@ -468,10 +478,40 @@ class Engine:
         return self.portfolio.equity() - self.day_start_equity
 
     def _roll_day(self, ts_ns: int) -> None:
-        day = ts_ns // 86_400_000_000_000
-        if day != self.day_index:
-            self.day_index = day
-            self.day_start_equity = self.portfolio.equity()
+        """At the first bar of a new venue day (``config.day_tz``), note the
+        day's starting equity (for the daily loss rail) and close the
+        previous day's end-of-day mark (for daily PnL)."""
+        if ts_ns < self._day_end_ns:
+            return
+        from core.daily_pnl import day_bounds, venue_day
+
+        day = venue_day(ts_ns, self.config.day_tz)
+        self._day_end_ns = day_bounds(day, self.config.day_tz)[1]
+        self.day_index = day.toordinal()
+        self.day_start_equity = self.portfolio.equity()
+        self.eod.observe(ts_ns, self.portfolio.unrealized())
+
+    def daily_pnl_rows(self) -> list[dict[str, str]]:
+        """Daily PnL per venue day in ``config.day_tz`` (quote): realized by
+        fill time plus the change of unrealized between end-of-day marks
+        (``core.daily_pnl``); today's row uses the current unrealized."""
+        from core.daily_pnl import RealizedPnl, daily_pnl, day_bounds
+
+        self.eod.observe(self.clock.timestamp_ns(), self.portfolio.unrealized())
+        anyone = next(iter(self.instruments))
+        events = [RealizedPnl(day_bounds(date.fromisoformat(d), self.config.day_tz)[0], "*", anyone, v)
+                  for d, v in self.realized_by_day.items()]
+        rows = daily_pnl(events, self.eod.snapshot(include_open=True), self.config.day_tz)
+        return [{"date": r.day.isoformat(), "realized": format(r.realized, "f"),
+                 "unrealized_change": format(r.unrealized_change, "f"), "pnl": format(r.pnl, "f")}
+                for r in rows]
+
+    def _tally_realized(self, ts_ns: int, realized: Decimal) -> None:
+        if realized:
+            from core.daily_pnl import venue_day
+
+            d = venue_day(ts_ns, self.config.day_tz).isoformat()
+            self.realized_by_day[d] = self.realized_by_day.get(d, ZERO) + realized
 
     def _count_fill(self, event: OrderFilled) -> None:
         """The repeated-execution throttle: more than N fills of one model
@@ -911,7 +951,9 @@ class Engine:
             "pending_fits": fits,
             "risk": self.risk.state_dict(),
             "trading_state": self.trading_state.value,
-            "day": [self.day_index, format(self.day_start_equity, "f")],
+            "day": [self.day_index, format(self.day_start_equity, "f"), self._day_end_ns],
+            "eod": self.eod.to_dict(),
+            "realized_by_day": {d: format(v, "f") for d, v in self.realized_by_day.items()},
             "fill_times": {f"{m}|{i}": list(q) for (m, i), q in self.fill_times.items()},
             "last_bar_ts": {str(i): t for i, t in self.last_bar_ts.items()},
             "paused": sorted(self.paused),
@@ -993,7 +1035,13 @@ class Engine:
             self.pending_fits[key] = _PendingFit(model, int(pf["apply_at"]), None, cls(**pf["result"]))
         self.risk.load_state_dict(snap["risk"])
         self.trading_state = TradingState(snap["trading_state"])
+        from core.daily_pnl import EndOfDayMarks
+
         self.day_index, self.day_start_equity = int(snap["day"][0]), Decimal(snap["day"][1])
+        self._day_end_ns = int(snap["day"][2]) if len(snap["day"]) > 2 else -1
+        if "eod" in snap:
+            self.eod = EndOfDayMarks.from_dict(snap["eod"])
+        self.realized_by_day = {d: Decimal(v) for d, v in snap.get("realized_by_day", {}).items()}
         self.fill_times = {split(k): deque(v) for k, v in snap["fill_times"].items()}
         self.last_bar_ts = {InstrumentId.parse(i): int(t) for i, t in snap["last_bar_ts"].items()}
         self.paused = set(snap["paused"])
@@ -1067,6 +1115,8 @@ class Engine:
             "quote_currency": quote,
             "positions": positions,
             "per_model": per_model,
+            "daily_pnl": self.daily_pnl_rows(),
+            "day_tz": self.config.day_tz,
             "trading_state": self.trading_state.value,
             "finished": self.stats.finished,
             "wall_s": round(wall_s, 3),

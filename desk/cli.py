@@ -70,6 +70,16 @@ def _capital(text: str) -> Decimal:
     return v
 
 
+def _tz(text: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(f"--tz: not an IANA time zone: {text!r}") from None
+    return text
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser (``--state-dir`` on the root and on every subcommand)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -86,6 +96,8 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--bars", type=_positive_int, help="stop after N bars (all instruments)")
     run.add_argument("--headless", action="store_true", help="no UI: progress on stderr, summary on stdout")
     run.add_argument("--order-type", choices=["LIMIT", "MARKET"], default="LIMIT")
+    run.add_argument("--tz", type=_tz, default="UTC", metavar="ZONE",
+                     help="IANA time zone of the venue day (daily PnL, daily loss limit; default UTC)")
     run.add_argument("--capital", type=_capital, default=Decimal("10000"),
                      help="trading capital and starting cash, quote currency (default 10000)")
     return p
@@ -130,7 +142,7 @@ def _options(args: Any, state_dir: Path) -> Any:
     return RunOptions(
         data=list(args.data), symbol=args.symbol.upper() if args.symbol else None,
         exchange_info=args.exchange_info, speed=speed, bars=args.bars, state_dir=state_dir,
-        order_type=OrderType(args.order_type), capital=args.capital,
+        order_type=OrderType(args.order_type), capital=args.capital, day_tz=args.tz,
     )
 
 

@@ -62,6 +62,7 @@ class RunOptions:
     state_dir: Path = Path("var")
     order_type: OrderType = OrderType.LIMIT
     capital: Decimal = DEFAULT_CAPITAL
+    day_tz: str = "UTC"
 
 
 def default_model_specs() -> list[tuple[ModelSpec, dict[str, Any]]]:
@@ -221,7 +222,7 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
         mode = "sim"
     quote = next(iter(instruments.values())).quote
     fingerprint.update({
-        "capital": format(opts.capital, "f"), "order_type": opts.order_type.value,
+        "capital": format(opts.capital, "f"), "order_type": opts.order_type.value, "day_tz": opts.day_tz,
         "models": [[s.model_id, format(s.weight, "f"), kw] for s, kw in specs],
     })
     fp_text = json.dumps(fingerprint, sort_keys=True)
@@ -265,7 +266,7 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             messages.append(f"audit log repaired from the journal: torn last line cut {fixed['torn']}, "
                             f"{fixed['appended']} missing lines appended")
         engine = Engine(
-            config=EngineConfig(router=router), clock=clock, store=store,
+            config=EngineConfig(router=router, day_tz=opts.day_tz), clock=clock, store=store,
             audit=AuditLog(audit_path), feed=feed, instruments=instruments,
             models=models, specs=[s for s, _ in specs], risk=risk, executor=executor, venue_factory=venue_factory,
         )

@@ -67,6 +67,15 @@ def test_btc_1h_replay_reconciles_and_repeats(tmp_path, klines_dir):
     assert [(a["type"], a["client_order_id"]) for a in audit if a["type"] in ORDER_EVENT_TYPES] == journal
     assert all(isinstance(a["seq"], int) for a in audit)
 
+    # daily PnL by UTC day: the rows add up to the whole run's PnL
+    days = s1["daily_pnl"]
+    # one row per UTC day of data from 2020-12-01; nothing traded during the 520-bar (21.7-day) warm-up
+    assert days[0]["date"] == "2020-12-01" and days[-1]["date"] == "2021-07-17"
+    assert all(Decimal(d["pnl"]) == 0 for d in days if d["date"] < "2020-12-22")
+    total = sum(Decimal(d["pnl"]) for d in days)
+    assert total.quantize(Decimal("0.00000001")) == Decimal(s1["equity_end"]) - Decimal(s1["equity_start"])
+    assert sum(Decimal(d["realized"]) for d in days) == Decimal(s1["realized_pnl"])
+
     s2, _ = run_desk(tmp_path / "b", data)
     for s in (s1, s2):
         s.pop("wall_s"), s.pop("bars_per_s")

@@ -179,3 +179,15 @@ def test_sim_default_continues_with_its_generator_state(tmp_path, capsys):
     continued = json.loads(out)
     for k in ("bars", "orders", "fills", "fees", "equity_end", "cash_end", "positions", "per_model", "signals"):
         assert continued[k] == straight[k], k
+
+
+def test_tz_flag(tmp_path, capsys):
+    f = write(tmp_path, "BTCUSDT-1m-x.csv", good_rows(10))
+    code, out, err = run(["run", "--headless", "--data", str(f), "--tz", "Mars/Olympus", "--state-dir",
+                          str(tmp_path / "s")], capsys)
+    assert code == 2 and "Mars/Olympus" in err and "IANA" in err
+    # 2020-09-13 12:26:40 UTC (1600000000000 ms) is 15:26 in Moscow: one row dated 2020-09-13 either way
+    code, out, err = run(["run", "--headless", "--data", str(f), "--tz", "Europe/Moscow", "--state-dir",
+                          str(tmp_path / "m")], capsys)
+    s = json.loads(out)
+    assert code == 0 and s["day_tz"] == "Europe/Moscow" and [d["date"] for d in s["daily_pnl"]] == ["2020-09-13"]
