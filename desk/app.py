@@ -18,9 +18,12 @@ How the screen follows the engine:
 Governance is reached only through ``engine.governance``: the kill switch
 (``ctrl+k`` twice within 2 s of the injected wall clock, or the alternate
 key ``ctrl+backslash`` for terminals that take ``ctrl+k``), ``p`` (pause or
-resume the selected model), the command palette's "Resume trading" (with a
-confirmation, Cancel focused) and "Halt trading", the quit question, and
-``SIGHUP``.
+resume the selected model), the command palette's "Resume trading" (from
+HALTED or REDUCING, with a confirmation, Cancel focused), "Halt trading",
+"Reduce-only (REDUCING)" (a confirmation, Cancel focused) and "Flatten all
+positions" (a dialog that lists what will be closed and asks for the word
+FLATTEN; the per-position report goes to the alerts pane), the quit
+question, and ``SIGHUP``.
 
 Start-up imports neither hmmlearn nor ccxt: hmmlearn is imported only in the
 fit worker process.
@@ -51,7 +54,7 @@ from core.events import Event, OrderEvent
 from desk.commands import DeskCommands
 from desk.killswitch import KillSwitch
 from desk.link import EngineLink
-from desk.screens import ConfirmScreen, HelpScreen, QuitScreen
+from desk.screens import ConfirmScreen, FlattenRow, FlattenScreen, HelpScreen, QuitScreen
 from desk.widgets.alerts import AlertsPane
 from desk.widgets.allocations import AllocationsPane
 from desk.widgets.header import DeskHeader, HaltBanner, HeaderInfo
@@ -174,6 +177,11 @@ class DeskApp(App[int]):
         self.hard_exit_on_hangup = hard_exit_on_hangup
         self.status = "idle"
         self.halt_reason = ""
+        self.reduce_reason = ""
+        #: the report of the last flatten (``governance.flatten``'s rows)
+        self.last_flatten_report: list[dict[str, str]] | None = None
+        #: flatten orders still working: ClientOrderId -> "model instrument quantity"
+        self._flatten_open: dict[str, str] = {}
         self.working: dict[str, Any] = {o.client_order_id: o for o in engine.orders.values() if o.is_working}
         # at max speed the engine lets the loop run every step, not every 64
         # (keys, the kill switch and redraws wait at most one step)
@@ -255,6 +263,14 @@ class DeskApp(App[int]):
                 "SELECT client_order_id, model_id, instrument_id, side, order_type, quantity, price, time_in_force,"
                 " status, filled_qty, avg_px, venue_order_id, reason, step, ts_init, ts_last FROM orders"
                 " ORDER BY ts_init DESC, client_order_id DESC LIMIT ?", (MAX_FINISHED,)).fetchall()
+            denied = {r[0] for r in rows if r[8] == "DENIED"}
+            if denied:  # their denial codes: the DENIED_<CODE> alerts name the order first
+                for code, msg in conn.execute(
+                        "SELECT code, message FROM alerts WHERE code LIKE 'DENIED!_%' ESCAPE '!'"
+                        " ORDER BY seq DESC LIMIT ?", (4 * MAX_FINISHED,)).fetchall():
+                    coid = msg.split(" ", 1)[0].rstrip(":")
+                    if coid in denied:
+                        self.orders_pane.order_denied(coid, code[len("DENIED_"):])
             for r in reversed(rows):
                 if r[0] not in e.orders:
                     self.orders_pane.order_changed(_order_from_row(r))
@@ -268,6 +284,10 @@ class DeskApp(App[int]):
                 row = conn.execute("SELECT who, reason FROM governance_actions WHERE action = 'HALTED'"
                                    " ORDER BY seq DESC LIMIT 1").fetchone()
                 self.halt_reason = f"{row[1]} (by {row[0]})" if row else "restored"
+            elif e.trading_state == TradingState.REDUCING:
+                row = conn.execute("SELECT who, reason FROM governance_actions WHERE action = 'REDUCING'"
+                                   " ORDER BY seq DESC LIMIT 1").fetchone()
+                self.reduce_reason = f"{row[1]} (by {row[0]})" if row else "restored"
         except Exception as exc:  # history is a convenience; never fail the screen on it
             log.warning("could not load history from the store: %s", exc)
 
@@ -402,18 +422,24 @@ class DeskApp(App[int]):
         state_changed = False
         for ev in batch:
             if isinstance(ev, OrderEvent):
+                if ev.type == "OrderDenied":
+                    orders.order_denied(ev.client_order_id, ev.code)  # type: ignore[attr-defined]
                 order = engine_orders.get(ev.client_order_id)
                 if order is not None:
                     if order.is_working:
                         self.working[order.client_order_id] = order
                     else:
                         self.working.pop(order.client_order_id, None)
+                        if order.client_order_id in self._flatten_open and order.is_closed:
+                            what = self._flatten_open.pop(order.client_order_id)
+                            alerts.add(ev.ts_event, *self._flatten_outcome(what, order))
                     orders.order_changed(order)
             else:
                 t = ev.type
                 if t == "TradingStateChanged":
                     state_changed = True
                     self.halt_reason = ev.reason if ev.state == "HALTED" else ""  # type: ignore[attr-defined]
+                    self.reduce_reason = ev.reason if ev.state == "REDUCING" else ""  # type: ignore[attr-defined]
                 elif t == "ModelStateChanged":
                     state_changed = True
                 alerts.add_event(ev)
@@ -433,7 +459,10 @@ class DeskApp(App[int]):
             mode=self.mode, market=self.market, clock_ns=e.clock.timestamp_ns(), speed=e.speed,
             state=e.trading_state.value, status=self.status, bars=e.stats.bars, working=len(self.working),
         ))
-        self.banner.set_state(e.trading_state == TradingState.HALTED, self.kill.armed, HALT_KEY, self.halt_reason)
+        state = e.trading_state
+        self.banner.set_state(state == TradingState.HALTED, self.kill.armed, HALT_KEY,
+                              self.halt_reason if state == TradingState.HALTED else self.reduce_reason,
+                              reducing=state == TradingState.REDUCING)
         key = (e.stats.steps, e.stats.warmup_bars, len(e.portfolio.positions))
         if not force and not self._dirty and key == self._last_sample_key:
             return
@@ -456,9 +485,7 @@ class DeskApp(App[int]):
         """Start the halt as a plain task at once (a Textual worker would
         cost extra event-loop turns, each possibly a frame, before the
         first cancel leaves)."""
-        task = asyncio.get_running_loop().create_task(self.halt(who, reason))
-        self._governance_tasks.add(task)
-        task.add_done_callback(self._governance_tasks.discard)
+        self._start_governance(self.halt(who, reason))
 
     def action_halt_now(self) -> None:
         """Halt at once (the palette's "Halt trading")."""
@@ -500,6 +527,136 @@ class DeskApp(App[int]):
                 self.notify("Trading resumed: ACTIVE.", title="Resume trading")
 
         self.push_screen(ConfirmScreen("Resume trading?", body, "Resume trading"), done)
+
+    def action_reduce_only(self) -> None:
+        """Ask, then set REDUCING (the palette's "Reduce-only"): only
+        orders that reduce exposure pass. Not from HALTED: only a resume
+        lifts a halt."""
+        state = self.engine.trading_state
+        if state == TradingState.REDUCING:
+            self.notify("Trading is already REDUCING.", title="Reduce-only")
+            return
+        if state == TradingState.HALTED:
+            self.notify("Trading is HALTED, stricter than reduce-only; only Resume trading lifts a halt.",
+                        title="Reduce-only", severity="warning")
+            return
+        body = ("Only orders that reduce exposure will pass (sells of what the desk holds); "
+                "every new entry is denied with REDUCE_ONLY. Working orders stay. "
+                f"Working orders now: {len(self.working)}. Back to ACTIVE: ctrl+p → Resume trading.")
+
+        def done(ok: bool | None) -> None:
+            """Reduce-only only on the confirm button."""
+            if ok:
+                self.engine.governance.reduce_only(WHO, "reduce-only from the command palette")
+                self.link.drain()
+                self.sample(force=True)
+                self.notify("Trading is REDUCING: only exposure-reducing orders pass.", title="Reduce-only")
+
+        self.push_screen(ConfirmScreen("Reduce-only (REDUCING)?", body, "Reduce only"), done)
+
+    def flatten_rows(self) -> tuple[list[FlattenRow], str]:
+        """What a flatten would close now: each long position with its
+        quantity, its value at the last price and how it would be closed
+        (the same rule as ``governance.flatten``: a reduce-only MARKET sell
+        of the quantity floored to the step; dust below the step or the
+        instrument's minimums is reported, not sold). Returns the rows and
+        their total value."""
+        from decimal import Decimal
+
+        from core.values import floor_to_step
+        from desk.widgets.common import fmt_money, fmt_step
+
+        e = self.engine
+        rows: list[FlattenRow] = []
+        total = Decimal(0)
+        for (model_id, iid), pos in sorted(e.portfolio.positions.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+            if pos.quantity <= 0:
+                continue
+            inst = e.instruments[iid]
+            mark = e.portfolio.marks.get(iid)
+            qty = floor_to_step(pos.quantity, inst.step_size)
+            value = pos.quantity * mark if mark is not None else None
+            if value is not None:
+                total += value
+            if mark is None:
+                note = "DUST: no last price"
+            elif qty <= 0:
+                note = f"DUST: below the step {inst.step_size}"
+            elif qty < inst.min_qty:
+                note = f"DUST: below the minimum quantity {inst.min_qty}"
+            elif inst.min_notional and qty * mark < inst.min_notional:
+                note = f"DUST: below the minimum notional {inst.min_notional}"
+            else:
+                note = f"market sell {fmt_step(qty, inst.step_size)}"
+            rows.append(FlattenRow(model_id, str(iid), format(pos.quantity, "f"),
+                                   "—" if value is None else fmt_money(value), note))
+        return rows, fmt_money(total)
+
+    def action_flatten(self) -> None:
+        """The palette's "Flatten all positions": list what will be closed
+        and ask for the word FLATTEN (Cancel focused); on confirmation halt
+        and close every position (``governance.flatten``)."""
+        rows, total = self.flatten_rows()
+
+        def done(ok: bool | None) -> None:
+            """Flatten only on confirmation."""
+            if ok:
+                self._start_governance(self.flatten(WHO, "flatten from the command palette"))
+
+        self.push_screen(FlattenScreen(rows, len(self.working), total), done)
+
+    def _start_governance(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._governance_tasks.add(task)
+        task.add_done_callback(self._governance_tasks.discard)
+
+    async def flatten(self, who: str, reason: str) -> list[dict[str, str]]:
+        """Halt, then close each position with a reduce-only MARKET sell
+        (``governance.flatten``); one alerts-pane line per position with
+        its outcome (a close order sent, or DUST). Returns the report."""
+        e = self.engine
+        report = await e.governance.flatten(who, reason)
+        self.last_flatten_report = report
+        self.link.drain()
+        now = e.clock.timestamp_ns()
+        for r in report:
+            what = f"{r['model']} {r['instrument']} {r['quantity']}"
+            order = e.orders.get(r["order"]) if r["order"] else None
+            if r["status"] == "DUST" or order is None:
+                self.alerts_pane.add(now, "GOV", "FLATTEN", f"{what}: DUST, not sold ({r['detail']})")
+            elif order.is_closed:
+                self.alerts_pane.add(now, *self._flatten_outcome(what, order))
+            else:
+                self._flatten_open[order.client_order_id] = what
+                self.alerts_pane.add(now, "GOV", "FLATTEN", f"{what}: closing, reduce-only {r['detail']} "
+                                     f"({order.client_order_id} {order.status.value})")
+        if not report:
+            self.alerts_pane.add(now, "GOV", "FLATTEN", "no positions to close")
+        self.sample(force=True)
+        closed = sum(1 for r in report if r["status"] != "DUST")
+        self.notify(f"HALTED; {closed} position{'s' if closed != 1 else ''} closing, "
+                    f"{len(report) - closed} dust. Report in the alerts pane (6).", title="Flatten")
+        return report
+
+    def _flatten_outcome(self, what: str, order: Any) -> tuple[str, str, str]:
+        """The alerts-pane line ``(level, code, message)`` of a flatten
+        order that has finished: closed (filled), or not (rejected,
+        canceled, partly filled)."""
+        inst = self.engine.instruments.get(order.instrument_id)
+        avg = order.avg_px
+        if avg is not None and inst is not None:
+            from desk.widgets.common import fmt_step
+
+            avg_text = fmt_step(avg, inst.tick_size)
+        else:
+            avg_text = str(avg)
+        coid = order.client_order_id
+        if order.status.value == "FILLED":
+            return "GOV", "FLATTEN", f"{what}: closed, sold {order.filled_qty} at {avg_text} ({coid})"
+        if order.filled_qty:
+            return ("ERROR", "FLATTEN", f"{what}: partly closed, sold {order.filled_qty} of {order.quantity} "
+                    f"at {avg_text}, then {order.status.value}: {order.reason} ({coid})")
+        return "ERROR", "FLATTEN", f"{what}: NOT closed, {order.status.value}: {order.reason} ({coid})"
 
     def set_model_paused(self, model_id: str, paused: bool) -> None:
         """Pause or resume a model through governance."""
@@ -587,7 +744,9 @@ class DeskApp(App[int]):
             f"The first press only arms it; it disarms after 2 s. Where the terminal takes {HALT_KEY} "
             f"(some terminal emulators and editors bind it), {ALT_HALT_KEY.replace('backslash', chr(92))} "
             "does the same; it works under tmux and over SSH.",
-            "Resume after a halt: command palette (ctrl+p) → Resume trading, then confirm.",
+            "Resume after a halt or reduce-only: command palette (ctrl+p) → Resume trading, then confirm.",
+            "Reduce-only and flatten: command palette → Reduce-only (REDUCING), Flatten all positions "
+            "(lists what will be closed; type FLATTEN to confirm).",
             "Profit is blue and marked +, loss orange and marked -.",
         ]
         self.push_screen(HelpScreen(self.help_rows(), notes))

@@ -1,9 +1,11 @@
 """The command palette's desk commands (``ctrl+p`` or ``:``).
 
 Governance goes through the palette where a key would be too easy to hit:
-"Resume trading" (asks for confirmation, Cancel focused), "Halt trading"
-(at once: halting is the safe direction), pause or resume of each model,
-and the replay speed.
+"Resume trading" (from HALTED or REDUCING; asks for confirmation, Cancel
+focused), "Halt trading" (at once: halting is the safe direction),
+"Reduce-only (REDUCING)" (asks, Cancel focused), "Flatten all positions"
+(lists what will be closed, asks for the word FLATTEN), pause or resume of
+each model, and the replay speed.
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ if TYPE_CHECKING:
 
 def desk_commands(app: "DeskApp") -> Iterator[tuple[str, str, Callable[[], Any]]]:
     """The desk's palette commands as ``(name, help, callback)``."""
-    halted = app.engine.trading_state.value == "HALTED"
-    if halted:
+    state = app.engine.trading_state.value
+    if state == "HALTED":
         yield ("Resume trading", "Lift the halt: back to ACTIVE (asks first)", app.action_resume_trading)
+    elif state == "REDUCING":
+        yield ("Resume trading", "Lift reduce-only: back to ACTIVE (asks first)", app.action_resume_trading)
     else:
         yield ("Resume trading", "Not halted: nothing to resume", app.action_resume_trading)
     yield ("Halt trading", "HALTED now and cancel every working order (no confirmation)", app.action_halt_now)
+    yield ("Reduce-only (REDUCING)", "Only exposure-reducing orders pass (asks first)", app.action_reduce_only)
+    yield ("Flatten all positions", "Halt, then close every position with reduce-only market sells "
+           "(lists them; type FLATTEN)", app.action_flatten)
     for mid in app.engine.specs:
         if mid in app.engine.paused:
             yield (f"Resume model {mid}", f"Let {mid} open new exposure again", lambda m=mid: app.set_model_paused(m, False))

@@ -1,6 +1,7 @@
-"""Modal screens: a confirmation with Cancel focused, the quit question
-(halt and quit / quit and leave orders / cancel), and the help screen that
-lists every key binding.
+"""Modal screens: a confirmation with Cancel focused, the flatten
+confirmation (lists what will be closed, asks for the word FLATTEN), the
+quit question (halt and quit / quit and leave orders / cancel), and the help
+screen that lists every key binding.
 
 The kill switch stays live over all of them: it is an App binding with
 ``priority=True``, checked before any screen's or widget's bindings.
@@ -8,13 +9,14 @@ The kill switch stays live over all of them: it is an App binding with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Static
+from textual.widgets import Button, Input, Static
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -63,6 +65,106 @@ class ConfirmScreen(ModalScreen[bool]):
     def action_confirm(self) -> None:
         """Dismiss with True."""
         self.dismiss(True)
+
+
+@dataclass(frozen=True, slots=True)
+class FlattenRow:
+    """One position the flatten will close (the dialog's table).
+
+    Attributes:
+        model: the model id.
+        instrument: the instrument id.
+        quantity: the position (base units, as text).
+        value: quantity × the last price (quote, as text).
+        note: how it will be closed (``market sell 0.0381``) or ``DUST …``.
+    """
+
+    model: str
+    instrument: str
+    quantity: str
+    value: str
+    note: str
+
+
+#: the word the operator types to confirm a flatten
+FLATTEN_WORD = "FLATTEN"
+
+
+class FlattenScreen(ModalScreen[bool]):
+    """Confirm a flatten: the positions that will be closed, then an input
+    where the operator types ``FLATTEN``; the confirm button stays disabled
+    until the text is exactly that. Cancel has the focus first; ``escape``
+    cancels; ``enter`` in the input confirms once the word is right.
+    Dismisses with True only on confirmation.
+
+    Args:
+        rows: the positions to close.
+        working: working orders of the desk (canceled by the halt first).
+        total: the summed value of the rows (text).
+    """
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="flatten-cancel"),
+    ]
+    AUTO_FOCUS = "#cancel"
+
+    def __init__(self, rows: Iterable[FlattenRow], working: int, total: str) -> None:
+        super().__init__(classes="dialog-screen")
+        self.rows = list(rows)
+        self.working = working
+        self.total = total
+
+    def compose(self) -> ComposeResult:
+        """Title, what happens, the positions, the input, Cancel then Flatten."""
+        from rich.table import Table
+
+        n = len(self.rows)
+        with Vertical(classes="dialog flatten"):
+            yield Static("Flatten all positions?", classes="dialog-title")
+            yield Static(
+                f"Halts first (HALTED; {self.working} working order{'s' if self.working != 1 else ''} canceled), "
+                f"then closes {'each of these ' + str(n) + ' positions' if n else 'nothing: the desk holds no position'}"
+                " with a reduce-only MARKET sell. Dust below the step or the minimums is reported, not sold. "
+                "The desk stays HALTED until you resume.",
+                classes="dialog-body",
+            )
+            if n:
+                table = Table(box=None, show_header=True, header_style="bold", padding=(0, 1), expand=True)
+                table.add_column("Model", no_wrap=True)
+                table.add_column("Instrument", no_wrap=True)
+                table.add_column("Quantity", justify="right", no_wrap=True)
+                table.add_column("Value", justify="right", no_wrap=True)
+                table.add_column("Close", no_wrap=True, overflow="ellipsis")
+                for r in self.rows:
+                    table.add_row(r.model, r.instrument, r.quantity, r.value, r.note)
+                table.add_row("", "Σ", "", self.total, "", style="bold")
+                yield VerticalScroll(Static(table, id="flatten-table"), classes="flatten-list")
+            yield Static(f"Type {FLATTEN_WORD} to confirm:", classes="dialog-note")
+            yield Input(placeholder=FLATTEN_WORD, id="flatten-input")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Cancel", id="cancel", variant="primary")
+                yield Button("Flatten", id="confirm", variant="error", disabled=True)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        """Enable the confirm button only for the exact word."""
+        event.stop()
+        self.query_one("#confirm", Button).disabled = event.value != FLATTEN_WORD
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """``enter`` in the input confirms when the word is right."""
+        event.stop()
+        if event.value == FLATTEN_WORD:
+            self.dismiss(True)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        """Dismiss with the choice (the confirm button only when enabled)."""
+        event.stop()
+        ok = event.button.id == "confirm" and self.query_one("#flatten-input", Input).value == FLATTEN_WORD
+        self.dismiss(ok)
+
+    def action_cancel(self) -> None:
+        """Dismiss with False."""
+        self.dismiss(False)
 
 
 class QuitScreen(ModalScreen[str]):

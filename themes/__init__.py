@@ -33,6 +33,8 @@ VARIABLE_DEFAULTS: dict[str, str] = {
     "status-pending": "#F0E442",  # yellow
     "halted-background": "#B3261E",
     "halted-foreground": "#FFFFFF",
+    "reducing-background": "#4A4300",  # dark yellow: REDUCING, distinct from the solid armed banner
+    "reducing-foreground": "#F0E442",
     "armed-background": "#F0E442",
     "armed-foreground": "#000000",
 }
@@ -77,6 +79,8 @@ DESK_HIGH_CONTRAST = Theme(
         "status-pending": "#FFE500",
         "halted-background": "#FF0000",
         "halted-foreground": "#FFFFFF",
+        "reducing-background": "#4D4500",
+        "reducing-foreground": "#FFE500",
         "armed-background": "#FFE500",
         "armed-foreground": "#000000",
         "block-cursor-background": "#FFFFFF",

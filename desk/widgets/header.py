@@ -3,7 +3,8 @@
 The header shows PAPER/LIVE, the market, the engine clock as UTC (replay
 time, never wall time), the speed, the trading state, the engine's status
 and a few counters. The banner is a full-width line under it: red while
-``HALTED``, and "press ctrl+k again to halt" while the kill switch is armed.
+``HALTED``, dark yellow while ``REDUCING`` (reduce-only), and solid yellow
+"press ctrl+k again to halt" while the kill switch is armed.
 """
 
 from __future__ import annotations
@@ -103,20 +104,26 @@ class DeskHeader(Toned, Static):
 
 
 class HaltBanner(Static):
-    """The full-width banner: class ``-halted`` (red) while halted, ``-armed``
-    while the kill switch waits for its second press; hidden otherwise."""
+    """The full-width banner: class ``-halted`` (red) while halted,
+    ``-reducing`` (warning colours, dark yellow with yellow text) while
+    reduce-only, ``-armed`` (solid yellow) while the kill switch waits for
+    its second press; hidden otherwise."""
 
     _text = ""
 
-    def set_state(self, halted: bool, armed: bool, halt_keys: str, reason: str = "") -> None:
-        """Show the banner for the given state."""
+    def set_state(self, halted: bool, armed: bool, halt_keys: str, reason: str = "",
+                  reducing: bool = False) -> None:
+        """Show the banner for the given state (armed shows over the others)."""
         self.set_class(halted and not armed, "-halted")
+        self.set_class(reducing and not halted and not armed, "-reducing")
         self.set_class(armed, "-armed")
+        why = f" — {reason}" if reason else ""
         if armed:
             text = f"KILL SWITCH ARMED: press {halt_keys} again to halt (disarms in 2 s)"
         elif halted:
-            why = f" — {reason}" if reason else ""
             text = f"HALTED{why} — resume: ctrl+p → Resume trading"
+        elif reducing:
+            text = f"REDUCING: only orders that reduce exposure pass{why} — ctrl+p → Resume trading"
         else:
             text = ""
         if text != self._text:

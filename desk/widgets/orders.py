@@ -7,9 +7,23 @@ published, then :meth:`end_batch` once per batch of the same event-loop
 turn. All working orders are kept, and the newest finished ones up to
 :data:`MAX_ROWS` rows in all.
 
+Columns, the most important left (at 80 columns, pane maximized, the
+first seven show; in the roomy layout the first six): status (long ones
+abbreviated: ``PARTIAL``, ``CANCELING``, ``UPDATING``, ``INIT``), side,
+quantity, type (``MKT``, ``LMT``, ``LMT-PO`` post-only, ``STP``,
+``STP-LMT``, ``TRAIL``), instrument, price (the limit, else the average
+fill), trigger (a stop's trigger; a trailing stop without one yet shows its
+offset, ``Δ50bp``), time in force, link, model (``NET`` for an order netted
+for several models), filled, time, order id, reason. The link column marks
+contingencies: ``↳<parent>`` for a child of an OTO (a bracket leg, the
+parent id without the desk prefix), ``OCO``/``OTO`` for members of a list,
+``RO`` for reduce-only. A DENIED order's reason starts with its denial
+code (``MIN_NOTIONAL: …``).
+
 The filter is a case-insensitive substring over the order id, model,
-instrument, side, type and status; a leading ``!`` inverts it. ``enter``
-keeps the filter and returns to the table, ``escape`` clears and closes it.
+instrument, side, type, time in force, link, denial code and status; a
+leading ``!`` inverts it. ``enter`` keeps the filter and returns to the
+table, ``escape`` clears and closes it.
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Input
 
+from core.identifiers import DESK_ORDER_PREFIX
 from desk.widgets.common import STATUS_TONE, DeskTable, fmt_clock, fmt_step
 
 #: orders kept in the pane: every working order, then the newest finished
@@ -29,17 +44,60 @@ MAX_ROWS = 200
 MAX_FINISHED = MAX_ROWS
 
 COLUMNS: list[tuple[str, str, int | None, bool]] = [
-    ("status", "Status", 16, False),
+    ("status", "Status", 9, False),
     ("side", "Side", 4, False),
     ("qty", "Qty", 10, True),
+    ("type", "Type", 7, False),
     ("iid", "Instrument", 12, False),
     ("price", "Price", 10, True),
+    ("trigger", "Trigger", 10, True),
+    ("tif", "TIF", 3, False),
+    ("link", "Link", 14, False),
+    ("model", "Model", 13, False),
     ("filled", "Filled", 10, True),
     ("time", "Time", 8, False),
-    ("model", "Model", 13, False),
     ("id", "Order ID", 16, False),
     ("reason", "Reason", 30, False),
 ]
+
+#: statuses too long for the status column, shortened
+STATUS_SHORT: dict[str, str] = {
+    "INITIALIZED": "INIT", "PARTIALLY_FILLED": "PARTIAL", "PENDING_CANCEL": "CANCELING",
+    "PENDING_UPDATE": "UPDATING",
+}
+
+#: order type -> its abbreviation in the type column
+TYPE_SHORT: dict[str, str] = {
+    "MARKET": "MKT", "LIMIT": "LMT", "STOP_MARKET": "STP", "STOP_LIMIT": "STP-LMT",
+    "TRAILING_STOP_MARKET": "TRAIL",
+}
+
+#: the desk's ClientOrderId prefix, left out of the parent marker
+_DESK_PREFIX = DESK_ORDER_PREFIX + "-"
+
+
+def type_text(o: Any) -> str:
+    """The type column: ``MKT``, ``LMT`` (``LMT-PO`` when post-only),
+    ``STP``, ``STP-LMT`` or ``TRAIL``."""
+    t = TYPE_SHORT.get(o.order_type.value, o.order_type.value)
+    return t + "-PO" if getattr(o, "post_only", False) else t
+
+
+def link_text(o: Any) -> str:
+    """The link column: ``↳<parent>`` for an OTO child (a bracket leg),
+    ``OCO`` or ``OTO`` for a member of a list, ``RO`` for reduce-only,
+    separated by spaces."""
+    parts = []
+    parent = getattr(o, "parent_order_id", None)
+    if parent:
+        parts.append("↳" + (parent[len(_DESK_PREFIX):] if parent.startswith(_DESK_PREFIX) else parent))
+    cont = getattr(o, "contingency", None)
+    cont_value = getattr(cont, "value", cont)
+    if cont_value in ("OCO", "OTO"):
+        parts.append(cont_value)
+    if getattr(o, "reduce_only", False):
+        parts.append("RO")
+    return " ".join(parts)
 
 
 class OrdersPane(Vertical):
@@ -52,7 +110,7 @@ class OrdersPane(Vertical):
     def __init__(self, *, id: str | None = "orders-pane") -> None:
         super().__init__(id=id, classes="pane")
         self.table = DeskTable(id="orders-table")
-        self.filter_input = Input(placeholder="filter: id, model, instrument, side, status (!text inverts)",
+        self.filter_input = Input(placeholder="filter: id, model, instrument, side, type, status, code (!text inverts)",
                                   id="orders-filter")
         self.query_text = ""
         self._orders: dict[str, Any] = {}
@@ -61,6 +119,9 @@ class OrdersPane(Vertical):
         self._newest: list[str] = []
         self._shown: list[str] = []
         self._texts: dict[str, Any] = {}
+        self._raw: dict[str, dict[str, tuple[str, str | None]]] = {}
+        #: denial code of each DENIED order (from its OrderDenied event)
+        self.denial_codes: dict[str, str] = {}
         self._instruments: dict[Any, Any] = {}
         self._subtitle = ""
 
@@ -91,19 +152,36 @@ class OrdersPane(Vertical):
         def q(v: Any) -> str:
             return fmt_step(v, step) if step is not None else str(v)
 
+        def px(v: Any) -> str:
+            return fmt_step(v, tick) if tick is not None else str(v)
+
         status = o.status.value
         price = o.price if o.price is not None else o.avg_px
+        trigger = getattr(o, "trigger_price", None)
+        if trigger is not None:
+            trig = px(trigger)
+        elif getattr(o, "trailing_offset", None) is not None:
+            bp = getattr(o.trailing_offset_type, "value", "") == "BASIS_POINTS"
+            trig = f"Δ{o.trailing_offset.normalize():f}{'bp' if bp else ''}"
+        else:
+            trig = ""
+        code = self.denial_codes.get(o.client_order_id)
+        reason = f"{code}: {o.reason}" if code and status == "DENIED" else o.reason
         return {
-            "time": (fmt_clock(o.ts_init), "muted"),
-            "status": (status, STATUS_TONE.get(status)),
+            "status": (STATUS_SHORT.get(status, status), STATUS_TONE.get(status)),
             "side": (o.side.value, "buy" if o.side.value == "BUY" else "sell"),
             "qty": (q(o.quantity), None),
+            "type": (type_text(o), None),
             "iid": (str(o.instrument_id), None),
-            "price": ("MKT" if price is None else (fmt_step(price, tick) if tick is not None else str(price)), None),
+            "price": ("—" if price is None else px(price), "muted" if price is None or o.price is None else None),
+            "trigger": (trig, "warning" if trig else None),
+            "tif": (o.time_in_force.value, "muted"),
+            "link": (link_text(o), "muted"),
+            "model": (o.model_id, "strong" if o.model_id == "NET" else None),
             "filled": (q(o.filled_qty), "muted" if not o.filled_qty else None),
-            "model": (o.model_id, None),
+            "time": (fmt_clock(o.ts_init), "muted"),
             "id": (o.client_order_id, "muted"),
-            "reason": (o.reason, "muted"),
+            "reason": (reason, "rejected" if code and status == "DENIED" else "muted"),
         }
 
     def _matches(self, o: Any) -> bool:
@@ -113,7 +191,8 @@ class OrdersPane(Vertical):
         invert = q.startswith("!")
         q = q[1:] if invert else q
         hay = " ".join((o.client_order_id, o.model_id, str(o.instrument_id), o.side.value,
-                        o.order_type.value, o.status.value)).lower()
+                        o.order_type.value, type_text(o), o.time_in_force.value, link_text(o),
+                        self.denial_codes.get(o.client_order_id, ""), o.status.value)).lower()
         return (q in hay) != invert
 
     def order_changed(self, order: Any) -> None:
@@ -125,7 +204,25 @@ class OrdersPane(Vertical):
             self._next += 1
             self._newest.insert(0, coid)
         self._orders[coid] = order
-        self._texts[coid] = self.table.render_cells(self._cells(order))
+        cells = self._cells(order)
+        old_raw = self._raw.get(coid)
+        old_texts = self._texts.get(coid)
+        if old_raw is None or old_texts is None:
+            self._texts[coid] = self.table.render_cells(cells)
+        else:  # keep the Text of an unchanged cell: put_row then leaves that cell alone
+            changed = {col: cell for col, cell in cells.items() if old_raw.get(col) != cell}
+            if changed:
+                self._texts[coid] = {**old_texts, **self.table.render_cells(changed)}
+        self._raw[coid] = cells
+
+    def order_denied(self, client_order_id: str, code: str) -> None:
+        """Remember the denial code of an order (its ``OrderDenied`` event),
+        shown at the start of its reason (an order already shown is
+        re-rendered at the next :meth:`end_batch`)."""
+        self.denial_codes[client_order_id] = code
+        known = self._orders.get(client_order_id)
+        if known is not None:
+            self.order_changed(known)
 
     def end_batch(self) -> None:
         """After a batch of events: drop the oldest finished orders beyond
@@ -142,6 +239,8 @@ class OrdersPane(Vertical):
             del self._orders[coid]
             del self._seq[coid]
             del self._texts[coid]
+            self._raw.pop(coid, None)
+            self.denial_codes.pop(coid, None)
             self._newest.remove(coid)
         shown = [c for c in self._newest if self._matches(self._orders[c])]
         t = self.table

@@ -79,3 +79,20 @@ def audit_lines(state_dir: Path) -> list[dict[str, Any]]:
     path = state_dir / "audit" / "orders.jsonl"
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
+
+
+async def palette_run(pilot: Any, app: Any, text: str) -> None:
+    """Open the command palette, type ``text``, wait until the highlighted
+    command is it, and run it."""
+    from textual.command import CommandPalette
+
+    await pilot.press("ctrl+p")
+    assert await settle(pilot, lambda: isinstance(app.screen, CommandPalette))
+    await pilot.press(*text)
+
+    def highlighted() -> bool:
+        ol = app.screen.query_one("CommandList")
+        return ol.highlighted is not None and text.lower() in str(ol.get_option_at_index(ol.highlighted).prompt).lower()
+
+    assert await settle(pilot, highlighted)
+    await pilot.press("enter")
