@@ -224,6 +224,7 @@ class Engine:
         self.pace_clock = pace_clock or MonotonicClock()
         self._to_send: list[Order] = []
         self._stop = asyncio.Event()
+        self._speed_changed = asyncio.Event()
         self._coid_seq: dict[tuple[int, int], int] = {}
         self.fit_delay_hook: Callable[[], Any] | None = None
         self.last_bar_ts: dict[InstrumentId, int] = {}
@@ -859,6 +860,12 @@ class Engine:
         self.checkpoint()
         return lines
 
+    def set_speed(self, speed: float | None) -> None:
+        """Bar steps per second, or None for as fast as possible; wakes a
+        pacing wait at once so a speed-up takes effect immediately."""
+        self.speed = speed
+        self._speed_changed.set()
+
     def stop(self) -> None:
         """Ask ``run`` to stop after the current step (thread-safe only from
         the loop's thread; from a signal handler use ``loop.call_soon``)."""
@@ -872,6 +879,7 @@ class Engine:
         ``END_OF_DATA`` and the run is marked finished.
         """
         start_bars = self.stats.bars
+        self._speed_changed = asyncio.Event()  # bound to this run's loop
         t0 = self.pace_clock.timestamp_ns()
         steps_here = 0
         await self.check_halt_file()
@@ -906,7 +914,12 @@ class Engine:
                     due = t0 + int(steps_here * 1e9 / self.speed)
                     wait = due - self.pace_clock.timestamp_ns()
                     if wait > 0:
-                        await asyncio.sleep(wait / 1e9)
+                        # an interruptible wait: a speed change (``set_speed``) ends it at once
+                        self._speed_changed.clear()
+                        try:
+                            await asyncio.wait_for(self._speed_changed.wait(), wait / 1e9)
+                        except asyncio.TimeoutError:
+                            pass
                     else:
                         await asyncio.sleep(0)
                 elif steps_here % self.config.yield_every == 0:

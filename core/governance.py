@@ -101,7 +101,8 @@ class Governance:
         from core.values import floor_to_step
 
         e = self.engine
-        await self.halt(who, f"FLATTEN: {reason}")
+        # cancel everything, protective stops too: they hold the base the market sells need
+        await self.halt(who, f"FLATTEN: {reason}", cancel_stops=True)
         report: list[dict[str, str]] = []
         for (model_id, iid), pos in sorted(e.portfolio.positions.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
             if pos.quantity <= 0:

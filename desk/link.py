@@ -242,5 +242,5 @@ class EngineLink:
 
     def set_speed(self, speed: float | None) -> None:
         """Change the engine's speed live (steps per second, None = max)."""
-        self.engine.speed = speed
+        self.engine.set_speed(speed)
         self.pacer.rebase(self.engine.stats.steps, speed)

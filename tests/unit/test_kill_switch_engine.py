@@ -161,3 +161,20 @@ def test_halt_model_cancels_and_renets_without_it(tmp_path):
     asyncio.run(eng.run(max_bars=1))  # the next bar re-nets without m1: m0 alone, 5000 / 2000 = 2.5
     again = eng.working_orders()
     assert len(again) == 1 and again[0].model_id == "m0" and again[0].quantity == D("2.5")
+
+
+def test_flatten_cancels_protective_stops_first(tmp_path):
+    eng, br = _bracket_engine(tmp_path)
+    sl = eng.orders[br.stop_loss_id]
+    assert sl.is_working and eng.venue.free("ETH") == 0  # the stop holds the 0.9990 ETH
+
+    async def go():
+        report = await eng.governance.flatten("ops", "test")
+        await eng.run()
+        return report
+
+    report = asyncio.run(go())
+    assert sl.status == OrderStatus.CANCELED
+    assert [r["status"] for r in report] == ["SUBMITTED"] and D(report[0]["quantity"]) == D("0.999")
+    assert eng.orders[report[0]["order"]].status == OrderStatus.FILLED
+    assert eng.portfolio.position("m0", IID).quantity == 0 and eng.venue.balance("ETH") == 0
