@@ -846,7 +846,12 @@ class Engine:
 
         if not hasattr(self.venue, "lookup"):
             return []
-        report = await reconcile(self, max_resend_age_ns)
+        from core.venue_errors import VenueError
+
+        try:
+            report = await reconcile(self, max_resend_age_ns)
+        except VenueError as exc:  # down or throttled at start: nothing is sent until it is reconciled
+            return [self.session.defer_startup(exc)]
         lines = report.lines()
         for line in lines:
             log.warning("reconciliation: %s", line)

@@ -325,11 +325,13 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
         if coid in queued:
             continue
         if not startup:
-            if coid in unknown or (session is not None and coid in session.cancels):
-                continue  # the session resolves these
+            if coid in unknown:
+                continue  # the session resolves it (looked up just before, in the same tick)
+            cancel_queued = session is not None and coid in session.cancels
             if (open_now is not None and open_now.get(coid) == order.filled_qty and order.venue_order_id
-                    and order.status != OrderStatus.SUBMITTED):
-                continue  # the venue agrees
+                    and order.status != OrderStatus.SUBMITTED
+                    and (order.status != OrderStatus.PENDING_CANCEL or cancel_queued)):
+                continue  # the venue agrees (a queued cancel is the session's)
         known = venue.lookup(coid)
         u = unknown.get(coid)
         if known is None:
@@ -354,9 +356,12 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
         if u is not None and session is not None:
             session.forget(coid)
         apply_venue_report(engine, order, known, now, report)
-        if (known.status == "OPEN" and order.status == OrderStatus.PENDING_CANCEL and session is not None
-                and coid not in session.cancels):
-            session.cancels[coid] = CancelRequest(coid, "RECONCILE", now)  # the cancel was lost: ask again
+        if session is not None:
+            if not order.is_working:
+                session.cancels.pop(coid, None)  # closed at the venue: nothing left to cancel
+            elif (known.status == "OPEN" and order.status == OrderStatus.PENDING_CANCEL
+                    and coid not in session.cancels):
+                session.cancels[coid] = CancelRequest(coid, "RECONCILE", now)  # the cancel was lost: ask again
     if startup:
         engine.flush()
         stored = {r[0] for r in engine.store.conn.execute("SELECT client_order_id FROM orders")}
@@ -372,6 +377,18 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
             report.differences.append(f"the venue has desk order {coid} that the store does not know")
         elif mine is not None and not startup and mine.is_closed:
             report.differences.append(f"the venue has {coid} open, the store has it {mine.status.value}")
+    if session is not None and session.outstanding:
+        # closed orders whose acknowledgement reported more executed than filled: fetch the rest
+        for coid in sorted(session.outstanding):
+            order = engine.orders.get(coid)
+            if order is not None and order.venue_executed_qty is not None \
+                    and order.filled_qty < order.venue_executed_qty:
+                known = venue.lookup(coid)
+                if known is not None:
+                    apply_venue_report(engine, order, known, now, report)
+                if order.filled_qty < order.venue_executed_qty:
+                    continue
+            session.outstanding.discard(coid)
     if startup:
         engine.flush()
     for order in to_resend:
@@ -435,9 +452,19 @@ class VenueSession:
         self.reconnects = 0
         self.store_failed = False
         self.last_report: ReconcileReport | None = None
+        #: closed orders whose cancel/expiry acknowledgement reported more executed than filled:
+        #: their fills are still to come (live, or found by reconciliation)
+        self.outstanding: set[str] = set()
         self._load_unknown()
+        engine.bus.subscribe("OrderCanceled", self._on_closed)
+        engine.bus.subscribe("OrderExpired", self._on_closed)
 
     # ------------------------------------------------------------ state
+    def _on_closed(self, event: Any) -> None:
+        o = self.engine.orders.get(event.client_order_id)
+        if o is not None and o.venue_executed_qty is not None and o.filled_qty < o.venue_executed_qty:
+            self.outstanding.add(o.client_order_id)
+
     def _now(self) -> int:
         return self.engine.clock.timestamp_ns()
 
@@ -673,6 +700,21 @@ class VenueSession:
             self.down_since_ns = now
             self.engine.alert("WARNING", "VENUE_DISCONNECTED", (
                 f"{self.engine.venue.venue}: {detail}; its orders are reconciled when it is back"))
+
+    def defer_startup(self, exc: VenueError) -> str:
+        """The venue could not be reached for the start-up reconciliation:
+        treat it as down (or throttled), so nothing is sent to it and the
+        reconciliation runs on the first step it answers again (mode
+        ``reconnect``). Returns a line for the log."""
+        now = self._now()
+        if isinstance(exc, VenueThrottled):
+            self._throttle(now, exc)
+            self.down, self.down_since_ns = True, now  # reconcile once the retry-after has passed
+        else:
+            self._went_down(now, f"unreachable at start ({exc.detail})")
+        line = f"venue unavailable at start ({exc}); reconciliation deferred until it answers"
+        log.warning("reconciliation: %s", line)
+        return line
 
     def note_error(self, exc: VenueError) -> None:
         """Take note of a venue error met outside the session (e.g. an
