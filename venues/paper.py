@@ -74,6 +74,26 @@ Order management (issue 4):
   up, the remaining siblings are canceled (reason ``OCO_EXHAUSTED``). The
   desk's :class:`core.emulator.OrderEmulator` does the OCO logic itself
   (it reduces or cancels the siblings); this is the venue's safety net.
+
+Faults and recovery (issue 5):
+
+* **Typed errors at the edge** (``core.venue_errors``): a repeated
+  ClientOrderId raises ``DuplicateClientOrderId`` ("look it up", Binance
+  ``-2010``), not a rejection of the first order.
+* **A fault plan** (``core.faults.PaperFaults``; off by default, attached
+  with ``faults=`` or :meth:`PaperVenue.set_faults`): submit timeouts the
+  venue accepted at once or up to recvWindow + backend timeout later, or
+  not at all; cancel timeouts, applied or not; disconnects (every call
+  raises ``TransientVenueError``, reports are lost); HTTP-429 throttles
+  (``VenueThrottled`` with the retry-after). Every request is counted
+  (``faults.calls``, ``faults.requests``).
+* **Venue-side actions** the engine did not ask for:
+  :meth:`PaperVenue.inject_cancel`, :meth:`PaperVenue.inject_fill` (either
+  reported or silent), :meth:`PaperVenue.inject_foreign_order`.
+* **Reads for reconciliation**: :meth:`PaperVenue.lookup` (one order and
+  its fills by ClientOrderId), :meth:`PaperVenue.order_ids` (every id
+  seen), :meth:`PaperVenue.open_orders` (mass status) and
+  :meth:`PaperVenue.is_connected`.
 """
 
 from __future__ import annotations

@@ -566,6 +566,7 @@ def test_a_store_failure_before_an_order_leaves_halts_and_sends_nothing(tmp_path
 def test_a_store_failure_while_an_order_rests_halts_cancels_it_and_sends_nothing_new(tmp_path):
     # target 1 for two ready bars, then 0: bar 5's signal must be committed, and cannot be
     eng = make(tmp_path, targets=("1", "1", "0"))
+    eng.halt_file = tmp_path / "HALT"
     f = eng.venue.faults
 
     async def scenario():
@@ -583,6 +584,7 @@ def test_a_store_failure_while_an_order_rests_halts_cancels_it_and_sends_nothing
     assert o.status == OrderStatus.CANCELED and o.reason == "STORE_FAILED"
     assert f.calls["submit"] == 1 and eng.venue.order_ids() == [o.client_order_id]
     assert eng.venue.working_orders() == []
+    assert (tmp_path / "HALT").read_text().startswith("store failed")  # a restart stays halted
 
 
 def test_faults_plan_refuses_an_acceptance_later_than_the_window(tmp_path):
