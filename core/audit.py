@@ -56,45 +56,59 @@ class AuditLog:
 def repair_audit(path: str | Path, journal: "Any") -> dict[str, int]:
     """Repair the audit log from the journal at start (issue 5).
 
-    ``journal`` yields ``(seq, type, payload)`` of committed events in
-    sequence order (``Store.iter_journal``). A torn last line (no newline, or
-    not JSON: the process died while writing it) is cut off; then every
-    audited journal event with a ``seq`` beyond the last good line is
-    appended; existing lines are left as they are.
+    ``journal`` is either an iterable of ``(seq, type, payload)`` of
+    committed events in sequence order, or a callable taking ``after_seq``
+    and returning such an iterable (``Store.iter_journal``), so only the
+    events after the last audited one are read. The file is append-only
+    with increasing ``seq``, so only its tail is read: a torn last line (no
+    newline, or not JSON: the process died while writing it) is cut off;
+    then every audited journal event with a ``seq`` beyond the last good
+    line is appended; existing lines are left as they are.
 
-    Returns ``{"torn": 0|1, "appended": n, "kept": n}``.
+    Returns ``{"torn": 0|1, "appended": n, "last_seq": n}``.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    data = p.read_bytes() if p.exists() else b""
-    torn = 0
-    last_seq = 0
-    good_end = 0
-    kept = 0
-    pos = 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            torn = 1
-            break
-        try:
-            rec = json.loads(data[pos:nl])
-            last_seq = max(last_seq, int(rec["seq"]))
-            kept += 1
-        except (ValueError, KeyError, TypeError):
-            torn = 1
-            break
-        pos = good_end = nl + 1
-    if torn:
-        with open(p, "r+b") as fh:
-            fh.truncate(good_end)
+    torn, last_seq, good_end = 0, 0, 0
+    if p.exists():
+        with open(p, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            chunk = 1 << 16
+            while True:  # find the last complete, parseable line from the end
+                start = max(0, size - chunk)
+                fh.seek(start)
+                data = fh.read(size - start)
+                lines = data.split(b"\n")
+                tail = lines.pop()  # bytes after the last newline ('' when the file ends with one)
+                if tail:
+                    torn = 1
+                end = size - len(tail)
+                found = False
+                while lines and (start == 0 or len(lines) > 1):
+                    line = lines.pop()
+                    try:
+                        last_seq = int(json.loads(line)["seq"])
+                        good_end, found = end, True
+                        break
+                    except (ValueError, KeyError, TypeError):
+                        torn = 1
+                        end -= len(line) + 1
+                if found or start == 0:
+                    if not found:
+                        good_end = 0
+                    break
+                chunk *= 4
+        if good_end < size:
+            with open(p, "r+b") as fh:
+                fh.truncate(good_end)
+    events = journal(last_seq) if callable(journal) else journal
     appended = 0
     with open(p, "a", encoding="utf-8") as fh:
-        for seq, typ, payload in journal:
+        for seq, typ, payload in events:
             if seq <= last_seq or typ not in AUDITED_TYPES:
                 continue
             fh.write(json.dumps({"seq": seq, **payload}, separators=(",", ":")) + "\n")
             appended += 1
         fh.flush()
         os.fsync(fh.fileno())
-    return {"torn": torn, "appended": appended, "kept": kept}
+    return {"torn": torn, "appended": appended, "last_seq": last_seq}

@@ -261,7 +261,7 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
                               paper_cfg, on_event)
 
         audit_path = state.path / "audit" / "orders.jsonl"
-        fixed = repair_audit(audit_path, store.iter_journal())
+        fixed = repair_audit(audit_path, store.iter_journal)
         if fixed["torn"] or (fixed["appended"] and store.load_checkpoint() is not None):
             messages.append(f"audit log repaired from the journal: torn last line cut {fixed['torn']}, "
                             f"{fixed['appended']} missing lines appended")
