@@ -64,6 +64,10 @@ def main() -> None:
     ap.add_argument("--filter-steps", type=int, default=4000)
     ap.add_argument("--naive-bars", type=int, default=20000, help="bars for the per-bar-commit comparison")
     args = ap.parse_args()
+    missing = [p for p in args.csv if not p.is_file()]
+    if missing:
+        raise SystemExit(f"bench/replay.py: no such file: {', '.join(map(str, missing))} "
+                         f"(give a kline CSV, e.g. ../shared/data/binance/klines/BTCUSDT-1m-....csv)")
 
     bars, wall, s = replay(args.csv)
     print(f"replay: {bars} bars in {wall:.2f} s = {bars / wall:,.0f} bars/s "

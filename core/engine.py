@@ -52,7 +52,7 @@ from core.orders import ContingencyType, InvalidTransition, Order, TrailingOffse
 from core.portfolio import Portfolio
 from core.ports import FitExecutor, RegimeModel
 from core.risk import Denied, RiskEngine
-from core.netting import net, split_fill
+from core.netting import largest_remainder, net, split_fill
 from core.router import RouterConfig, decide, model_budget, target_quantity
 from core.store import Store, StoreError
 from core.values import ZERO, quantize_money
@@ -785,13 +785,33 @@ class Engine:
         if result.side is None:
             return
         side = OrderSide(result.side)
-        owners = list(result.residual)
+        residual = dict(result.residual)
+        cap = self._order_qty_cap(inst, last.reference_price)
+        if cap is not None and result.order_qty > cap:
+            # a slice no larger than the rails allow, shared in proportion; the rest on later bars
+            residual = {m: q for m, q in largest_remainder(cap, residual, inst.step_size).items() if q > 0}
+        owners = list(residual)
+        qty = sum(residual.values(), ZERO)
         if len(owners) == 1:
-            self.submit(owners[0], iid, side, result.order_qty, last.price, last.reference_price, last.order_type)
+            self.submit(owners[0], iid, side, qty, last.price, last.reference_price, last.order_type)
         else:
-            self.submit(NET_MODEL_ID, iid, side, result.order_qty, last.price, last.reference_price,
-                        last.order_type, tags="NET " + ",".join(f"{m}:{q}" for m, q in result.residual.items()),
-                        allocation=dict(result.residual))
+            self.submit(NET_MODEL_ID, iid, side, qty, last.price, last.reference_price,
+                        last.order_type, tags="NET " + ",".join(f"{m}:{q}" for m, q in residual.items()),
+                        allocation=residual)
+
+    def _order_qty_cap(self, inst: Instrument, price: Decimal) -> Decimal | None:
+        """The largest quantity one order may have (base units, at the step):
+        the rails' max notional per order at ``price`` and the instrument's
+        max quantity; None when neither is set."""
+        from core.values import floor_to_step
+
+        caps = []
+        notional = self.risk.config.limit("max_order_notional", instrument_id=inst.id)
+        if notional is not None and price > 0:
+            caps.append(floor_to_step(notional / price, inst.step_size))
+        if inst.max_qty is not None:
+            caps.append(inst.max_qty)
+        return min(caps) if caps else None
 
     def _cross_internally(self, iid: InstrumentId, result: Any, price: Decimal) -> None:
         """Book the internal crosses of a netting: each seller sells and each
@@ -856,8 +876,8 @@ class Engine:
         for line in lines:
             log.warning("reconciliation: %s", line)
         if report.changed:
-            self.alert("WARNING" if not report.differences else "ERROR", "RECONCILED",
-                       "; ".join(lines)[:2000])
+            self.alert("WARNING" if not report.differences else "ERROR",
+                       "UNRECONCILED" if report.differences else "RECONCILED", "; ".join(lines)[:2000])
         if report.differences:
             self.unreconciled = list(report.differences)
             await self.governance.halt("reconciliation", "unreconciled difference with the venue: "
@@ -1109,7 +1129,7 @@ class Engine:
         per_model = {
             mid: {
                 "realized": format(pf.realized(mid), "f"),
-                "unrealized": format(quantize_money(pf.unrealized(mid)), "f"),
+                "unrealized": format(pf.unrealized(mid), "f"),
                 "fees": format(pf.fees(mid), "f"),
                 "fills": pf.fills(mid),
             }
@@ -1126,9 +1146,9 @@ class Engine:
             "denials": self.stats.denials,
             "fees": format(pf.fees(), "f"),
             "realized_pnl": format(pf.realized(), "f"),
-            "unrealized_pnl": format(quantize_money(pf.unrealized()), "f"),
+            "unrealized_pnl": format(pf.unrealized(), "f"),
             "equity_start": format(pf.equity_start, "f"),
-            "equity_end": format(quantize_money(pf.equity()), "f"),
+            "equity_end": format(pf.equity(), "f"),
             "cash_end": format(self.venue.balance(quote), "f"),
             "quote_currency": quote,
             "positions": positions,

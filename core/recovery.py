@@ -788,13 +788,14 @@ class VenueSession:
         """
         e = self.engine
         report = await reconcile(e, self.config.max_resend_age_ns, mode=mode)
-        if report.changed:
-            lines = report.lines()
+        new = [d for d in report.differences if d not in e.unreconciled]
+        corrected = report.changed and (new or len(report.lines()) > len(report.differences))
+        if corrected:  # a difference already reported (and halted on) is not logged again every check
+            lines = [ln for ln in report.lines() if not any(ln.endswith(d) for d in e.unreconciled)]
             for line in lines:
                 log.warning("reconciliation (%s): %s", mode, line)
-            e.alert("WARNING" if not report.differences else "ERROR", "RECONCILED",
+            e.alert("WARNING" if not new else "ERROR", "UNRECONCILED" if new else "RECONCILED",
                     f"{mode}: " + "; ".join(lines)[:2000])
-        new = [d for d in report.differences if d not in e.unreconciled]
         if new:
             e.unreconciled.extend(new)
             await e.governance.halt("reconciliation", "unreconciled difference with the venue: "

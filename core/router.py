@@ -132,6 +132,8 @@ def decide(
         side = OrderSide.SELL
     if config.max_order_notional is not None:
         qty = min(qty, floor_to_step(config.max_order_notional / price, instrument.step_size))
+    if instrument.max_qty is not None:
+        qty = min(qty, instrument.max_qty)  # larger changes go in slices, one per bar
     if qty <= 0:
         return None
     return OrderIntent(side, qty, limit, price, config.order_type)

@@ -23,7 +23,8 @@ HALTED or REDUCING, with a confirmation, Cancel focused), "Halt trading",
 "Reduce-only (REDUCING)" (a confirmation, Cancel focused) and "Flatten all
 positions" (a dialog that lists what will be closed and asks for the word
 FLATTEN; the per-position report goes to the alerts pane), the quit
-question, and ``SIGHUP``.
+question, ``SIGHUP`` and ``SIGUSR1`` (``kill -USR1 <pid>``: halt, the app
+keeps running).
 
 Start-up imports neither hmmlearn nor ccxt: hmmlearn is imported only in the
 fit worker process.
@@ -79,6 +80,9 @@ SAMPLE_INTERVAL_S = 0.1
 #: ISIG off, so it never raises SIGQUIT while the app runs)
 HALT_KEY = "ctrl+k"
 ALT_HALT_KEY = "ctrl+backslash"
+#: the out-of-band halt signal (``kill -USR1 <pid>``): who and why it halts as
+USR1_WHO = "SIGUSR1"
+USR1_REASON = "out-of-band halt signal"
 #: who the app's governance commands are recorded as
 WHO = "tui"
 
@@ -101,7 +105,8 @@ class DeskApp(App[int]):
         market: what the header names as the market (``SIM``, ``replay …``).
         max_bars: stop the engine after this many bars (None = until quit).
         sample_interval: seconds between samples of the continuous figures.
-        install_signals: handle SIGHUP (and SIGTERM) on the app's loop.
+        install_signals: handle SIGHUP, SIGTERM and SIGUSR1 on the app's loop
+            (the handlers in place before are restored on unmount).
         close_hook: closes the engine's resources (``Built.close``); called
             before a hard exit.
         hard_exit_on_hangup: after a SIGHUP, once halted and persisted, call
@@ -113,12 +118,19 @@ class DeskApp(App[int]):
     CSS_PATH = DESK_TCSS
     TITLE = "nautilus-hmm desk"
     COMMANDS = App.COMMANDS | {DeskCommands}
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    #: widths: compact below 120 columns, the market and models panes
+    #: stacked full-width below 160 (the market's regimes need ~60 columns),
+    #: side by side from 160 (themes/desk.tcss)
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-medium"), (160, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
+    #: a pane maximized (keys 1-6 in the compact layout) keeps the header
+    #: and the HALTED banner above it, and the footer
+    ALLOW_IN_MAXIMIZED_VIEW = "Footer, #heading"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding(HALT_KEY, "kill_switch", "Halt (×2)", id="halt-trading", priority=True,
+        Binding(HALT_KEY, f"kill_switch('{HALT_KEY}')", "Halt (×2)", id="halt-trading", priority=True,
                 tooltip="Press twice within 2 s: HALTED, every working order canceled"),
-        Binding(ALT_HALT_KEY, "kill_switch", "Halt (×2, alternate key)", id="halt-trading-alt", priority=True,
+        Binding(ALT_HALT_KEY, f"kill_switch('{ALT_HALT_KEY}')", "Halt (×2, alternate key)", id="halt-trading-alt",
+                priority=True,
                 show=False, tooltip="Same as ctrl+k, for terminals that take ctrl+k"),
         Binding("question_mark,f1", "help", "Help", id="help", tooltip="This list of keys"),
         Binding("ctrl+p", "command_palette", "Commands", id="command-palette", show=False, priority=True,
@@ -197,7 +209,10 @@ class DeskApp(App[int]):
         self._quitting = False
         self._dirty = True
         self._last_sample_key: tuple[Any, ...] | None = None
-        self._signals: list[int] = []
+        #: the signals handled on the app's loop, with the handlers they had before
+        self._signals: list[tuple[int, Any]] = []
+        #: the key of the kill switch's first (arming) press
+        self._armed_key = HALT_KEY
         self._governance_tasks: set[asyncio.Task[Any]] = set()
         self.last_halt_count: int | None = None
         self.header = DeskHeader(id="header")
@@ -215,18 +230,24 @@ class DeskApp(App[int]):
         return dict(VARIABLE_DEFAULTS)
 
     def compose(self) -> ComposeResult:
-        """Header, banner, the six panes in two columns, footer."""
-        yield self.header
-        yield self.banner
-        with Horizontal(id="panes"):
-            with Vertical(id="left"):
+        """Header and banner (docked on top: they stay above a maximized
+        pane), the six panes, footer. The panes: market and models on top
+        (side by side, or stacked full-width at medium widths), under them
+        two columns: orders and alerts, allocations and positions."""
+        with Vertical(id="heading"):
+            yield self.header
+            yield self.banner
+        with Vertical(id="panes"):
+            with Horizontal(id="top"):
                 yield self.market_pane
-                yield self.orders_pane
-                yield self.alerts_pane
-            with Vertical(id="right"):
                 yield self.models_pane
-                yield self.allocations_pane
-                yield self.positions_pane
+            with Horizontal(id="bottom"):
+                with Vertical(id="left"):
+                    yield self.orders_pane
+                    yield self.alerts_pane
+                with Vertical(id="right"):
+                    yield self.allocations_pane
+                    yield self.positions_pane
         yield Footer()
 
     def pane(self, name: str) -> Any:
@@ -306,14 +327,8 @@ class DeskApp(App[int]):
         gc.freeze()
 
     def on_unmount(self) -> None:
-        """Remove the signal handlers and the bus subscription."""
-        try:
-            loop = asyncio.get_running_loop()
-            for sig in self._signals:
-                loop.remove_signal_handler(sig)
-        except RuntimeError:
-            pass
-        self._signals.clear()
+        """Remove the signal handlers (restoring the ones in place before)."""
+        self._remove_signal_handlers()
 
     # ------------------------------------------------------------ engine
     def start_engine(self) -> Worker[None]:
@@ -460,7 +475,7 @@ class DeskApp(App[int]):
             state=e.trading_state.value, status=self.status, bars=e.stats.bars, working=len(self.working),
         ))
         state = e.trading_state
-        self.banner.set_state(state == TradingState.HALTED, self.kill.armed, HALT_KEY,
+        self.banner.set_state(state == TradingState.HALTED, self.kill.armed, key_name(self._armed_key),
                               self.halt_reason if state == TradingState.HALTED else self.reduce_reason,
                               reducing=state == TradingState.REDUCING)
         key = (e.stats.steps, e.stats.warmup_bars, len(e.portfolio.positions))
@@ -474,11 +489,16 @@ class DeskApp(App[int]):
         self.allocations_pane.sample(e, self.working.values())
 
     # ------------------------------------------------------------ governance
-    def action_kill_switch(self) -> None:
+    def action_kill_switch(self, key: str = HALT_KEY) -> None:
         """``ctrl+k`` (or the alternate key): the first press arms, a second
-        press within 2 s of the wall clock halts."""
+        press within 2 s of the wall clock halts. The halt's reason names
+        the key(s) pressed."""
         if self.kill.press():
-            self._start_halt(WHO, "kill switch (ctrl+k twice)")
+            first, second = key_name(self._armed_key), key_name(key)
+            keys = f"{second} twice" if first == second else f"{first} then {second}"
+            self._start_halt(WHO, f"kill switch ({keys})")
+        else:
+            self._armed_key = key
         self.sample(force=True)
 
     def _start_halt(self, who: str, reason: str) -> None:
@@ -670,10 +690,15 @@ class DeskApp(App[int]):
         self.notify(f"{model_id} {'paused: no new exposure' if paused else 'resumed'}.", title="Model")
 
     def action_toggle_model(self) -> None:
-        """``p``: pause or resume the model selected in the models pane."""
-        mid = self.models_pane.selected_model()
+        """``p``: pause or resume the model selected in the models pane,
+        only while that pane has the focus (elsewhere its cursor is not
+        what the operator is looking at): otherwise say so, do nothing."""
+        focused = self.focused
+        in_models = focused is not None and self.models_pane in focused.ancestors_with_self
+        mid = self.models_pane.selected_model() if in_models else None
         if mid is None:
-            self.notify("Select a model in the models pane (4) first.", severity="warning")
+            self.notify("Select a model in pane 4 first (p acts on the models pane's selected model).",
+                        title="Pause model", severity="warning")
             return
         self.set_model_paused(mid, mid not in self.engine.paused)
 
@@ -796,13 +821,37 @@ class DeskApp(App[int]):
 
     # ------------------------------------------------------------ signals
     def _install_signal_handlers(self) -> None:
+        """SIGHUP, SIGTERM and SIGUSR1 on the app's loop. They replace any
+        handler installed before the app ran (e.g. the CLI's early SIGUSR1
+        handler, which only writes the HALT file); :meth:`on_unmount` puts
+        those back."""
         loop = asyncio.get_running_loop()
-        for sig, handler in ((signal.SIGHUP, self.on_sighup), (signal.SIGTERM, self.on_sigterm)):
+        for sig, handler in ((signal.SIGHUP, self.on_sighup), (signal.SIGTERM, self.on_sigterm),
+                             (signal.SIGUSR1, self.on_sigusr1)):
             try:
+                previous = signal.getsignal(sig)
                 loop.add_signal_handler(sig, handler)
-                self._signals.append(sig)
+                self._signals.append((sig, previous))
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
+
+    def _remove_signal_handlers(self) -> None:
+        """Remove the loop's handlers and restore the previous ones
+        (``remove_signal_handler`` alone would leave the default action:
+        a SIGUSR1 after the app would then kill the process)."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        for sig, previous in reversed(self._signals):
+            try:
+                if loop is not None:
+                    loop.remove_signal_handler(sig)
+                if previous is not None:
+                    signal.signal(sig, previous)
+            except (RuntimeError, ValueError, OSError, TypeError) as exc:
+                log.warning("could not restore the handler of %s: %s", signal.Signals(sig).name, exc)
+        self._signals.clear()
 
     def on_sighup(self) -> None:
         """The terminal went away: halt (who="sighup"), cancel the working
@@ -813,6 +862,13 @@ class DeskApp(App[int]):
         log.warning("SIGHUP: the terminal went away; halting")
         asyncio.get_running_loop().create_task(
             self.shutdown(halt=True, who="sighup", reason="terminal hung up (SIGHUP)"))
+
+    def on_sigusr1(self) -> None:
+        """``kill -USR1 <pid>``: halt (who="SIGUSR1", every working order
+        canceled) through governance; the app keeps running, HALTED."""
+        log.warning("SIGUSR1: out-of-band halt")
+        self._start_halt(USR1_WHO, USR1_REASON)
+        self.notify(f"{USR1_WHO}: halting ({USR1_REASON}).", title="Halt", severity="error")
 
     def on_sigterm(self) -> None:
         """SIGTERM: stop cleanly (checkpoint), like the headless runner;
@@ -836,6 +892,11 @@ def _order_from_row(r: tuple[Any, ...]) -> Any:
         avg_px=None if r[10] is None else Decimal(r[10]), venue_order_id=r[11], reason=r[12] or "",
         step=int(r[13]), ts_init=int(r[14]), ts_last=int(r[15]),
     )
+
+
+def key_name(key: str) -> str:
+    """A key as the operator reads it: ``ctrl+backslash`` is ``ctrl+\\``."""
+    return key.replace("backslash", "\\")
 
 
 def faster(speed: float | None) -> float | None:

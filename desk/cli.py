@@ -39,14 +39,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _speed(text: str) -> float | str:
-    if text == "max":
+    if text.strip().lower() == "max":
         return "max"
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--speed: expected a number or 'max', got {text!r}") from None
-    if not (v > 0 and v < 1e9):
-        raise argparse.ArgumentTypeError(f"--speed: must be > 0, got {text!r}")
+    if not (v > 0 and v <= 1e6):
+        raise argparse.ArgumentTypeError(f"--speed: must be > 0 and at most 1000000 (or 'max'), got {text!r}")
     return v
 
 
@@ -60,13 +60,19 @@ def _positive_int(text: str) -> int:
     return v
 
 
+#: the largest trading capital accepted (quote): far above any account, and
+#: small enough that every amount keeps its 8 decimals in Decimal's 28 digits
+MAX_CAPITAL = Decimal("1e12")
+
+
 def _capital(text: str) -> Decimal:
     try:
-        v = Decimal(text)
+        v = Decimal(text.strip())
     except InvalidOperation:
         raise argparse.ArgumentTypeError(f"--capital: not a number: {text!r}") from None
-    if not v.is_finite() or v <= 0:
-        raise argparse.ArgumentTypeError(f"--capital: must be a positive number, got {text!r}")
+    if "_" in text or not v.is_finite() or v <= 0 or v > MAX_CAPITAL:
+        raise argparse.ArgumentTypeError(
+            f"--capital: must be a positive number up to {MAX_CAPITAL:,.0f} in the quote currency, got {text!r}")
     return v
 
 
@@ -154,7 +160,7 @@ def reconcile(summary: dict[str, Any], engine: Any) -> list[str]:
     total = Decimal(summary["cash_end"])
     for iid, pos in summary["positions"].items():
         total += Decimal(pos["quantity"]) * Decimal(pos["last_price"])
-    if total.quantize(Decimal("0.00000001")) != Decimal(summary["equity_end"]):
+    if total != Decimal(summary["equity_end"]):
         problems.append(f"cash_end + positions = {total} != equity_end {summary['equity_end']}")
     for iid, inst in engine.instruments.items():
         venue_qty = engine.venue.balance(inst.base)
@@ -178,6 +184,9 @@ def run_headless(opts: Any, default_bars: int | None) -> int:
         if built.finished_summary is not None:
             log.info("this replay already finished on %s; its stored summary follows", opts.state_dir)
             sys.stdout.write(json.dumps(built.finished_summary, sort_keys=True) + "\n")
+            if built.finished_summary.get("unreconciled"):
+                log.error("it ended with an unreconciled difference: %s", built.finished_summary["unreconciled"])
+                return EXIT_UNRECONCILED
             return EXIT_OK
         engine = built.engine
         if built.continued:

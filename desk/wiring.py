@@ -279,16 +279,16 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
         continued = cp is not None
         if cp is not None:
             engine.restore(cp[1])
+        elif existing is None:
+            store.meta_set("setup", fp_text)
+            store.meta_set("status", "running")
+            store.flush()
         persisted = store.meta_get("trading_state")
         if persisted is not None:
             # the kill switch survives a restart: only an explicit resume lifts it
             from core.enums import TradingState
 
             engine.trading_state = TradingState(persisted)
-        else:
-            store.meta_set("setup", fp_text)
-            store.meta_set("status", "running")
-            store.flush()
         return Built(engine, state, executor, mode, continued, finished_summary, messages)
     except BaseException:
         state.release()

@@ -61,6 +61,12 @@ def init_worker(niceness: int = 10, quiet: bool = True) -> None:
         except (OSError, AttributeError):
             pass
     _die_with_parent()
+    try:  # ctrl+c in the terminal reaches the whole process group: the desk handles it, the worker ignores it
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):
+        pass
     if quiet:
         warnings.simplefilter("ignore")
         root = logging.getLogger()

@@ -1,10 +1,12 @@
 """Shared fixtures: where the recorded data lives (``../shared/data``)."""
 
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: ../shared/data beside the repository, or where DESK_SHARED_DATA points
+SHARED_DATA = Path(os.environ.get("DESK_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 KLINES = SHARED_DATA / "binance" / "klines"
 
 
@@ -19,6 +21,6 @@ def klines_dir() -> Path:
 def head_csv(src: Path, dst: Path, rows: int) -> Path:
     """Copy the header and the first ``rows`` data rows of ``src`` to ``dst``."""
     with open(src) as fh:
-        lines = [next(fh) for _ in range(rows + 1)]
+        lines = [line for _, line in zip(range(rows + 1), fh)]  # fewer when the file is shorter
     dst.write_text("".join(lines))
     return dst

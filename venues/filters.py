@@ -123,6 +123,13 @@ def _symbol_filters(path: str, entry: object, index: int) -> SymbolFilters:
     min_notional = opt("NOTIONAL", "minNotional")
     if min_notional is None:
         min_notional = opt("MIN_NOTIONAL", "minNotional")
+    if min_notional is None:  # USD-M futures spell it MIN_NOTIONAL.notional
+        min_notional = opt("MIN_NOTIONAL", "notional")
+    if "contractType" in entry:
+        raise ConfigError(
+            f"{path}: {sym} is a futures contract (contractType {entry.get('contractType')!r}): "
+            f"this exchangeInfo is not a spot one; the desk replays spot klines"
+        )
     max_notional = opt("NOTIONAL", "maxNotional")
 
     base = entry.get("baseAsset")

@@ -157,9 +157,10 @@ def test_continue_another_setup_and_finished(tmp_path, capsys, klines_dir):
               "positions", "per_model", "signals"):
         assert continued[k] == straight[k], k
 
-    code, out, err = run(["run", "--headless", "--data", str(src), "--state-dir", str(split)], capsys)
-    assert code == 0 and json.loads(out)["equity_end"] == straight["equity_end"]
-    assert "already finished" in err
+    for _ in range(2):  # and again: a finished replay stays finished
+        code, out, err = run(["run", "--headless", "--data", str(src), "--state-dir", str(split)], capsys)
+        assert code == 0 and json.loads(out)["equity_end"] == straight["equity_end"]
+        assert "already finished" in err
 
     other = write(tmp_path, "ETHUSDT-1m-x.csv", good_rows(10))
     code, out, err = run(["run", "--headless", "--data", str(other), "--state-dir", str(split)], capsys)

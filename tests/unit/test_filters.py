@@ -24,7 +24,9 @@ from venues.filters import (
     resolve_instrument,
 )
 
-DATA = Path(__file__).parents[2].parent / "shared" / "data"
+from tests.conftest import SHARED_DATA  # noqa: E402
+
+DATA = SHARED_DATA
 EXI = DATA / "exchange-info"
 SUBSET_2023 = EXI / "binance-spot-exchangeInfo-2023-09-08-subset.json"
 FULL_2023 = EXI / "binance-spot-exchangeInfo-2023-09-08-full.json.gz"
@@ -274,3 +276,19 @@ def test_symbol_filters_is_frozen() -> None:
     f = SymbolFilters("BTCUSDT", "TRADING", "BTC", "USDT", D("0.01"), D("0.00001"), D("0.00001"))
     with pytest.raises(AttributeError):
         f.tick_size = D("1")  # type: ignore[misc]
+
+
+def test_a_futures_exchange_info_is_refused_for_spot(tmp_path):
+    import json as _json
+
+    from core.errors import ConfigError
+    from venues.filters import load_exchange_info
+
+    f = tmp_path / "usdm.json"
+    f.write_text(_json.dumps({"symbols": [{
+        "symbol": "BTCUSDT", "status": "TRADING", "contractType": "PERPETUAL", "baseAsset": "BTC", "quoteAsset": "USDT",
+        "filters": [{"filterType": "PRICE_FILTER", "tickSize": "0.10"},
+                    {"filterType": "LOT_SIZE", "stepSize": "0.001", "minQty": "0.001", "maxQty": "1000"},
+                    {"filterType": "MIN_NOTIONAL", "notional": "10"}]}]}))
+    with pytest.raises(ConfigError, match="futures contract"):
+        load_exchange_info(f)

@@ -41,7 +41,9 @@ from models.hmm import (
     prepare_filter,
 )
 
-DATA = Path(__file__).parents[2].parent / "shared" / "data"
+from tests.conftest import SHARED_DATA  # noqa: E402
+
+DATA = SHARED_DATA
 BTC_1H = DATA / "binance" / "klines" / "BTCUSDT-1h-2020-12-01_2021-07-17.csv"
 INSTR = InstrumentId("BTCUSDT", "SIM")
 HOUR_NS = 3_600_000_000_000

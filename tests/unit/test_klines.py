@@ -18,7 +18,9 @@ from core.errors import DataError
 from core.identifiers import InstrumentId
 from venues.klines import base_asset_of, epoch_to_ns, load_klines, quote_asset_of
 
-DATA = Path(__file__).parents[2].parent / "shared" / "data"
+from tests.conftest import SHARED_DATA  # noqa: E402
+
+DATA = SHARED_DATA
 NS = 1_000_000_000
 HEADER = "open_time,open,high,low,close,volume\n"
 

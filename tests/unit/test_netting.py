@@ -103,3 +103,26 @@ def test_self_match_is_denied(tmp_path):
     assert sell.status == OrderStatus.DENIED and "own BUY" in sell.reason and buy.client_order_id in sell.reason
     ok = eng.submit("m1x", IID, OrderSide.SELL, D("1"), D("1990.01"), D("2000"), OrderType.LIMIT)
     assert ok.status != OrderStatus.DENIED or "own" not in ok.reason
+
+
+def test_a_netted_exit_larger_than_the_max_order_notional_goes_in_slices(tmp_path):
+    """Both models hold 2.4975 ETH (bought 2.5 each at 2000, fee 0.0025 each). At 4000 both go
+    flat: 4.995 ETH = 19,980 USDT > the 10,000 max per order, so the first NET SELL is
+    10000 / 4000 = 2.5 ETH (1.25 each), the next bar sells the remaining 2.495 (1.2475 each)."""
+    import asyncio
+
+    from core.risk import RiskConfig, RiskEngine
+    from tests.unit.test_engine import IID, build
+
+    closes = ["2000"] * 4 + ["4000"] * 5
+    lows = ["1999"] * 3 + ["1990"] + ["3999"] * 5
+    eng = build(tmp_path, closes, ["1", "1", "0", "0", "0", "0", "0"], lows=lows, weights=("0.5", "0.5"))
+    eng.risk = RiskEngine(RiskConfig(max_order_notional=D("10000")))
+    asyncio.run(eng.warm_up())
+    asyncio.run(eng.run())
+    sells = list(eng.store.conn.execute(
+        "SELECT model_id, quantity, status FROM orders WHERE side='SELL' ORDER BY step"))
+    assert [(m, D(q), st) for m, q, st in sells] == [("NET", D("2.5"), "FILLED"), ("NET", D("2.495"), "FILLED")]
+    denied = eng.store.conn.execute("SELECT COUNT(*) FROM orders WHERE status='DENIED'").fetchone()[0]
+    assert denied == 0
+    assert eng.portfolio.quantity(IID) == 0 and eng.venue.balance("ETH") == 0
