@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = make_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
         return int(exc.code or 0)
+    _halt_on_usr1_during_startup(getattr(args, "state_dir", Path("var")))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     state_dir = getattr(args, "state_dir", Path("var"))
@@ -136,6 +137,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     return EXIT_USAGE
+
+
+def _halt_on_usr1_during_startup(state_dir: Path) -> None:
+    """Until the engine's loop installs its own handler, SIGUSR1 writes the
+    state dir's ``HALT`` file (the out-of-band halt the engine checks at
+    start and while running), so the signal never kills a starting desk.
+    Remove the file, then resume, to trade again."""
+
+    def handler(signum: int, frame: Any) -> None:
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            (state_dir / "HALT").write_text("SIGUSR1 received during start-up\n")
+        except OSError:
+            pass
+
+    try:
+        signal.signal(signal.SIGUSR1, handler)
+    except (ValueError, OSError):  # not the main thread
+        pass
 
 
 def _options(args: Any, state_dir: Path) -> Any:
