@@ -10,6 +10,7 @@ concurrently (DESIGN.md section 7: 100 cancels awaited one by one took
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 from core.enums import TradingState
@@ -18,6 +19,9 @@ from core.identifiers import is_desk_order
 
 if TYPE_CHECKING:
     from core.engine import Engine
+
+
+log = logging.getLogger("desk.governance")
 
 
 class GovernanceError(Exception):
@@ -69,6 +73,7 @@ class Governance:
                    and (cancel_stops or not (o.reduce_only and o.order_type in STOP_TYPES))]
         await asyncio.gather(*(e.cancel(o, "HALT") for o in working))
         e.flush()
+        log.warning("trading state HALTED (stored) by %s: %s; %d cancels sent", who, reason, len(working))
         return len(working)
 
     async def halt_model(self, model_id: str, who: str, reason: str) -> int:
