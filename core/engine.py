@@ -240,6 +240,7 @@ class Engine:
         self.halt_file: Path | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.exempt_orders: set[str] = set()
+        self.halted_venues: set[str] = set()
         self.crash_plan: dict[str, int] = {}
         self.crash_counts: dict[str, int] = {}
         self._in_step = False
@@ -395,6 +396,7 @@ class Engine:
             self.exempt_orders.add(order.client_order_id)
         now = self.clock.timestamp_ns()
         try:
+            self._check_venue_halt(order)
             self._check_self_match(order)
             self.risk.check(
                 instrument=self.instruments[iid], side=side, quantity=qty, price=price or reference_price,
@@ -418,6 +420,17 @@ class Engine:
         self.working[(model_id, iid)] = order.client_order_id
         self._to_send.append(order)
         return order
+
+    def _check_venue_halt(self, order: Order) -> None:
+        """Deny any new order to a venue under a per-venue halt.
+
+        Raises:
+            Denied: code TRADING_HALTED, naming the venue.
+        """
+        if order.instrument_id.venue in self.halted_venues and order.client_order_id not in self.exempt_orders:
+            from core.enums import DenialReason
+
+            raise Denied(DenialReason.TRADING_HALTED, f"venue {order.instrument_id.venue} is HALTED")
 
     def _check_self_match(self, order: Order) -> None:
         """Self-match prevention: deny an order that could trade against one
@@ -549,6 +562,7 @@ class Engine:
         inst = self.instruments[order.instrument_id]
         ref = self.portfolio.marks.get(order.instrument_id, ZERO)
         try:
+            self._check_venue_halt(order)
             self._check_self_match(order)
             self.risk.check(
                 instrument=inst, side=order.side, quantity=order.quantity,

@@ -76,6 +76,46 @@ class Governance:
         log.warning("trading state HALTED (stored) by %s: %s; %d cancels sent", who, reason, len(working))
         return len(working)
 
+    async def halt_venue(self, venue: str, who: str, reason: str) -> int:
+        """A per-venue halt beside the global one: no new order to ``venue``
+        (the rails deny them, TRADING_HALTED naming the venue) and every
+        working desk order there canceled (protective stops kept). Stored:
+        it survives a restart. Returns the number of cancels sent.
+
+        Raises:
+            GovernanceError: for a venue the desk does not trade.
+        """
+        e = self.engine
+        venues = {i.venue for i in e.instruments}
+        if venue not in venues:
+            raise GovernanceError(f"venue: unknown {venue!r}; known: {', '.join(sorted(venues))}")
+        from core.orders import STOP_TYPES
+
+        e.halted_venues.add(venue)
+        e.store.meta_set("halted_venues", ",".join(sorted(e.halted_venues)))
+        now = e.clock.timestamp_ns()
+        seq = e.emit(AlertRaised(ts_event=now, ts_init=now, level="WARNING", code="VENUE_HALTED",
+                                 message=f"{venue} halted by {who}: {reason}"))
+        self._record(seq, who, "VENUE_HALTED", reason, {"venue": venue})
+        working = [o for o in e.working_orders() if o.instrument_id.venue == venue
+                   and is_desk_order(o.client_order_id) and not (o.reduce_only and o.order_type in STOP_TYPES)]
+        await asyncio.gather(*(e.cancel(o, f"HALT venue {venue}") for o in working))
+        e.flush()
+        return len(working)
+
+    def resume_venue(self, venue: str, who: str, reason: str) -> None:
+        """Lift a per-venue halt (the global state is not touched)."""
+        e = self.engine
+        if venue not in e.halted_venues:
+            return
+        e.halted_venues.discard(venue)
+        e.store.meta_set("halted_venues", ",".join(sorted(e.halted_venues)))
+        now = e.clock.timestamp_ns()
+        seq = e.emit(AlertRaised(ts_event=now, ts_init=now, level="INFO", code="VENUE_RESUMED",
+                                 message=f"{venue} resumed by {who}: {reason}"))
+        self._record(seq, who, "VENUE_RESUMED", reason, {"venue": venue})
+        e.flush()
+
     async def halt_model(self, model_id: str, who: str, reason: str) -> int:
         """A per-model halt: pause the model and cancel its working orders;
         an order netted for several models that includes it is canceled too,

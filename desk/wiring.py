@@ -283,6 +283,9 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             store.meta_set("setup", fp_text)
             store.meta_set("status", "running")
             store.flush()
+        halted = store.meta_get("halted_venues")
+        if halted:
+            engine.halted_venues = set(halted.split(","))
         persisted = store.meta_get("trading_state")
         if persisted is not None:
             # the kill switch survives a restart: only an explicit resume lifts it

@@ -178,3 +178,24 @@ def test_flatten_cancels_protective_stops_first(tmp_path):
     assert [r["status"] for r in report] == ["SUBMITTED"] and D(report[0]["quantity"]) == D("0.999")
     assert eng.orders[report[0]["order"]].status == OrderStatus.FILLED
     assert eng.portfolio.position("m0", IID).quantity == 0 and eng.venue.balance("ETH") == 0
+
+
+def test_per_venue_halt(tmp_path):
+    closes = [str(2000 + 10 * k) for k in range(10)]
+    eng = build(tmp_path, closes, ["1"], lows=closes)
+    asyncio.run(eng.warm_up())
+    asyncio.run(eng.run(max_bars=4))
+    working = eng.working_orders()
+    assert len(working) == 1
+    n = asyncio.run(eng.governance.halt_venue("BINANCE", "ops", "exchange incident"))
+    assert n == 1 and working[0].status == OrderStatus.CANCELED
+    assert eng.trading_state == TradingState.ACTIVE  # the global state is untouched
+    denied = eng.submit("m0", IID, OrderSide.BUY, D("0.01"), D("1000.00"), D("2000"), OrderType.LIMIT)
+    assert denied.status == OrderStatus.DENIED and "venue BINANCE is HALTED" in denied.reason
+    eng.flush()
+    assert eng.store.meta_get("halted_venues") == "BINANCE"
+    eng.governance.resume_venue("BINANCE", "ops", "back")
+    ok = eng.submit("m0", IID, OrderSide.BUY, D("0.01"), D("1000.00"), D("2000"), OrderType.LIMIT)
+    assert ok.status != OrderStatus.DENIED
+    actions = [r[0] for r in eng.store.conn.execute("SELECT action FROM governance_actions")]
+    assert actions == ["VENUE_HALTED", "VENUE_RESUMED"]
