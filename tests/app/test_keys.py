@@ -1,7 +1,8 @@
 """Pilot tests of the keys and panes: quit (asks while orders work, Cancel
 focused; quits at once otherwise), help, pane focus, pause of a model,
 resume through the palette with a confirmation, ctrl+c, speed, the orders
-filter and order, the engine failing, SIGHUP, and start-up imports."""
+filter and order, the engine failing, SIGHUP, SIGUSR1, the layouts at
+80×24, 100×40, 120×40, 140×40 and 160×48, and start-up imports."""
 
 from __future__ import annotations
 
@@ -135,6 +136,57 @@ async def test_compact_layout_maximizes_the_focused_pane(scripted, wall):
         assert app.screen.maximized is None
 
 
+def _shown(app, widget) -> bool:
+    """``widget`` is drawn on the screen (in the compositor's map, a
+    non-empty region)."""
+    from textual.errors import NoWidget
+
+    try:
+        return app.screen.find_widget(widget).region.area > 0
+    except NoWidget:
+        return False
+
+
+async def test_a_maximized_pane_keeps_the_header_and_the_halted_banner(scripted, wall):
+    """80×24, pane 2 maximized: a halt shows HALTED in the header and the
+    red banner above the pane."""
+    app = _app(scripted, wall)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        assert app.screen.maximized is app.orders_pane
+        assert _shown(app, app.header) and not _shown(app, app.market_pane)
+        await pilot.press("ctrl+k")
+        await pilot.pause()
+        assert _shown(app, app.banner) and app.banner.has_class("-armed")
+        await pilot.press("ctrl+k")
+        await app.wait_governance()
+        await pilot.pause()
+        assert scripted.trading_state == TradingState.HALTED
+        assert app.screen.maximized is app.orders_pane
+        header, banner = app.screen.find_widget(app.header).region, app.screen.find_widget(app.banner).region
+        pane = app.screen.find_widget(app.orders_pane).region
+        assert (header.y, header.height, banner.y, banner.height) == (0, 1, 1, 1)
+        assert pane.y >= 2 and pane.bottom <= 23  # under the banner, above the footer
+        assert app.banner.has_class("-halted") and "HALTED" in str(app.banner.render())
+        assert app.header.info is not None and app.header.info.state == "HALTED"
+
+
+@pytest.mark.parametrize("size", [(100, 40), (120, 40), (140, 40), (160, 48)])
+async def test_the_market_pane_shows_every_column(scripted, wall, size):
+    """Outside the compact 80×24 layout the market pane is wide enough for
+    the last price, each model's regime and the day's change."""
+    app = _app(scripted, wall)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        table = app.market_pane.table
+        assert table.virtual_size.width <= table.scrollable_content_region.width, (
+            table.virtual_size, table.scrollable_content_region)
+        assert [str(c.label) for c in table.ordered_columns][-1] == "Day %"
+        models = app.models_pane.table
+        assert models.virtual_size.width <= models.scrollable_content_region.width
+        assert app.screen.maximized is None
+
+
 # ---------------------------------------------------------------- governance
 async def test_p_pauses_and_resumes_the_selected_model(scripted, wall):
     engine = scripted
@@ -152,6 +204,23 @@ async def test_p_pauses_and_resumes_the_selected_model(scripted, wall):
         gov = engine.store.conn.execute("SELECT who, action, details FROM governance_actions ORDER BY seq").fetchall()
         assert [(w, a) for w, a, _ in gov] == [("tui", "MODEL_PAUSED"), ("tui", "MODEL_PAUSED"), ("tui", "MODEL_ACTIVE")]
         assert "hmm_v1" in gov[0][2] and "hmm_v2_canary" in gov[1][2]
+
+
+@pytest.mark.parametrize("key", ["2", "3", "6"])
+async def test_p_outside_the_models_pane_pauses_nothing_and_says_why(scripted, wall, key):
+    engine = scripted
+    app = _app(engine, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press(key)
+        assert app.focused is not app.models_pane.table
+        await pilot.press("p")
+        await pilot.pause()
+        assert engine.paused == set()
+        assert app.models_pane.table.get_cell("hmm_v1", "state").plain == "ACTIVE"
+        assert any("select a model in pane 4 first" in n.message.lower() for n in app._notifications)
+        assert engine.store.conn.execute("SELECT COUNT(*) FROM governance_actions").fetchone()[0] == 0
+        await pilot.press("4", "p")  # in the models pane it acts
+        assert engine.paused == {"hmm_v1"}
 
 
 async def _palette_run(pilot, app, text):
@@ -293,6 +362,38 @@ async def test_sighup_halts_cancels_flushes_and_exits(wired, wall):
     assert set(store_statuses(engine, coids).values()) == {"CANCELED"}
     gov = engine.store.conn.execute("SELECT who, action FROM governance_actions").fetchall()
     assert ("sighup", "HALTED") in gov
+
+
+async def test_sigusr1_halts_and_the_app_keeps_running(wired, wall):
+    """``kill -USR1 <pid>``: HALTED by SIGUSR1, the working orders canceled,
+    the red banner with the reason, the app still running; on unmount the
+    handler in place before the app (the CLI's early one) is back."""
+    engine = wired.engine
+    coids = await place_resting_buys(engine, 3)
+    early_calls = []
+
+    def early(signum, frame):  # stands for desk/cli.py's pre-app handler
+        early_calls.append(signum)
+
+    previous = signal.signal(signal.SIGUSR1, early)
+    try:
+        app = _app(engine, wall, install_signals=True)
+        async with app.run_test(size=(160, 48)) as pilot:
+            assert signal.SIGUSR1 in {sig for sig, _ in app._signals}
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert await settle(pilot, lambda: engine.trading_state == TradingState.HALTED)
+            await app.wait_governance()
+            await pilot.pause()
+            assert app.is_running
+            assert app.banner.has_class("-halted")
+            assert "out-of-band halt signal" in str(app.banner.render())
+            assert set(store_statuses(engine, coids).values()) == {"CANCELED"}
+            who = [w for (w,) in engine.store.conn.execute("SELECT who FROM governance_actions").fetchall()]
+            assert "SIGUSR1" in who
+            assert early_calls == []  # the app's handler replaced the early one
+        assert signal.getsignal(signal.SIGUSR1) is early  # restored on unmount
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def test_first_screen_without_hmmlearn_or_ccxt(tmp_path):

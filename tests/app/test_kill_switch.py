@@ -109,6 +109,27 @@ async def test_the_alternate_key_halts_too(wired, wall):
         _assert_halted_and_canceled(engine, coids, wired.state.path)
 
 
+@pytest.mark.parametrize("keys,armed_text,reason", [
+    (("ctrl+k", "ctrl+k"), "press ctrl+k again", "kill switch (ctrl+k twice)"),
+    ((ALT_HALT_KEY, ALT_HALT_KEY), "press ctrl+\\ again", "kill switch (ctrl+\\ twice)"),
+    (("ctrl+k", ALT_HALT_KEY), "press ctrl+k again", "kill switch (ctrl+k then ctrl+\\)"),
+])
+async def test_the_halt_reason_names_the_keys_pressed(wired, wall, keys, armed_text, reason):
+    app, engine, coids = await _app_with_orders(wired, wall, 1)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press(keys[0])
+        assert armed_text in str(app.banner.render())
+        wall.advance(SEC // 2)
+        await pilot.press(keys[1])
+        await app.wait_governance()
+        await pilot.pause()
+        assert engine.trading_state == TradingState.HALTED
+        assert app.halt_reason == reason
+        assert f"HALTED — {reason}" in str(app.banner.render())
+        row = engine.store.conn.execute("SELECT who, reason FROM governance_actions WHERE action = 'HALTED'").fetchone()
+        assert tuple(row) == ("tui", reason)
+
+
 async def test_halt_with_focus_in_the_filter_input(wired, wall):
     app, engine, coids = await _app_with_orders(wired, wall, 3)
     async with app.run_test(size=(160, 48)) as pilot:
