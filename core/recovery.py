@@ -698,8 +698,16 @@ class VenueSession:
         if not self.down:
             self.down = True
             self.down_since_ns = now
-            self.engine.alert("WARNING", "VENUE_DISCONNECTED", (
-                f"{self.engine.venue.venue}: {detail}; its orders are reconciled when it is back"))
+            e = self.engine
+            working = [o.client_order_id for o in e.working_orders()]
+            if getattr(e.venue, "cancel_on_disconnect", False):
+                fate = (f"the venue cancels on disconnect: {', '.join(working)} canceled there"
+                        if working else "no working orders")
+            else:
+                fate = (f"may still be working at the venue: {', '.join(working)}" if working
+                        else "no working orders")
+            e.alert("WARNING", "VENUE_DISCONNECTED", (
+                f"{e.venue.venue}: {detail}; {fate}; its orders are reconciled when it is back"))
 
     def defer_startup(self, exc: VenueError) -> str:
         """The venue could not be reached for the start-up reconciliation:

@@ -172,6 +172,7 @@ class PaperConfig:
     starting_cash: Decimal = Decimal("10000")
     max_volume_share: Decimal | None = None
     day_tz: str = "UTC"
+    cancel_on_disconnect: bool = False
 
 
 def _d(v: object) -> Decimal | None:
@@ -1090,6 +1091,29 @@ class PaperVenue:
             self.set_faults(PaperFaults())
         assert self.faults is not None
         return self.faults
+
+    @property
+    def cancel_on_disconnect(self) -> bool:
+        """Whether this venue cancels the session's open orders when the
+        connection drops (``PaperConfig.cancel_on_disconnect``; like
+        Coinbase's cancel-on-disconnect or Binance futures' countdown
+        cancel-all). The engine tells the operator which orders that covers."""
+        return self.config.cancel_on_disconnect
+
+    def disconnect(self, duration_ns: int) -> list[str]:
+        """Drop the connection for ``duration_ns`` of engine clock (a fault,
+        ``PaperFaults.disconnect``). With ``cancel_on_disconnect`` the venue
+        cancels every open order at once; the cancel reports are lost with
+        the connection, so the desk learns them when it reconciles after the
+        reconnect. Returns the ClientOrderIds the venue canceled."""
+        plan = self._plan()
+        canceled = []
+        if self.config.cancel_on_disconnect:
+            for coid in list(self._working):
+                self.inject_cancel(coid, reason="CANCEL_ON_DISCONNECT", report=False)
+                canceled.append(coid)
+        plan.disconnect(duration_ns)
+        return canceled
 
     def inject_cancel(self, client_order_id: str, reason: str = "VENUE_CANCELED", report: bool = True) -> None:
         """Cancel a working order on the venue's own initiative (maintenance,

@@ -597,3 +597,28 @@ def test_faults_plan_refuses_an_acceptance_later_than_the_window(tmp_path):
     with pytest.raises(VenueThrottled) as e:
         v.order_ids()
     assert e.value.retry_after_ns == 5 * S and f.calls["order_ids"] == 1
+
+
+# ------------------------------------------------------------------ cancel on disconnect (issue 4)
+@pytest.mark.parametrize("offers", [True, False])
+def test_cancel_on_disconnect_and_what_the_operator_is_told(tmp_path, offers):
+    eng, o = resting(tmp_path, paper=PaperConfig(cancel_on_disconnect=offers))
+    messages = []
+    eng.bus.subscribe("AlertRaised", lambda ev: messages.append(ev.message) if ev.code == "VENUE_DISCONNECTED"
+                      else None)
+    canceled = eng.venue.disconnect(150 * S)
+    assert canceled == ([o.client_order_id] if offers else [])
+
+    async def scenario():
+        await eng.run(max_bars=1)  # the engine meets the dead connection and tells the operator
+        assert messages, "no VENUE_DISCONNECTED alert"
+        if offers:
+            assert f"the venue cancels on disconnect: {o.client_order_id} canceled there" in messages[0]
+        else:
+            assert f"may still be working at the venue: {o.client_order_id}" in messages[0]
+        await eng.run(max_bars=3)  # back after 150 s: reconciliation learns the venue's cancel
+
+    asyncio.run(scenario())
+    if offers:
+        assert o.status == OrderStatus.CANCELED  # learned by the reconnect reconciliation
+        assert eng.venue.free("USDT") == D("10000")
