@@ -635,6 +635,11 @@ class Engine:
             self.alert("WARNING", "MODIFY_HALTED", f"{order.client_order_id}: no modified orders while HALTED")
             return False
         now = self.clock.timestamp_ns()
+        if not self.risk.allow_modify(order.instrument_id.venue, now):
+            self.alert("WARNING", "DENIED_THROTTLED", f"{order.client_order_id}: modify throttle of "
+                       f"{order.instrument_id.venue} exhausted ({self.risk.config.max_modifies} per "
+                       f"{self.risk.config.window_ns // 1_000_000_000} s)")
+            return False
         common = dict(ts_event=now, ts_init=now, client_order_id=order.client_order_id,
                       instrument_id=order.instrument_id, model_id=order.model_id)
         ev = OrderPendingUpdate(**common, quantity=quantity, price=price, trigger_price=trigger_price, reason=reason)

@@ -86,6 +86,7 @@ class RiskConfig:
         max_submits: token-bucket capacity of submits per venue; it refills
             at ``max_submits`` per ``window_ns`` of engine clock.
         max_cancels: the same for cancels (kill-switch cancels are exempt).
+        max_modifies: the same for amends (modify / cancel-replace).
         window_ns: the throttle's refill period, nanoseconds of engine clock.
         entry_fee_rate: fee fraction assumed on an entry for the
             sellable-position check (0.001 = 0.1 %).
@@ -97,6 +98,7 @@ class RiskConfig:
     max_order_notional: Decimal | None = None
     max_submits: int = 60
     max_cancels: int = 120
+    max_modifies: int = 60
     window_ns: int = 60_000_000_000
     entry_fee_rate: Decimal = Decimal("0.001")
     defaults: Limits = field(default_factory=Limits)
@@ -217,6 +219,7 @@ class RiskEngine:
         self.config = config
         self._submits: dict[str, TokenBucket] = {}
         self._cancels: dict[str, TokenBucket] = {}
+        self._modifies: dict[str, TokenBucket] = {}
         self._recent: deque[tuple[int, str, str, str, Decimal, Decimal | None]] = deque()
 
     def _bucket(self, book: dict[str, TokenBucket], venue: str, capacity: int) -> TokenBucket:
@@ -391,11 +394,17 @@ class RiskEngine:
             return True
         return self._bucket(self._cancels, venue, self.config.max_cancels).take(now_ns)
 
+    def allow_modify(self, venue: str, now_ns: int) -> bool:
+        """Spend a modify token of ``venue`` (submits, cancels and modifies
+        are throttled separately, MiFID II RTS 6 art. 15 message limits)."""
+        return self._bucket(self._modifies, venue, self.config.max_modifies).take(now_ns)
+
     def state_dict(self) -> dict[str, Any]:
         """Throttle buckets and the duplicate window, for the checkpoint."""
         return {
             "submits": {v: b.state() for v, b in self._submits.items()},
             "cancels": {v: b.state() for v, b in self._cancels.items()},
+            "modifies": {v: b.state() for v, b in self._modifies.items()},
             "recent": [[t, m, i, s, format(q, "f"), None if p is None else format(p, "f")]
                        for t, m, i, s, q, p in self._recent],
         }
@@ -403,7 +412,8 @@ class RiskEngine:
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Restore ``state_dict`` output."""
         for book, cap, key in ((self._submits, self.config.max_submits, "submits"),
-                               (self._cancels, self.config.max_cancels, "cancels")):
+                               (self._cancels, self.config.max_cancels, "cancels"),
+                               (self._modifies, self.config.max_modifies, "modifies")):
             for v, st in d.get(key, {}).items():
                 self._bucket(book, v, cap).load(st)
         self._recent = deque(

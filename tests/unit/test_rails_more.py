@@ -120,3 +120,12 @@ def test_off_tick_price_and_off_step_quantity_are_invalid():
     assert code == DenialReason.INVALID_ORDER and "tick 0.01" in msg
     code, msg = code_of(RiskConfig(), qty="1.00005")
     assert code == DenialReason.INVALID_ORDER and "step 0.0001" in msg
+
+
+def test_submits_cancels_and_modifies_are_throttled_separately():
+    rails = RiskEngine(RiskConfig(max_submits=1, max_cancels=2, max_modifies=1, window_ns=60 * S))
+    assert rails.allow_modify("BINANCE", 0) and not rails.allow_modify("BINANCE", 0)
+    assert rails.allow_cancel("BINANCE", 0) and rails.allow_cancel("BINANCE", 0)
+    assert not rails.allow_cancel("BINANCE", 0)
+    assert rails.allow_cancel("BINANCE", 0, exempt=True)  # kill-switch cancels always pass
+    assert rails.allow_modify("SIM", 0)  # per venue
