@@ -209,7 +209,10 @@ class Engine:
         self.executor = executor
         self.bus = MessageBus(on_error=self._on_handler_error)
         self.venue = venue_factory(self._on_venue_event)
-        self.portfolio = Portfolio(config.router.capital)
+        venue_cfg = getattr(self.venue, "config", None)
+        #: a margin account (IBKR-style) can go short; spot is long-only
+        self.margin = bool(getattr(venue_cfg, "margin_account", False))
+        self.portfolio = Portfolio(config.router.capital, allow_short=self.margin)
         self.orders: dict[str, Order] = {}
         self.working: dict[tuple[str, InstrumentId], str] = {}
         self.trading_state = TradingState.ACTIVE
@@ -390,7 +393,7 @@ class Engine:
         it skips the halt gate and the throttles, not the instrument filters.
         On spot a sell is exposure-reducing (reduce-only)."""
         order = self._new_order(model_id, iid, side, qty, price, order_type, tags)
-        order.reduce_only = side == OrderSide.SELL
+        order.reduce_only = self._reduces(model_id, iid, side, qty)
         order.allocation = allocation
         if exempt:
             self.exempt_orders.add(order.client_order_id)
@@ -545,6 +548,15 @@ class Engine:
                 f"repeated execution: {len(q)} fills of {event.instrument_id} within "
                 f"{window // 1_000_000_000} s > {n}",
             )
+
+    def _reduces(self, model_id: str, iid: InstrumentId, side: OrderSide, qty: Decimal) -> bool:
+        """Whether an order only reduces the model's exposure: on spot every
+        sell does (a model never sells more than it holds); on a margin
+        account a sell of at most the long, or a buy of at most the short."""
+        if not self.margin:
+            return side == OrderSide.SELL
+        pos = self.portfolio.position(model_id, iid).quantity
+        return (side == OrderSide.SELL and 0 < qty <= pos) or (side == OrderSide.BUY and 0 < qty <= -pos)
 
     def submit_prepared(self, order: Order, tags: str = "") -> Order:
         """Journal, check and queue an order built outside the router (by

@@ -173,6 +173,7 @@ class PaperConfig:
     max_volume_share: Decimal | None = None
     day_tz: str = "UTC"
     cancel_on_disconnect: bool = False
+    margin_account: bool = False
 
 
 def _d(v: object) -> Decimal | None:
@@ -567,7 +568,7 @@ class PaperVenue:
             takes = order.price >= last if order.side == OrderSide.BUY else order.price <= last
             if takes:
                 err = f"post-only {order.side.value} at {order.price} would take liquidity (last {last})"
-        if err is None and order.reduce_only and order.side == OrderSide.BUY:
+        if err is None and order.reduce_only and order.side == OrderSide.BUY and not self.config.margin_account:
             err = "reduce-only buy: a spot account holds no short to reduce"
         trigger = order.trigger_price
         best = None
@@ -595,6 +596,8 @@ class PaperVenue:
                 reserved = need
             else:
                 reserved = ZERO
+        elif self.config.margin_account:
+            reserved = ZERO  # a margin account may sell what it does not hold (a short), IBKR-style
         else:
             pool_id, pool = self._sibling_pool(order)
             need = order.quantity if pool is None else max(ZERO, order.quantity - pool.amount)
@@ -949,12 +952,24 @@ class PaperVenue:
                     self._working.pop(vo.client_order_id, None)
                     self._cancel(vo, f"insufficient {self.quote} at fill: need {notional}")
                     return ZERO
-            fee = (qty * rate).quantize(BASE_QUANTUM)
-            fee_ccy = inst.base
-            self._adjust(self._locked, self.quote, -release)
-            self._adjust(self._free, self.quote, release - notional)
-            self._adjust(self._free, inst.base, qty - fee)
+            if self.config.margin_account:  # commissions in the quote currency, as IBKR charges them
+                fee = quantize_money(notional * rate)
+                fee_ccy = self.quote
+                self._adjust(self._locked, self.quote, -release)
+                self._adjust(self._free, self.quote, release - notional - fee)
+                self._adjust(self._free, inst.base, qty)
+            else:
+                fee = (qty * rate).quantize(BASE_QUANTUM)
+                fee_ccy = inst.base
+                self._adjust(self._locked, self.quote, -release)
+                self._adjust(self._free, self.quote, release - notional)
+                self._adjust(self._free, inst.base, qty - fee)
             vo.reserved -= release
+        elif self.config.margin_account and vo.reserved == 0 and pool is None:
+            fee = quantize_money(notional * rate)
+            fee_ccy = self.quote
+            self._adjust(self._free, inst.base, -qty)  # may go below zero: a short
+            self._adjust(self._free, self.quote, notional - fee)
         else:
             fee = quantize_money(notional * rate)
             fee_ccy = self.quote
