@@ -291,6 +291,15 @@ def close_unplaced(engine: "Engine", order: "Order", reason: str, now_ns: int) -
         engine._on_venue_event(OrderCanceled(**common, reason=reason))
 
 
+def _hms(ts_ns: int | None) -> str:
+    """Engine-clock UTC ns as ``YYYY-MM-DD HH:MM:SS UTC`` for the operator."""
+    if ts_ns is None:
+        return "?"
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "startup") -> ReconcileReport:
     """Reconcile ``engine`` with its venue (see the module docstring).
 
@@ -501,9 +510,9 @@ class VenueSession:
             parts.append("STORE FAILED")
         until = self.blocked_until_ns
         if until is not None:
-            parts.append(f"THROTTLED until {until}")
+            parts.append(f"{self.engine.venue.venue} THROTTLED until {_hms(until)}")
         if self.down:
-            parts.append(f"DISCONNECTED since {self.down_since_ns}")
+            parts.append(f"{self.engine.venue.venue} DISCONNECTED since {_hms(self.down_since_ns)}")
         if self.unknown:
             parts.append(f"{len(self.unknown)} unknown")
         if self.cancels:

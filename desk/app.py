@@ -473,6 +473,7 @@ class DeskApp(App[int]):
         self.header.show(HeaderInfo(
             mode=self.mode, market=self.market, clock_ns=e.clock.timestamp_ns(), speed=e.speed,
             state=e.trading_state.value, status=self.status, bars=e.stats.bars, working=len(self.working),
+            venue=e.session.status() if hasattr(e, "session") else "",
         ))
         state = e.trading_state
         self.banner.set_state(state == TradingState.HALTED, self.kill.armed, key_name(self._armed_key),

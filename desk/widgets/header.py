@@ -31,6 +31,8 @@ class HeaderInfo:
         status: the engine's status (``warming up``, ``running``, …).
         bars: bars processed.
         working: working orders.
+        venue: what blocks the venue and until when (throttled, disconnected,
+            unknown submits, queued cancels), empty when all is well.
     """
 
     mode: str
@@ -41,6 +43,7 @@ class HeaderInfo:
     status: str
     bars: int
     working: int
+    venue: str = ""
 
 
 class DeskHeader(Toned, Static):
@@ -87,6 +90,7 @@ class DeskHeader(Toned, Static):
                 (f" {i.state} ", self.tone_style(state_tone)), sep,
                 (i.status, self.tone_style("muted")), sep,
                 (f"w {i.working}", self.tone_style(None)),
+                *((sep, (i.venue, self.tone_style("reducing"))) if i.venue else ()),
                 no_wrap=True, overflow="ellipsis",
             )
         sep = (" │ ", self.tone_style("muted"))
@@ -100,6 +104,8 @@ class DeskHeader(Toned, Static):
             ("bars ", self.tone_style("muted")), (f"{i.bars:,}", self.tone_style(None)), sep,
             ("working ", self.tone_style("muted")), (str(i.working), self.tone_style(None)),
         ]
+        if i.venue:  # a throttled or disconnected venue, and until when
+            parts += [sep, (f" {i.venue} ", self.tone_style("reducing"))]
         return Text.assemble(*parts, no_wrap=True, overflow="ellipsis")  # type: ignore[arg-type]
 
 

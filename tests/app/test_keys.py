@@ -417,3 +417,21 @@ built.close()
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------- venue status in the header
+async def test_the_header_says_until_when_a_throttled_venue_is_blocked(wired, wall):
+    from core.venue_errors import VenueThrottled
+
+    engine = wired.engine
+    app = _app(engine, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        now = engine.clock.timestamp_ns()
+        engine.session.note_error(VenueThrottled(engine.venue.venue, 90 * 1_000_000_000))  # HTTP 429, retry in 90 s
+        app.sample(force=True)
+        await pilot.pause()
+        text = str(app.header.render())
+        from datetime import datetime, timezone
+
+        until = datetime.fromtimestamp((now + 90 * 10**9) / 1e9, tz=timezone.utc).strftime("%H:%M:%S")
+        assert "THROTTLED until" in text and until in text, text
