@@ -102,6 +102,8 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--bars", type=_positive_int, help="stop after N bars (all instruments)")
     run.add_argument("--headless", action="store_true", help="no UI: progress on stderr, summary on stdout")
     run.add_argument("--order-type", choices=["LIMIT", "MARKET"], default="LIMIT")
+    run.add_argument("--risk", type=Path, metavar="FILE",
+                     help="the rails' limits per venue, instrument and model (YAML; see README)")
     run.add_argument("--tz", type=_tz, default="UTC", metavar="ZONE",
                      help="IANA time zone of the venue day (daily PnL, daily loss limit; default UTC)")
     run.add_argument("--capital", type=_capital, default=Decimal("10000"),
@@ -168,7 +170,7 @@ def _options(args: Any, state_dir: Path) -> Any:
     return RunOptions(
         data=list(args.data), symbol=args.symbol.upper() if args.symbol else None,
         exchange_info=args.exchange_info, speed=speed, bars=args.bars, state_dir=state_dir,
-        order_type=OrderType(args.order_type), capital=args.capital, day_tz=args.tz,
+        order_type=OrderType(args.order_type), capital=args.capital, day_tz=args.tz, risk_file=args.risk,
     )
 
 

@@ -63,6 +63,7 @@ class RunOptions:
     order_type: OrderType = OrderType.LIMIT
     capital: Decimal = DEFAULT_CAPITAL
     day_tz: str = "UTC"
+    risk_file: Path | None = None
 
 
 def default_model_specs() -> list[tuple[ModelSpec, dict[str, Any]]]:
@@ -244,8 +245,14 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             finished_summary = json.loads(store.meta_get("summary") or "{}")
         clock = TestClock()
         router = RouterConfig(capital=opts.capital, order_type=opts.order_type, max_order_notional=opts.capital)
-        risk = RiskEngine(RiskConfig(allowed_symbols=frozenset(str(i) for i in instruments),
-                                     max_order_notional=opts.capital))
+        allowed = frozenset(str(i) for i in instruments)
+        if opts.risk_file is not None:
+            from desk.risk_config import load_risk_config
+
+            risk_cfg = load_risk_config(opts.risk_file, allowed_symbols=allowed, max_order_notional=opts.capital)
+        else:
+            risk_cfg = RiskConfig(allowed_symbols=allowed, max_order_notional=opts.capital)
+        risk = RiskEngine(risk_cfg)
         if executor is None:
             executor = ProcessFitExecutor()
             executor.warm()  # type: ignore[attr-defined]
