@@ -64,3 +64,15 @@ def test_cli_uses_the_limits_and_refuses_a_bad_file(tmp_path, capsys):
     good.write_text("max_submits: 3\n")
     code = main(["run", "--headless", "--data", str(data), "--risk", str(good), "--state-dir", str(tmp_path / "t")])
     assert code == 0 and json.loads(capsys.readouterr().out)["bars"] == 10
+
+
+def test_the_readme_example_loads(tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", readme, re.S).group(1)
+    f = tmp_path / "risk.yaml"
+    f.write_text(block)
+    cfg = load_risk_config(f, allowed_symbols=None, max_order_notional=None)
+    assert cfg.defaults.collar_pct == D("0.05") and cfg.per_model["hmm_v2_canary"].max_order_notional == D("1000")
