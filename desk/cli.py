@@ -76,6 +76,16 @@ def _capital(text: str) -> Decimal:
     return v
 
 
+def _share(text: str) -> Decimal:
+    try:
+        v = Decimal(text.strip())
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"--volume-share: not a number: {text!r}") from None
+    if not v.is_finite() or not (0 < v <= 1):
+        raise argparse.ArgumentTypeError(f"--volume-share: a fraction in (0, 1], got {text!r}")
+    return v
+
+
 def _tz(text: str) -> str:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -102,6 +112,9 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--bars", type=_positive_int, help="stop after N bars (all instruments)")
     run.add_argument("--headless", action="store_true", help="no UI: progress on stderr, summary on stdout")
     run.add_argument("--order-type", choices=["LIMIT", "MARKET"], default="LIMIT")
+    run.add_argument("--volume-share", type=_share, metavar="F",
+                     help="paper venue: a limit order fills at most this fraction of a bar's volume "
+                          "(partial fills; default: whole fills)")
     run.add_argument("--risk", type=Path, metavar="FILE",
                      help="the rails' limits per venue, instrument and model (YAML; see README)")
     run.add_argument("--tz", type=_tz, default="UTC", metavar="ZONE",
@@ -171,6 +184,7 @@ def _options(args: Any, state_dir: Path) -> Any:
         data=list(args.data), symbol=args.symbol.upper() if args.symbol else None,
         exchange_info=args.exchange_info, speed=speed, bars=args.bars, state_dir=state_dir,
         order_type=OrderType(args.order_type), capital=args.capital, day_tz=args.tz, risk_file=args.risk,
+        volume_share=args.volume_share,
     )
 
 

@@ -64,6 +64,7 @@ class RunOptions:
     capital: Decimal = DEFAULT_CAPITAL
     day_tz: str = "UTC"
     risk_file: Path | None = None
+    volume_share: Decimal | None = None
 
 
 def default_model_specs() -> list[tuple[ModelSpec, dict[str, Any]]]:
@@ -224,6 +225,7 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
     quote = next(iter(instruments.values())).quote
     fingerprint.update({
         "capital": format(opts.capital, "f"), "order_type": opts.order_type.value, "day_tz": opts.day_tz,
+        "volume_share": None if opts.volume_share is None else format(opts.volume_share, "f"),
         "models": [[s.model_id, format(s.weight, "f"), kw] for s, kw in specs],
     })
     fp_text = json.dumps(fingerprint, sort_keys=True)
@@ -261,7 +263,7 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             for spec, _ in specs
         }
         venue_name = next(iter(instruments)).venue
-        paper_cfg = PaperConfig(starting_cash=opts.capital)
+        paper_cfg = PaperConfig(starting_cash=opts.capital, max_volume_share=opts.volume_share)
 
         def venue_factory(on_event: Any) -> PaperVenue:
             return PaperVenue(state.path / "venue-paper.sqlite", venue_name, quote, instruments, clock,

@@ -192,3 +192,16 @@ def test_tz_flag(tmp_path, capsys):
                           str(tmp_path / "m")], capsys)
     s = json.loads(out)
     assert code == 0 and s["day_tz"] == "Europe/Moscow" and [d["date"] for d in s["daily_pnl"]] == ["2020-09-13"]
+
+
+def test_volume_share_gives_partial_fills_that_reconcile(tmp_path, capsys, klines_dir):
+    from decimal import Decimal as D
+
+    src = head_csv(klines_dir / "BTCUSDT-1h-2020-12-01_2021-07-17.csv", tmp_path / "BTCUSDT-1h-v.csv", 1200)
+    code, out, err = run(["run", "--headless", "--data", str(src), "--volume-share", "0.0001", "--state-dir",
+                          str(tmp_path / "s")], capsys)
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["fills"] > sum(n for st, n in s["orders"].items() if st == "FILLED")  # some orders filled in parts
+    held = sum(D(p["quantity"]) * D(p["last_price"]) for p in s["positions"].values())
+    assert D(s["cash_end"]) + held == D(s["equity_end"])
