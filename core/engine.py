@@ -350,12 +350,14 @@ class Engine:
 
     # ------------------------------------------------------------ flush
     def flush(self) -> None:
-        """Commit the store, then append committed order/governance events
-        to the audit log.
+        """Commit the store (with the book's positions and balances, so those
+        tables always match the journal committed with them), then append
+        committed order/governance events to the audit log.
 
         Raises:
             StoreError: when the commit fails.
         """
+        self.store.record_positions(self.portfolio, self.instruments, getattr(self.venue, "quote", None))
         committed = self.store.flush()
         if committed:
             self.audit.write_events(committed)

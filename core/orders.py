@@ -402,9 +402,12 @@ class Order:
 def initialized_event(order: Order, ts_ns: int, tags: str = "") -> OrderInitialized:
     """The ``OrderInitialized`` event describing ``order`` (journal record of
     an order created outside ``Engine.submit``, e.g. by the emulator).
-    ``ts_ns`` in UTC nanoseconds."""
+    ``ts_ns`` (UTC nanoseconds) is when it is journaled (``ts_event``);
+    ``ts_init`` is the order's own ``ts_init``, its creation, which is
+    earlier for an OTO child held until its parent fills, so the ``orders``
+    table can be rebuilt from the journal (``core.rebuild``)."""
     return OrderInitialized(
-        ts_event=ts_ns, ts_init=ts_ns, client_order_id=order.client_order_id, instrument_id=order.instrument_id,
+        ts_event=ts_ns, ts_init=order.ts_init, client_order_id=order.client_order_id, instrument_id=order.instrument_id,
         model_id=order.model_id, side=order.side.value, order_type=order.order_type.value,
         quantity=order.quantity, price=order.price, time_in_force=order.time_in_force.value,
         reduce_only=order.reduce_only, tags=tags, trigger_price=order.trigger_price,

@@ -121,6 +121,9 @@ def make_parser() -> argparse.ArgumentParser:
                      help="IANA time zone of the venue day (daily PnL, daily loss limit; default UTC)")
     run.add_argument("--capital", type=_capital, default=Decimal("10000"),
                      help="trading capital and starting cash, quote currency (default 10000)")
+    check = sub.add_parser("check-store", parents=[common],
+                           help="rebuild the store's tables from its journal and report differences")
+    check.add_argument("--apply", action="store_true", help="rewrite the tables that differ from the journal")
     return p
 
 
@@ -139,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from desk.app import run_app  # textual is imported only for the UI
 
             return run_app(_options(None, state_dir))
+        if args.command == "check-store":
+            from desk.check_store import run_check_store
+
+            return run_check_store(state_dir, apply=args.apply)
         if args.command == "run":
             opts = _options(args, state_dir)
             if not args.headless:
