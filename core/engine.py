@@ -409,20 +409,33 @@ class Engine:
                 reduce_only=order.reduce_only, model_id=model_id, limit_price=price, ctx=self, exempt=exempt,
             )
         except Denied as d:
-            ev = OrderDenied(ts_event=now, ts_init=now, client_order_id=order.client_order_id,
-                             instrument_id=iid, model_id=model_id, code=d.code.value, reason=d.message)
-            order.apply(ev)
-            self.store.record_order(order)
-            self.emit(ev)
-            self.stats.denials += 1
-            self.alert("WARNING", f"DENIED_{d.code.value}", f"{order.client_order_id} {model_id} {side.value} {qty} {iid}: {d.message}")
-            return order
-        ev2 = OrderSubmitted(ts_event=now, ts_init=now, client_order_id=order.client_order_id,
-                             instrument_id=iid, model_id=model_id)
-        order.apply(ev2)
-        self.store.record_order(order)
-        self.emit(ev2)
+            return self._deny(order, d, now)
         self.working[(model_id, iid)] = order.client_order_id
+        return self._queue(order, now)
+
+    def _deny(self, order: Order, d: Denied, now: int) -> Order:
+        """Journal and audit a denial (``OrderDenied`` with its code and the
+        rail's message), count it and raise it as an alert."""
+        ev = OrderDenied(ts_event=now, ts_init=now, client_order_id=order.client_order_id,
+                         instrument_id=order.instrument_id, model_id=order.model_id, code=d.code.value,
+                         reason=d.message)
+        order.apply(ev)
+        self.store.record_order(order)
+        self.emit(ev)
+        self.stats.denials += 1
+        self.alert("WARNING", f"DENIED_{d.code.value}",
+                   f"{order.client_order_id} {order.model_id} {order.side.value} {order.quantity} "
+                   f"{order.instrument_id}: {d.message}")
+        return order
+
+    def _queue(self, order: Order, now: int) -> Order:
+        """Mark a checked order SUBMITTED (journaled) and queue it to be sent
+        after the next commit."""
+        ev = OrderSubmitted(ts_event=now, ts_init=now, client_order_id=order.client_order_id,
+                            instrument_id=order.instrument_id, model_id=order.model_id)
+        order.apply(ev)
+        self.store.record_order(order)
+        self.emit(ev)
         self._to_send.append(order)
         return order
 
@@ -585,23 +598,9 @@ class Engine:
                 model_id=order.model_id, limit_price=order.price, ctx=self,
             )
         except Denied as d:
-            ev = OrderDenied(ts_event=now, ts_init=now, client_order_id=order.client_order_id,
-                             instrument_id=order.instrument_id, model_id=order.model_id, code=d.code.value,
-                             reason=d.message)
-            order.apply(ev)
-            self.store.record_order(order)
-            self.emit(ev)
-            self.stats.denials += 1
-            self.alert("WARNING", f"DENIED_{d.code.value}", f"{order.client_order_id}: {d.message}")
-            return order
-        ev2 = OrderSubmitted(ts_event=now, ts_init=now, client_order_id=order.client_order_id,
-                             instrument_id=order.instrument_id, model_id=order.model_id)
-        order.apply(ev2)
-        self.store.record_order(order)
-        self.emit(ev2)
+            return self._deny(order, d, now)
         self.extra_working.add(order.client_order_id)
-        self._to_send.append(order)
-        return order
+        return self._queue(order, now)
 
     def _live_coids(self) -> list[str]:
         """ClientOrderIds of working orders: the router's and the others."""
