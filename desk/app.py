@@ -55,7 +55,7 @@ from core.events import Event, OrderEvent
 from desk.commands import DeskCommands
 from desk.killswitch import KillSwitch
 from desk.link import EngineLink
-from desk.screens import ConfirmScreen, FlattenRow, FlattenScreen, HelpScreen, QuitScreen
+from desk.screens import ConfirmScreen, FlattenRow, FlattenScreen, HelpScreen, QuitScreen, ReconcileScreen
 from desk.widgets.alerts import AlertsPane
 from desk.widgets.allocations import AllocationsPane
 from desk.widgets.header import DeskHeader, HaltBanner, HeaderInfo
@@ -209,6 +209,8 @@ class DeskApp(App[int]):
         self._quitting = False
         self._dirty = True
         self._last_sample_key: tuple[Any, ...] | None = None
+        #: the reconciliation differences opened on their own since ``engine.unreconciled`` was last empty
+        self._recon_shown = False
         #: the signals handled on the app's loop, with the handlers they had before
         self._signals: list[tuple[int, Any]] = []
         #: the key of the kill switch's first (arming) press
@@ -479,6 +481,12 @@ class DeskApp(App[int]):
         self.banner.set_state(state == TradingState.HALTED, self.kill.armed, key_name(self._armed_key),
                               self.halt_reason if state == TradingState.HALTED else self.reduce_reason,
                               reducing=state == TradingState.REDUCING)
+        if e.unreconciled:
+            if not self._recon_shown:
+                self._recon_shown = True
+                self.call_later(self.action_show_reconciliation)  # on the app's own message loop
+        else:
+            self._recon_shown = False
         key = (e.stats.steps, e.stats.warmup_bars, len(e.portfolio.positions))
         if not force and not self._dirty and key == self._last_sample_key:
             return
@@ -525,6 +533,17 @@ class DeskApp(App[int]):
         """Wait for governance commands started by keys (tests, bench)."""
         while self._governance_tasks:
             await asyncio.gather(*list(self._governance_tasks), return_exceptions=True)
+
+    def action_show_reconciliation(self) -> None:
+        """The reconciliation differences (opened on their own once when
+        ``engine.unreconciled`` becomes non-empty; the palette's "Show
+        reconciliation differences")."""
+        if any(isinstance(s, ReconcileScreen) for s in self.screen_stack):
+            return
+        if not self.engine.unreconciled:
+            self.notify("No unreconciled difference with the venue.", title="Reconciliation")
+            return
+        self.push_screen(ReconcileScreen(list(self.engine.unreconciled)))
 
     def action_resume_trading(self) -> None:
         """Ask, then resume trading (the palette's "Resume trading")."""

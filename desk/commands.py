@@ -4,8 +4,9 @@ Governance goes through the palette where a key would be too easy to hit:
 "Resume trading" (from HALTED or REDUCING; asks for confirmation, Cancel
 focused), "Halt trading" (at once: halting is the safe direction),
 "Reduce-only (REDUCING)" (asks, Cancel focused), "Flatten all positions"
-(lists what will be closed, asks for the word FLATTEN), pause or resume of
-each model, and the replay speed.
+(lists what will be closed, asks for the word FLATTEN), "Show reconciliation
+differences" (venue against store, side by side), pause or resume of each
+model, and the replay speed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def desk_commands(app: "DeskApp") -> Iterator[tuple[str, str, Callable[[], Any]]
     yield ("Reduce-only (REDUCING)", "Only exposure-reducing orders pass (asks first)", app.action_reduce_only)
     yield ("Flatten all positions", "Halt, then close every position with reduce-only market sells "
            "(lists them; type FLATTEN)", app.action_flatten)
+    n = len(app.engine.unreconciled)
+    yield ("Show reconciliation differences",
+           f"{n} unreconciled difference{'s' if n != 1 else ''} with the venue: venue against store"
+           if n else "No unreconciled difference with the venue", app.action_show_reconciliation)
     for mid in app.engine.specs:
         if mid in app.engine.paused:
             yield (f"Resume model {mid}", f"Let {mid} open new exposure again", lambda m=mid: app.set_model_paused(m, False))

@@ -1,7 +1,8 @@
 """Modal screens: a confirmation with Cancel focused, the flatten
 confirmation (lists what will be closed, asks for the word FLATTEN), the
-quit question (halt and quit / quit and leave orders / cancel), and the help
-screen that lists every key binding.
+quit question (halt and quit / quit and leave orders / cancel), the help
+screen that lists every key binding, and the reconciliation differences
+(what the venue holds against what the store holds, side by side).
 
 The kill switch stays live over all of them: it is an App binding with
 ``priority=True``, checked before any screen's or widget's bindings.
@@ -9,14 +10,16 @@ The kill switch stays live over all of them: it is an App binding with
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Iterable
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Static
+from textual.widgets import Button, DataTable, Input, Static
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -246,4 +249,102 @@ class HelpScreen(ModalScreen[None]):
 
     def action_close(self) -> None:
         """Close the help."""
+        self.dismiss(None)
+
+
+#: core.recovery's instrument and cash differences:
+#: "BTCUSDT.BINANCE: the venue holds 0 BTC, the store 0.28336227",
+#: "cash: the venue holds 9300 USDT, the store 9400"
+_HOLDS = re.compile(r"^(?P<item>.+?): the venue holds (?P<venue>\S+) (?P<unit>\S+), the store (?P<store>\S+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ReconDiff:
+    """One unreconciled difference, split for the table.
+
+    Attributes:
+        item: the instrument id, ``cash <quote>``, or "" for free text.
+        venue: what the venue holds (as text), or "".
+        store: what the store holds (as text), or "".
+        difference: venue - store (as text), or "".
+        detail: the message itself when it is not a holding difference.
+    """
+
+    item: str
+    venue: str
+    store: str
+    difference: str
+    detail: str
+
+
+def parse_difference(text: str) -> ReconDiff:
+    """Split one of ``engine.unreconciled``: an instrument's or the cash
+    balance's difference gives item, venue, store and venue - store
+    (Decimal); anything else stays whole in ``detail``."""
+    m = _HOLDS.match(text.strip())
+    if m is not None:
+        try:
+            diff = Decimal(m["venue"]) - Decimal(m["store"])
+        except InvalidOperation:
+            pass
+        else:
+            item = f"cash {m['unit']}" if m["item"] == "cash" else m["item"]
+            return ReconDiff(item, m["venue"], m["store"], format(diff, "f"), "")
+    return ReconDiff("", "", "", "", text)
+
+
+class ReconcileScreen(ModalScreen[None]):
+    """"Reconciliation differences": what the venue holds against what the
+    store holds, one row a difference (item | venue | store | difference |
+    detail). Trading stays HALTED until the operator resumes through the
+    palette. ``escape`` (or Close) closes it; the kill switch stays live.
+
+    Args:
+        differences: the messages of ``engine.unreconciled``.
+    """
+
+    DEFAULT_CSS = """
+    ReconcileScreen .dialog.recon { width: 110; max-width: 100%; border: thick $error; }
+    ReconcileScreen #recon-table { height: auto; max-height: 12; margin-bottom: 1; }
+    """
+    BINDINGS = [Binding("escape", "close", "Close", id="recon-close")]
+    AUTO_FOCUS = "#recon-table"
+
+    def __init__(self, differences: Iterable[str]) -> None:
+        super().__init__(classes="dialog-screen")
+        self.rows = [parse_difference(d) for d in differences]
+
+    def compose(self) -> ComposeResult:
+        """Title, what it means, the table, Close."""
+        n = len(self.rows)
+        with Vertical(classes="dialog recon"):
+            yield Static("Reconciliation differences", classes="dialog-title")
+            yield Static(
+                f"{n} difference{'s' if n != 1 else ''} between the venue and the store that the store "
+                "cannot explain. Trading stays HALTED until you resume: command palette (ctrl+p) "
+                "→ Resume trading.",
+                classes="dialog-body",
+            )
+            yield DataTable(id="recon-table", cursor_type="row", zebra_stripes=True)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Close", id="close", variant="primary")
+
+    def on_mount(self) -> None:
+        """Fill the table."""
+        table = self.query_one("#recon-table", DataTable)
+        table.add_column("Item", key="item")
+        table.add_column("Venue", key="venue")
+        table.add_column("Store", key="store")
+        table.add_column("Difference", key="difference")
+        table.add_column("Detail", key="detail")
+        for r in self.rows:
+            table.add_row(r.item, r.venue, r.store, r.difference, r.detail)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        """Close."""
+        event.stop()
+        self.dismiss(None)
+
+    def action_close(self) -> None:
+        """Close the differences."""
         self.dismiss(None)
