@@ -218,6 +218,8 @@ class Engine:
         self.trading_state = TradingState.ACTIVE
         self.paused: set[str] = set()
         self.targets: dict[tuple[str, InstrumentId], Decimal] = {}
+        #: (model, instrument) -> (bar count until which routing waits, denials in a row)
+        self.step_backoff: dict[tuple[str, InstrumentId], tuple[int, int]] = {}
         self.target_qty: dict[tuple[str, InstrumentId], Decimal] = {}
         self.regimes: dict[tuple[str, InstrumentId], tuple[int, float]] = {}
         self.model_bars: dict[tuple[str, InstrumentId], int] = {}
@@ -734,6 +736,7 @@ class Engine:
                 self.regimes[key] = reg
             if self.targets.get(key) != target:
                 self.targets[key] = target
+                self.step_backoff.pop(key, None)  # a new target is asked afresh
                 budget = model_budget(self.weights[model_id], self.config.router.capital, len(per_inst))
                 self.target_qty[key] = target_quantity(target, budget, bar.close, self.instruments[iid])
                 if trading:
@@ -794,8 +797,11 @@ class Engine:
                 continue
             budget = model_budget(self.weights[model_id], rc.capital, len(per_inst))
             pos = self.portfolio.position(model_id, iid).quantity
+            if self.step_backoff.get(key, (0, 0))[0] > self.stats.bars:
+                continue  # denied recently: wait before asking the rails again (see _note_denial)
             intent = decide(config=rc, instrument=inst, budget=budget, target_qty=tq, position=pos,
-                            close=bar.close, cash_available=lambda: self.cash_available() - planned[0])
+                            close=bar.close, cash_available=lambda: self.cash_available() - planned[0],
+                            max_qty=self._order_qty_cap(inst, inst.round_price(bar.close), model_id))
             if intent is None:
                 continue
             if self.trading_state == TradingState.REDUCING and intent.side == OrderSide.BUY:
@@ -810,7 +816,8 @@ class Engine:
             return
         if len(buys) + len(sells) == 1:
             model_id, qty = next(iter({**buys, **sells}.items()))
-            self.submit(model_id, iid, last.side, qty, last.price, last.reference_price, last.order_type)
+            order = self.submit(model_id, iid, last.side, qty, last.price, last.reference_price, last.order_type)
+            self._note_denial((model_id, iid), order)
             return
         result = net(buys, sells, inst.step_size)
         self._cross_internally(iid, result, last.reference_price)
@@ -831,19 +838,41 @@ class Engine:
                         last.order_type, tags="NET " + ",".join(f"{m}:{q}" for m, q in residual.items()),
                         allocation=residual)
 
-    def _order_qty_cap(self, inst: Instrument, price: Decimal) -> Decimal | None:
+    def _order_qty_cap(self, inst: Instrument, price: Decimal, model_id: str | None = None) -> Decimal | None:
         """The largest quantity one order may have (base units, at the step):
-        the rails' max notional per order at ``price`` and the instrument's
-        max quantity; None when neither is set."""
+        the rails' max notional per order (the most specific scope: model,
+        instrument, venue, defaults) at ``price``, the rails' max order
+        quantity and the instrument's max quantity; None when none is set.
+        Larger rebalances are sent in slices of this size, one per bar."""
         from core.values import floor_to_step
 
         caps = []
-        notional = self.risk.config.limit("max_order_notional", instrument_id=inst.id)
+        lim = self.risk.config.limit
+        notional = lim("max_order_notional", model_id=model_id, instrument_id=inst.id)
+        if inst.max_notional is not None:
+            notional = inst.max_notional if notional is None else min(notional, inst.max_notional)
         if notional is not None and price > 0:
             caps.append(floor_to_step(notional / price, inst.step_size))
+        qty = lim("max_order_qty", model_id=model_id, instrument_id=inst.id)
+        if qty is not None:
+            caps.append(floor_to_step(qty, inst.step_size))
         if inst.max_qty is not None:
             caps.append(inst.max_qty)
         return min(caps) if caps else None
+
+    def _note_denial(self, key: tuple[str, InstrumentId], order: Order) -> None:
+        """Back off after a router order is denied: the same model and
+        instrument are not routed again for ``reprice_bars`` × instruments
+        steps, doubling with each denial in a row (at most about a day of
+        1-minute bars), so a rail that keeps saying no (daily loss, stale
+        data, exposure) is not asked every bar. An accepted order or a new
+        target resets it."""
+        if order.status != OrderStatus.DENIED:
+            self.step_backoff.pop(key, None)
+            return
+        _, n = self.step_backoff.get(key, (0, 0))
+        wait = min(self.config.router.reprice_bars * len(self.instruments) * (2 ** n), 1440 * len(self.instruments))
+        self.step_backoff[key] = (self.stats.bars + wait, n + 1)
 
     def _cross_internally(self, iid: InstrumentId, result: Any, price: Decimal) -> None:
         """Book the internal crosses of a netting: each seller sells and each
@@ -1018,6 +1047,7 @@ class Engine:
             "model_bars": {f"{m}|{i}": n for (m, i), n in self.model_bars.items()},
             "targets": {f"{m}|{i}": format(t, "f") for (m, i), t in self.targets.items()},
             "target_qty": {f"{m}|{i}": format(t, "f") for (m, i), t in self.target_qty.items()},
+            "step_backoff": {f"{m}|{i}": list(v) for (m, i), v in self.step_backoff.items()},
             "pending_fits": fits,
             "risk": self.risk.state_dict(),
             "trading_state": self.trading_state.value,
@@ -1093,6 +1123,7 @@ class Engine:
         self.model_bars = {split(k): int(n) for k, n in snap["model_bars"].items()}
         self.targets = {split(k): Decimal(t) for k, t in snap["targets"].items()}
         self.target_qty = {split(k): Decimal(t) for k, t in snap["target_qty"].items()}
+        self.step_backoff = {split(k): (int(v[0]), int(v[1])) for k, v in snap.get("step_backoff", {}).items()}
         for k, pf in snap["pending_fits"].items():
             key = split(k)
             model = self.models[key[0]][key[1]]

@@ -92,6 +92,7 @@ def decide(
     position: Decimal,
     close: Decimal,
     cash_available: Callable[[], Decimal],
+    max_qty: Decimal | None = None,
 ) -> OrderIntent | None:
     """Decide the rebalancing order of one model in one instrument.
 
@@ -103,6 +104,9 @@ def decide(
         close: last close (quote per base unit), the limit price.
         cash_available: returns the quote the desk can still spend (caps
             buys); called only when a buy is considered.
+        max_qty: the largest order the rails allow (base units; the
+            engine's scoped max order notional and quantity): a larger
+            rebalance is sent in slices, one per bar.
 
     Returns None when the difference, valued at ``close``, is below the
     threshold (max of min notional and ``threshold_fraction`` × budget), or
@@ -134,6 +138,8 @@ def decide(
         qty = min(qty, floor_to_step(config.max_order_notional / price, instrument.step_size))
     if instrument.max_qty is not None:
         qty = min(qty, instrument.max_qty)  # larger changes go in slices, one per bar
+    if max_qty is not None:
+        qty = min(qty, max_qty)
     if qty <= 0:
         return None
     return OrderIntent(side, qty, limit, price, config.order_type)

@@ -983,7 +983,8 @@ def run_app(opts: Any, *, max_speed: bool = False, app_factory: Callable[..., De
             log.info(m)
         speed = opts.speed if opts.speed is not None else (None if max_speed else DEFAULT_SPEED)
         close = _Once(built.close)
-        app = app_factory(built, speed=speed, max_bars=opts.bars, close_hook=close, hard_exit_on_hangup=True)
+        remaining = None if opts.bars is None else max(0, opts.bars - built.engine.stats.bars)  # whole-run count
+        app = app_factory(built, speed=speed, max_bars=remaining, close_hook=close, hard_exit_on_hangup=True)
         code = app.run()
         return EXIT_OK if code is None else int(code)
     finally:

@@ -44,9 +44,9 @@ def _speed(text: str) -> float | str:
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--speed: expected a number or 'max', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number or 'max', got {text!r}") from None
     if not (v > 0 and v <= 1e6):
-        raise argparse.ArgumentTypeError(f"--speed: must be > 0 and at most 1000000 (or 'max'), got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be > 0 and at most 1000000 (or 'max'), got {text!r}")
     return v
 
 
@@ -69,10 +69,10 @@ def _capital(text: str) -> Decimal:
     try:
         v = Decimal(text.strip())
     except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"--capital: not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if "_" in text or not v.is_finite() or v <= 0 or v > MAX_CAPITAL:
         raise argparse.ArgumentTypeError(
-            f"--capital: must be a positive number up to {MAX_CAPITAL:,.0f} in the quote currency, got {text!r}")
+            f"must be a positive number up to {MAX_CAPITAL:,.0f} in the quote currency, got {text!r}")
     return v
 
 
@@ -80,9 +80,9 @@ def _share(text: str) -> Decimal:
     try:
         v = Decimal(text.strip())
     except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"--volume-share: not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not v.is_finite() or not (0 < v <= 1):
-        raise argparse.ArgumentTypeError(f"--volume-share: a fraction in (0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(f"a fraction in (0, 1], got {text!r}")
     return v
 
 
@@ -92,7 +92,7 @@ def _tz(text: str) -> str:
     try:
         ZoneInfo(text)
     except (ZoneInfoNotFoundError, ValueError):
-        raise argparse.ArgumentTypeError(f"--tz: not an IANA time zone: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not an IANA time zone: {text!r}") from None
     return text
 
 
@@ -234,7 +234,8 @@ def run_headless(opts: Any, default_bars: int | None) -> int:
         engine = built.engine
         if built.continued:
             log.info("continuing the run on %s after bar %d", opts.state_dir, engine.stats.bars)
-        max_bars = opts.bars if opts.bars is not None else default_bars
+        # --bars counts the whole run, over its continuations: a continued run does the rest
+        max_bars = (max(0, opts.bars - engine.stats.bars) if opts.bars is not None else default_bars)
         t0 = time.perf_counter()
         bars0 = engine.stats.bars
         asyncio.run(_drive(engine, built.continued, max_bars))

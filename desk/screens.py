@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Iterable
+from typing import Any, Iterable
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -143,10 +143,22 @@ class FlattenScreen(ModalScreen[bool]):
                 table.add_row("", "Σ", "", self.total, "", style="bold")
                 yield VerticalScroll(Static(table, id="flatten-table"), classes="flatten-list")
             yield Static(f"Type {FLATTEN_WORD} to confirm:", classes="dialog-note")
-            yield Input(placeholder=FLATTEN_WORD, id="flatten-input")
+            yield Input(placeholder=FLATTEN_WORD, id="flatten-input", select_on_focus=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Cancel", id="cancel", variant="primary")
                 yield Button("Flatten", id="confirm", variant="error", disabled=True)
+
+    def on_key(self, event: Any) -> None:
+        """Typing a letter while Cancel (focused first) or the list has the
+        focus goes to the FLATTEN input: the operator can just type the word;
+        enter still presses Cancel until the word is complete."""
+        inp = self.query_one("#flatten-input", Input)
+        ch = getattr(event, "character", None)
+        if self.focused is not inp and ch and ch.isprintable() and len(ch) == 1 and not ch.isspace():
+            event.stop()
+            event.prevent_default()
+            inp.focus()
+            inp.insert_text_at_cursor(ch)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         """Enable the confirm button only for the exact word."""

@@ -239,8 +239,8 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
         if existing is not None and existing != fp_text:
             store.close()
             raise StateDirError(
-                f"state dir {state.path} holds another setup ({_describe(existing)}); "
-                f"use another --state-dir or remove it"
+                f"state dir {state.path} holds another setup ({_describe(existing)}; it differs in "
+                f"{_differing(existing, fp_text)}); use another --state-dir or remove it"
             )
         finished_summary = None
         if store.meta_get("status") == "finished":
@@ -252,6 +252,15 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             from desk.risk_config import load_risk_config
 
             risk_cfg = load_risk_config(opts.risk_file, allowed_symbols=allowed, max_order_notional=opts.capital)
+            for scope, names, known in (
+                ("instruments", risk_cfg.per_instrument, {str(i) for i in instruments}),
+                ("venues", risk_cfg.per_venue, {i.venue for i in instruments}),
+                ("models", risk_cfg.per_model, {spec.model_id for spec, _ in specs}),
+            ):
+                for name in names:
+                    if name not in known:
+                        raise ConfigError(f"--risk: {opts.risk_file}: {scope}.{name}: not in this run; "
+                                          f"known {scope}: {', '.join(sorted(known))}")
         else:
             risk_cfg = RiskConfig(allowed_symbols=allowed, max_order_notional=opts.capital)
         risk = RiskEngine(risk_cfg)
@@ -305,6 +314,21 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
     except BaseException:
         state.release()
         raise
+
+
+def _differing(old_text: str, new_text: str) -> str:
+    """The setup keys whose values differ, e.g. ``day_tz (UTC -> Europe/Berlin)``."""
+    try:
+        old, new = json.loads(old_text), json.loads(new_text)
+    except ValueError:
+        return "an unreadable setup record"
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            a, b = old.get(key), new.get(key)
+            short = isinstance(a, (str, int, float, type(None))) and isinstance(b, (str, int, float, type(None)))
+            parts.append(f"{key} ({a} -> {b})" if short else key)
+    return ", ".join(parts) or "nothing visible"
 
 
 def _describe(fp_text: str) -> str:

@@ -282,3 +282,19 @@ async def test_repeated_denials_collapse_into_one_line(scripted, wall):
         assert any(" GOV " in ln and "MODEL_PAUSED" in ln for ln in lines)
         assert [c for _lv, c, _m in pane.lines].count("DENIED_MIN_NOTIONAL") == 5  # every one is counted
         assert pane.border_subtitle.endswith("total")
+
+
+async def test_flatten_typing_goes_to_the_word_even_with_cancel_focused(scripted, wall):
+    engine = scripted
+    await _with_positions(engine)
+    app = _app(engine, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await palette_run(pilot, app, "Flatten all positions")
+        assert await settle(pilot, lambda: isinstance(app.screen, FlattenScreen))
+        screen = app.screen
+        assert screen.focused is not None and screen.focused.id == "cancel"
+        await pilot.press(*"FLATTEN")  # typed straight away, Cancel still focused first
+        assert screen.query_one("#flatten-input", Input).value == "FLATTEN"
+        assert not screen.query_one("#confirm", Button).disabled
+        await pilot.press("enter")  # the input has the focus now: enter confirms
+        assert await settle(pilot, lambda: engine.trading_state == TradingState.HALTED)

@@ -150,6 +150,8 @@ def test_continue_another_setup_and_finished(tmp_path, capsys, klines_dir):
     split = tmp_path / "two"
     code, out, err = run(["run", "--headless", "--data", str(src), "--bars", "700", "--state-dir", str(split)], capsys)
     assert code == 0 and json.loads(out)["bars"] == 700
+    code, out, err = run(["run", "--headless", "--data", str(src), "--bars", "700", "--state-dir", str(split)], capsys)
+    assert code == 0 and json.loads(out)["bars"] == 700  # the same --bars again: nothing left to do
     code, out, err = run(["run", "--headless", "--data", str(src), "--state-dir", str(split)], capsys)
     assert code == 0, err
     continued = json.loads(out)
@@ -174,8 +176,8 @@ def test_sim_default_continues_with_its_generator_state(tmp_path, capsys):
     assert code == 0, err
     straight = json.loads(out)
     assert straight["bars"] == 600 and set(straight["positions"]) == {"BTCUSDT.SIM", "ETHUSDT.SIM"}
-    for _ in range(2):
-        code, out, err = run(["run", "--headless", "--bars", "300", "--state-dir", str(tmp_path / "two")], capsys)
+    for total in ("300", "600"):  # --bars counts the whole run: 300, then continued up to 600
+        code, out, err = run(["run", "--headless", "--bars", total, "--state-dir", str(tmp_path / "two")], capsys)
         assert code == 0, err
     continued = json.loads(out)
     for k in ("bars", "orders", "fills", "fees", "equity_end", "cash_end", "positions", "per_model", "signals"):

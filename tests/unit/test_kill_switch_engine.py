@@ -110,7 +110,7 @@ def test_halt_file_halts_and_the_halt_survives_a_restart(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["trading_state"] == "HALTED" and out["fills"] == 0
     (state / "HALT").unlink()
-    code = main(["run", "--headless", "--bars", "200", "--state-dir", str(state)])
+    code = main(["run", "--headless", "--bars", "400", "--state-dir", str(state)])  # the whole run: 200 more
     out = json.loads(capsys.readouterr().out)
     assert out["trading_state"] == "HALTED"  # only an explicit resume lifts it
     assert out["fills"] == 0 and out["bars"] == 400

@@ -76,3 +76,51 @@ def test_the_readme_example_loads(tmp_path):
     f.write_text(block)
     cfg = load_risk_config(f, allowed_symbols=None, max_order_notional=None)
     assert cfg.defaults.collar_pct == D("0.05") and cfg.per_model["hmm_v2_canary"].max_order_notional == D("1000")
+
+
+def test_names_not_in_the_run_are_refused(tmp_path, capsys):
+    data = write(tmp_path, "BTCUSDT-1m-x.csv", good_rows(10))
+    for text, needle in (("instruments: {BTCUSDT: {max_position_notional: 5}}", "instruments.BTCUSDT: not in this run"),
+                         ("models: {hmm_v9: {max_order_notional: 5}}", "models.hmm_v9: not in this run"),
+                         ("venues: {KRAKEN: {max_gross_exposure: 5}}", "venues.KRAKEN: not in this run")):
+        f = tmp_path / "r.yaml"
+        f.write_text(text)
+        code = main(["run", "--headless", "--data", str(data), "--risk", str(f), "--state-dir", str(tmp_path / "s")])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and "known" in err
+
+
+def test_a_max_order_notional_from_the_file_slices_instead_of_denying(tmp_path):
+    """One model (weight 1) buys 5 ETH at 2000 = 10,000; a model-scoped max of 4,000 per order
+    sends 2.0 ETH (4000 / 2000) per bar: 2.0, 2.0, then the last 1.0, and nothing is denied."""
+    import asyncio
+
+    from core.risk import Limits, RiskConfig, RiskEngine
+    from tests.unit.test_engine import IID as ETH_ID, build
+
+    eng = build(tmp_path, ["2000"] * 10, ["1"], lows=["1999"] * 3 + ["1990"] * 7)
+    eng.risk = RiskEngine(RiskConfig(per_model={"m0": Limits(max_order_notional=D("4000"))}))
+    asyncio.run(eng.warm_up())
+    asyncio.run(eng.run())
+    buys = [D(q) for (q,) in eng.store.conn.execute("SELECT quantity FROM orders WHERE side='BUY' ORDER BY step")]
+    assert buys[:3] == [D("2"), D("2"), D("1")]
+    assert eng.store.conn.execute("SELECT COUNT(*) FROM orders WHERE status='DENIED'").fetchone()[0] == 0
+
+
+def test_a_rail_that_keeps_denying_is_asked_less_and_less(tmp_path):
+    """A daily loss limit already reached: entries are denied, and the router backs off
+    (5, 10, 20, 40 ... bars) instead of asking every bar: 60 bars give 4 denials, not 58."""
+    import asyncio
+
+    from core.risk import Limits, RiskConfig, RiskEngine
+    from tests.unit.test_engine import build
+
+    eng = build(tmp_path, ["2000"] * 60, ["1"], lows=["2000"] * 60)
+    eng.risk = RiskEngine(RiskConfig(defaults=Limits(daily_loss_limit=D("0.01"))))
+    eng.day_start_equity = D("10001")  # the desk is already 1 USDT down today
+    eng._day_end_ns = 10**30  # (the day does not roll within the test)
+    asyncio.run(eng.warm_up())
+    asyncio.run(eng.run())
+    # ready at bar 3: denied at bars 3, 3+5=8, 8+10=18, 18+20=38 (then 38+40=78 > 60)
+    denied = [s for (s,) in eng.store.conn.execute("SELECT step FROM orders WHERE status='DENIED' ORDER BY step")]
+    assert denied == [2, 7, 17, 37]
