@@ -55,7 +55,7 @@ from core.risk import Denied, RiskEngine
 from core.netting import largest_remainder, net, split_fill
 from core.router import RouterConfig, decide, model_budget, target_quantity
 from core.store import Store, StoreError
-from core.values import ZERO, quantize_money
+from core.values import ZERO
 
 log = logging.getLogger("desk.engine")
 
@@ -231,7 +231,6 @@ class Engine:
         self._stop = asyncio.Event()
         self._speed_changed = asyncio.Event()
         self._coid_seq: dict[tuple[int, int], int] = {}
-        self.fit_delay_hook: Callable[[], Any] | None = None
         self.last_bar_ts: dict[InstrumentId, int] = {}
         from core.daily_pnl import EndOfDayMarks, zone
 

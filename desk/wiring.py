@@ -153,7 +153,7 @@ class Built:
 def _load_replay(opts: RunOptions) -> tuple[Any, dict[InstrumentId, Instrument], dict[str, Any], list[str]]:
     from venues.feeds import ReplayFeed
     from venues.filters import load_exchange_info, resolve_instrument
-    from venues.klines import load_klines, quote_asset_of
+    from venues.klines import load_klines
 
     if opts.symbol and len(opts.data) > 1:
         raise ConfigError("--symbol: only with a single --data file")
@@ -183,7 +183,6 @@ def _load_replay(opts: RunOptions) -> tuple[Any, dict[InstrumentId, Instrument],
             "--data: files must share one quote currency; got "
             + ", ".join(f"{q} ({p.name})" for q, p in quotes.items())
         )
-    _ = quote_asset_of
     fingerprint = {
         "mode": "replay",
         "files": [{"name": f.path.name, "sha256": _sha256(f.path), "symbol": f.symbol} for f in files],

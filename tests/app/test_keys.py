@@ -18,7 +18,7 @@ from textual.command import CommandPalette
 from core.enums import OrderStatus, TradingState
 from desk.app import DEFAULT_SPEED, DeskApp, faster, slower
 from desk.screens import ConfirmScreen, HelpScreen, QuitScreen
-from tests.app.conftest import settle, store_statuses, until_steps
+from tests.app.conftest import settle, store_statuses
 from tests.app.engines import place_resting_buys
 
 ROOT = Path(__file__).resolve().parents[2]

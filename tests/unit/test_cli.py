@@ -7,7 +7,6 @@ import json
 import sqlite3
 from pathlib import Path
 
-import pytest
 
 from desk.cli import main
 from desk.wiring import StateDir

@@ -96,7 +96,7 @@ def test_a_max_order_notional_from_the_file_slices_instead_of_denying(tmp_path):
     import asyncio
 
     from core.risk import Limits, RiskConfig, RiskEngine
-    from tests.unit.test_engine import IID as ETH_ID, build
+    from tests.unit.test_engine import build
 
     eng = build(tmp_path, ["2000"] * 10, ["1"], lows=["1999"] * 3 + ["1990"] * 7)
     eng.risk = RiskEngine(RiskConfig(per_model={"m0": Limits(max_order_notional=D("4000"))}))
