@@ -275,6 +275,139 @@ class FillAllocated(Event):
     commission_currency: str
 
 
+# ---------------------------------------------------------------- lifecycle (issue 7), venues (6), reports (8)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelVersionRegistered(Event):
+    """A model version entered the registry (a seed version at start, or a
+    refit). ``stage`` its first stage, ``parent`` the version it was refit
+    from ("" for a seed), ``train_start_ns``/``train_end_ns`` the training
+    window (bar times, UTC ns; 0 when not fitted yet), ``diagnostics`` fit
+    figures (iterations, log-likelihood, converged; strings)."""
+
+    model_id: str
+    family: str
+    version: int
+    stage: str
+    parent: str
+    who: str
+    reason: str
+    train_start_ns: int = 0
+    train_end_ns: int = 0
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelStageChanged(Event):
+    """A version moved between stages (``canary``/``live``/``paused``/
+    ``retired``) or its stage weight changed (fraction 0..1), by whom and why;
+    ``manual`` when an operator pinned the weight."""
+
+    model_id: str
+    family: str
+    stage: str
+    previous: str
+    weight: Decimal
+    who: str
+    reason: str
+    manual: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CanaryAnalysed(Event):
+    """One analysis interval of a canary against the live version of its
+    family: ``action`` (warming/hold/step/promote/fail/rollback/
+    inconclusive), the step ``weight`` after it, and the figures (PSR,
+    Sharpe of the excess return, PnL, drawdown, trades; strings)."""
+
+    model_id: str
+    family: str
+    live_model_id: str
+    interval: int
+    action: str
+    weight: Decimal
+    reason: str
+    figures: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CanaryPromoted(Event):
+    """A canary became the live version of its family (``previous_live``
+    retired)."""
+
+    model_id: str
+    family: str
+    previous_live: str
+    who: str
+    reason: str
+    figures: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CanaryRolledBack(Event):
+    """A canary was rolled back (retired; its position unwound)."""
+
+    model_id: str
+    family: str
+    who: str
+    reason: str
+    figures: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AllocationChanged(Event):
+    """The allocator set the families' budgets: ``weights`` (fraction of
+    capital, decimal strings), ``budgets`` (quote, decimal strings),
+    ``sharpe`` (the trailing Sharpe used, strings), ``idle`` (fraction left
+    unallocated), ``capital`` (quote)."""
+
+    weights: dict[str, str]
+    budgets: dict[str, str]
+    sharpe: dict[str, str]
+    idle: Decimal
+    capital: Decimal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndOfDayMarked(Event):
+    """The book at the end of local day ``day`` (YYYY-MM-DD in ``tz``):
+    one row per (model, instrument) with a position or a fill that day:
+    ``{"model_id", "instrument_id", "quantity" (base), "mark" (quote per
+    base), "unrealized" (quote), "realized" (quote, cumulative, net of
+    fees), "fees" (quote, cumulative)}``, all decimal strings."""
+
+    day: str
+    tz: str
+    rows: list[dict[str, str]] = dataclasses.field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyTriggered(Event):
+    """A governance-policy rule fired: the figure, its value and threshold
+    (strings), and the action taken."""
+
+    rule: str
+    figure: str
+    value: str
+    threshold: str
+    action: str
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VenueStateChanged(Event):
+    """A venue's connection state changed (``CONNECTED``, ``DEGRADED``,
+    ``DISCONNECTED``, ``THROTTLED``, ``BANNED``), with the reason and until
+    when (UTC ns, 0 = open-ended)."""
+
+    venue: str
+    state: str
+    previous: str
+    reason: str
+    until_ns: int = 0
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -303,6 +436,14 @@ EVENT_TYPES.update({
     for cls in (OrderTriggered, OrderPendingUpdate, OrderUpdated, OrderModifyRejected, OrderExpired)
 })
 _DECIMAL_FIELDS.update({"trigger_price", "trailing_offset", "executed_qty"})
+
+# lifecycle (issue 7), venues (issue 6), reports (issue 8)
+EVENT_TYPES.update({
+    cls.__name__: cls
+    for cls in (ModelVersionRegistered, ModelStageChanged, CanaryAnalysed, CanaryPromoted, CanaryRolledBack,
+                AllocationChanged, EndOfDayMarked, PolicyTriggered, VenueStateChanged)
+})
+_DECIMAL_FIELDS.update({"weight", "idle", "capital"})
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
