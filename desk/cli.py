@@ -2,10 +2,14 @@
 
 ``desk [--state-dir D]`` runs the embedded default; ``desk run [--data FILE
 ...] [--symbol S] [--exchange-info FILE] [--speed N|max] [--bars N]
-[--headless] [--order-type LIMIT|MARKET]`` runs a replay or the SIM market.
+[--headless] [--order-type LIMIT|MARKET] [--config desk.yaml]`` runs a
+replay or the SIM market; ``desk run --headless --api-port 8002`` is the
+daemon (desk/daemon.py). ``desk halt|resume|status`` are one-shot commands
+against a running daemon, ``desk export-pnl`` writes a day's PnL CSV.
 Exit codes (DESIGN.md section 1): 0 done (also when a rail halted trading),
 2 usage / bad input / bad config / state dir refused, 3 ended halted by an
-unreconciled difference.
+unreconciled difference. ``desk status``: 0 ACTIVE, 3 HALTED or REDUCING,
+1 daemon unreachable, 2 no or refused token.
 
 Headless runs never import textual; hmmlearn is imported only in the fit
 worker and where a model is fitted.
@@ -20,11 +24,12 @@ import logging
 import signal
 import sys
 import time
+from contextlib import closing as contextlib_closing
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.errors import EXIT_OK, EXIT_UNRECONCILED, EXIT_USAGE, DeskError
+from core.errors import EXIT_OK, EXIT_UNRECONCILED, EXIT_USAGE, ConfigError, DeskError
 
 log = logging.getLogger("desk")
 
@@ -96,6 +101,42 @@ def _tz(text: str) -> str:
     return text
 
 
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 0-65535, got {text!r}") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 0-65535, got {text!r}")
+    return v
+
+
+def _date(text: str) -> str:
+    import datetime as _dt
+
+    try:
+        _dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+    if len(text) != 10:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}")
+    return text
+
+
+def _reason(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text.strip()
+
+
+def _oneshot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="the daemon's API (default http://127.0.0.1:8002, or the --config's api)")
+    p.add_argument("--token-file", type=Path, metavar="PATH",
+                   help="file holding the token (default: $OPS_TOKEN, else <state-dir>/ops_token)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="desk.yaml: its api address and state_dir")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait for the daemon")
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser (``--state-dir`` on the root and on every subcommand)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -117,13 +158,43 @@ def make_parser() -> argparse.ArgumentParser:
                           "(partial fills; default: whole fills)")
     run.add_argument("--risk", type=Path, metavar="FILE",
                      help="the rails' limits per venue, instrument and model (YAML; see README)")
-    run.add_argument("--tz", type=_tz, default="UTC", metavar="ZONE",
+    run.add_argument("--tz", type=_tz, default=None, metavar="ZONE",
                      help="IANA time zone of the venue day (daily PnL, daily loss limit; default UTC)")
-    run.add_argument("--capital", type=_capital, default=Decimal("10000"),
+    run.add_argument("--capital", type=_capital, default=None,
                      help="trading capital and starting cash, quote currency (default 10000)")
+    run.add_argument("--config", type=Path, metavar="FILE",
+                     help="desk.yaml: venues, rails, policy, api, alerts (flags given here win)")
+    run.add_argument("--live", action="store_true", help="allow venues that trade real money (non-testnet)")
+    run.add_argument("--api-host", metavar="HOST",
+                     help="daemon: address of the control API (default 127.0.0.1; others need $OPS_TOKEN)")
+    run.add_argument("--api-port", type=_port, metavar="PORT",
+                     help="daemon: serve the control API on this port (needs --headless)")
+    run.add_argument("--token-file", type=Path, metavar="PATH",
+                     help="daemon: read the API token from this file (default $OPS_TOKEN, else "
+                          "<state-dir>/ops_token, generated)")
+    run.add_argument("--on-stop", choices=["keep", "cancel"],
+                     help="daemon: the desk's working orders on SIGTERM/SIGINT (default cancel)")
     check = sub.add_parser("check-store", parents=[common],
                            help="rebuild the store's tables from its journal and report differences")
     check.add_argument("--apply", action="store_true", help="rewrite the tables that differ from the journal")
+    halt = sub.add_parser("halt", parents=[common], help="halt the running daemon (falls back to the HALT file)")
+    _oneshot_args(halt)
+    halt.add_argument("--reason", type=_reason, default="desk halt from the command line")
+    halt.add_argument("--mode", choices=["HALT", "REDUCE", "FLATTEN"], default="HALT",
+                      help="HALT (cancel working orders), REDUCE (reduce-only) or FLATTEN (close positions)")
+    resume = sub.add_parser("resume", parents=[common], help="resume trading on the running daemon")
+    _oneshot_args(resume)
+    resume.add_argument("--reason", type=_reason, required=True, help="why (audited)")
+    status = sub.add_parser("status", parents=[common],
+                            help="the daemon's trading state (exit 0 ACTIVE, 3 HALTED/REDUCING, 1 unreachable)")
+    _oneshot_args(status)
+    status.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    export = sub.add_parser("export-pnl", parents=[common], help="write exports/pnl_YYYY-MM-DD.csv from the store")
+    export.add_argument("--date", type=_date, help="the day (default: the last complete day on the engine clock)")
+    export.add_argument("--tz", type=_tz, default="UTC", metavar="ZONE", help="IANA zone of the day (default UTC)")
+    data = sub.add_parser("data", parents=[common], help="market data tools: desk data download SYMBOL INTERVAL ...")
+    data.add_argument("action", choices=["download"])
+    data.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the action (desk data download --help)")
     return p
 
 
@@ -133,10 +204,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = make_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
         return int(exc.code or 0)
-    _halt_on_usr1_during_startup(getattr(args, "state_dir", Path("var")))
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    state_dir = getattr(args, "state_dir", Path("var"))
+    cfg = None
+    if getattr(args, "config", None) is not None:
+        from desk.config import load_config
+
+        try:
+            cfg = load_config(args.config)
+        except DeskError as exc:
+            sys.stderr.write(f"desk: error: {exc}\n")
+            return exc.exit_code
+    state_dir = getattr(args, "state_dir", None) or (cfg.state_dir if cfg is not None else None) or Path("var")
+    if args.command in ("halt", "resume", "status"):
+        return _oneshot(args, state_dir, cfg)
+    _halt_on_usr1_during_startup(state_dir)
+    daemon = args.command == "run" and _api_port(args, cfg) is not None
+    redact = None
+    if daemon and args.headless:
+        from desk.daemon import setup_logging
+
+        redact = setup_logging(logging.INFO)
+    else:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:
         if args.command is None:
             from desk.app import run_app  # textual is imported only for the UI
@@ -146,12 +235,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             from desk.check_store import run_check_store
 
             return run_check_store(state_dir, apply=args.apply)
+        if args.command == "export-pnl":
+            from desk.export import export_pnl_main
+
+            return export_pnl_main(state_dir, args.date, args.tz)
+        if args.command == "data":
+            from venues.binance.download import download_main
+
+            return download_main(list(args.rest))
         if args.command == "run":
-            opts = _options(args, state_dir)
+            opts = _options(args, state_dir, cfg)
+            if cfg is not None:
+                from desk.config import config_digest
+
+                log.info("config %s sha256=%s", args.config, config_digest(args.config))
             if not args.headless:
+                if args.api_port is not None:
+                    raise ConfigError("--api-port: the control API is served by the headless daemon; "
+                                      "add --headless")
+                if daemon:
+                    log.warning("api.port in %s is served only with --headless; no API in the TUI", args.config)
                 from desk.app import run_app
 
-                return run_app(opts, max_speed=args.speed == "max")
+                return run_app(opts, max_speed=_speed_of(args, cfg) == "max")
+            if daemon:
+                from desk.daemon import run_daemon
+
+                return run_daemon(opts, _api_options(args, cfg), redact=redact)
             return run_headless(opts, default_bars=None)
     except DeskError as exc:
         sys.stderr.write(f"desk: error: {exc}\n")
@@ -159,6 +269,213 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     return EXIT_USAGE
+
+
+def _api_port(args: Any, cfg: Any) -> int | None:
+    if getattr(args, "api_port", None) is not None:
+        return int(args.api_port)
+    if cfg is not None and args.command == "run":
+        return cfg.api.port
+    return None
+
+
+def _speed_of(args: Any, cfg: Any) -> Any:
+    if args.speed is not None:
+        return args.speed
+    return cfg.speed if cfg is not None else None
+
+
+def _api_options(args: Any, cfg: Any) -> Any:
+    from desk.daemon import ApiOptions
+
+    secret_env: list[str] = []
+    telegram = None
+    if cfg is not None:
+        for v in cfg.venues:
+            secret_env += [getattr(v, "api_key_env", None), getattr(v, "api_secret_env", None)]
+        telegram = cfg.alerts.telegram
+        if telegram is not None:
+            secret_env.append(telegram.bot_token_env)
+    return ApiOptions(
+        host=args.api_host or (cfg.api.host if cfg is not None else "127.0.0.1"),
+        port=int(_api_port(args, cfg) or 0),
+        on_stop=args.on_stop or (cfg.api.on_stop if cfg is not None else "cancel"),
+        token_file=args.token_file, config_path=args.config,
+        secret_env=[n for n in secret_env if n], telegram=telegram,
+    )
+
+
+# ---------------------------------------------------------------- one-shot commands
+def _oneshot(args: Any, state_dir: Path, cfg: Any) -> int:
+    """``desk halt`` / ``desk resume`` / ``desk status`` against a running
+    daemon. Exit codes: 0 done (status: ACTIVE), 1 the daemon cannot be
+    reached (status), 2 no token or a request the daemon refused, 3
+    (status) HALTED or REDUCING. Messages go to stderr, answers to stdout."""
+    from desk.client import DEFAULT_URL, DaemonClient, TokenError, resolve_client_token
+
+    url = args.url
+    if url is None and cfg is not None and cfg.api.port:
+        from desk.config import is_loopback
+
+        host = cfg.api.host if is_loopback(cfg.api.host) or cfg.api.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{cfg.api.port}"
+    url = url or DEFAULT_URL
+    try:
+        token, source = resolve_client_token(args.token_file, state_dir)
+    except TokenError as exc:
+        sys.stderr.write(f"desk {args.command}: {exc}\n")
+        return EXIT_USAGE
+    client = DaemonClient(url, token, timeout=args.timeout)
+    try:
+        if args.command == "status":
+            return _cmd_status(args, client, token, source)
+        if args.command == "halt":
+            return _cmd_halt(args, client, token, source, state_dir)
+        return _cmd_resume(args, client, token, source, state_dir)
+    finally:
+        client.close()
+
+
+def _say(args: Any, text: str) -> None:
+    sys.stderr.write(f"desk {args.command}: {text}\n")
+
+
+def _cmd_status(args: Any, client: Any, token: str | None, source: str) -> int:
+    from desk.client import DaemonRefused, DaemonUnreachable
+
+    if token is None:
+        _say(args, source)
+        return EXIT_USAGE
+    try:
+        st = client.status()
+    except DaemonUnreachable as exc:
+        _say(args, f"daemon unreachable: {exc}")
+        return 1
+    except DaemonRefused as exc:
+        _say(args, f"{client.url} refused: {exc}")
+        return EXIT_USAGE if exc.status_code < 500 else 1
+    state = str(st.get("trading_state") or st.get("state") or "") if isinstance(st, dict) else ""
+    if args.json:
+        sys.stdout.write(json.dumps(st, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(f"trading_state: {state or '?'}\n")
+        for k, v in sorted(st.items() if isinstance(st, dict) else []):
+            if k not in ("trading_state", "state"):
+                sys.stdout.write(f"{k}: {v if isinstance(v, (str, int, float)) else json.dumps(v, sort_keys=True)}\n")
+    if state == "ACTIVE":
+        return EXIT_OK
+    if state in ("HALTED", "REDUCING"):
+        return 3
+    _say(args, f"unexpected trading state {state!r} in the answer")
+    return 1
+
+
+def _local_url(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    from desk.config import is_loopback
+
+    return is_loopback(urlparse(url).hostname or "")
+
+
+def _cmd_halt(args: Any, client: Any, token: str | None, source: str, state_dir: Path) -> int:
+    from desk.client import DaemonRefused, DaemonUnreachable
+
+    if token is not None:
+        try:
+            answer = client.kill(args.mode, args.reason)
+            sys.stdout.write(json.dumps(answer, sort_keys=True) + "\n")
+            return EXIT_OK
+        except DaemonRefused as exc:
+            if exc.status_code < 500:
+                _say(args, f"{client.url} refused the halt: {exc}" + (
+                    f" (on the daemon's host, creating {state_dir / 'HALT'} halts it out of band)"
+                    if exc.status_code in (401, 403) else ""))
+                return EXIT_USAGE
+            _say(args, f"{client.url} failed: {exc}")
+        except DaemonUnreachable as exc:
+            _say(args, f"the API does not answer: {exc}")
+    else:
+        _say(args, f"{source}; the API cannot be asked")
+    if not _local_url(client.url):
+        _say(args, f"{client.url} is not on this host: the HALT file fallback needs the daemon's own host")
+        return 1
+    return _halt_file_fallback(args, state_dir)
+
+
+def _halt_file_fallback(args: Any, state_dir: Path) -> int:
+    """Write ``<state_dir>/HALT`` (the out-of-band halt the engine checks
+    every second), then look for the halt in the store for ``--timeout``
+    seconds. 0 when the store says HALTED, 1 otherwise (no desk running
+    on that state dir, or no confirmation in time)."""
+    import fcntl
+    import sqlite3
+    from datetime import datetime, timezone
+
+    if not state_dir.is_dir():
+        _say(args, f"no state dir {state_dir}: nothing halted (give the daemon's --state-dir)")
+        return 1
+    halt = state_dir / "HALT"
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    halt.write_text(f"desk halt {now} mode={args.mode} reason={args.reason}\n")
+    note = " (the HALT file halts; it does not reduce or flatten)" if args.mode != "HALT" else ""
+    _say(args, f"falling back to the HALT file: wrote {halt}{note}")
+    running = False
+    try:
+        with open(state_dir / "desk.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            except BlockingIOError:
+                running = True
+    except OSError:
+        pass
+    if not running:
+        _say(args, f"no desk is running on {state_dir}: it will start HALTED; remove {halt}, then resume, "
+                   "to trade again")
+        return 1
+    db = state_dir / "desk.sqlite"
+    deadline = time.monotonic() + args.timeout
+    while True:
+        try:
+            with contextlib_closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)) as c:
+                row = c.execute("SELECT value FROM meta WHERE key='trading_state'").fetchone()
+            if row is not None and row[0] == "HALTED":
+                _say(args, "HALTED (confirmed in the store)")
+                return EXIT_OK
+        except sqlite3.Error:
+            pass
+        if time.monotonic() >= deadline:
+            _say(args, f"the HALT file is written but the halt is not in the store after {args.timeout:g} s")
+            return 1
+        time.sleep(0.1)
+
+
+def _cmd_resume(args: Any, client: Any, token: str | None, source: str, state_dir: Path) -> int:
+    from desk.client import DaemonRefused, DaemonUnreachable
+
+    if token is None:
+        _say(args, source)
+        return EXIT_USAGE
+    halt = state_dir / "HALT"
+    if _local_url(client.url) and halt.exists():
+        try:
+            said = halt.read_text(errors="replace").strip()
+            halt.unlink()
+            _say(args, f"removed the HALT file {halt} ({said[:200]})")
+        except OSError as exc:
+            _say(args, f"cannot remove the HALT file {halt}: {exc.strerror}; the desk would halt again")
+            return EXIT_USAGE
+    try:
+        answer = client.resume(args.reason)
+    except DaemonUnreachable as exc:
+        _say(args, f"daemon unreachable: {exc}")
+        return 1
+    except DaemonRefused as exc:
+        _say(args, f"{client.url} refused the resume: {exc}")
+        return EXIT_USAGE if exc.status_code < 500 else 1
+    sys.stdout.write(json.dumps(answer, sort_keys=True) + "\n")
+    return EXIT_OK
 
 
 def _halt_on_usr1_during_startup(state_dir: Path) -> None:
@@ -180,18 +497,60 @@ def _halt_on_usr1_during_startup(state_dir: Path) -> None:
         pass
 
 
-def _options(args: Any, state_dir: Path) -> Any:
+def _options(args: Any, state_dir: Path, cfg: Any = None) -> Any:
+    """RunOptions from the flags, then the config file (``cfg``), then the
+    defaults: a flag given on the command line wins over the file.
+
+    Raises:
+        ConfigError: the config asks for something this build cannot wire
+            (a venue kind, a policy file), or a live venue without --live.
+    """
+    import dataclasses
+
     from core.enums import OrderType
-    from desk.wiring import RunOptions
+    from desk.wiring import DEFAULT_CAPITAL, RunOptions
 
     if args is None:
         return RunOptions(state_dir=state_dir)
-    speed = None if args.speed in (None, "max") else args.speed
+    known = {f.name for f in dataclasses.fields(RunOptions)}
+    extra: dict[str, Any] = {}
+    data = list(args.data)
+    capital = args.capital
+    tz = args.tz
+    risk = args.risk
+    speed = args.speed
+    if cfg is not None:
+        data = data or list(cfg.data)
+        risk = risk or cfg.risk
+        tz = tz or cfg.tz
+        speed = speed if speed is not None else cfg.speed
+        paper = [v for v in cfg.venues if v.kind == "paper"]
+        cash = paper[0].starting_cash if paper and paper[0].starting_cash is not None else None
+        if capital is None:
+            capital = cfg.capital if cfg.capital is not None else cash
+        if cash is not None and capital is not None and cash != capital and "starting_cash" not in known:
+            raise ConfigError(f"venues[{cfg.venues.index(paper[0])}].starting_cash: {cash} differs from the "
+                              f"capital {capital}; in this build the paper venue starts with the capital")
+        live = cfg.live_venues
+        if live and not getattr(args, "live", False):
+            raise ConfigError(f"venues {', '.join(live)} trade real money: add --live to run them")
+        if "config" in known:
+            extra["config"] = cfg  # the wiring builds the venues from it
+        else:
+            for i, v in enumerate(cfg.venues):
+                if v.kind != "paper":
+                    raise ConfigError(f"venues[{i}]: kind {v.kind!r} is not wired in this build yet; "
+                                      f"only 'paper' is")
+        if cfg.policy is not None:
+            if "policy_file" not in known:
+                raise ConfigError(f"policy: {cfg.policy}: the governance policy is not wired in this build yet")
+            extra["policy_file"] = cfg.policy
+    speed = None if speed in (None, "max") else speed
     return RunOptions(
-        data=list(args.data), symbol=args.symbol.upper() if args.symbol else None,
+        data=data, symbol=args.symbol.upper() if args.symbol else None,
         exchange_info=args.exchange_info, speed=speed, bars=args.bars, state_dir=state_dir,
-        order_type=OrderType(args.order_type), capital=args.capital, day_tz=args.tz, risk_file=args.risk,
-        volume_share=args.volume_share,
+        order_type=OrderType(args.order_type), capital=capital if capital is not None else DEFAULT_CAPITAL,
+        day_tz=tz or "UTC", risk_file=risk, volume_share=args.volume_share, **extra,
     )
 
 
