@@ -304,3 +304,182 @@ class EndOfDayMarks:
         out._day = None if d["day"] is None else date.fromisoformat(d["day"])
         out._last = Decimal(d["last"])
         return out
+
+
+# ---------------------------------------------------------------- the daily export (issue 8, desk export-pnl)
+@dataclass(frozen=True, slots=True)
+class FillPnl:
+    """What one booked fill (or one model's part of a netted fill) did to
+    its model's book: ``ts_ns`` fill time (``OrderFilled.ts_event``, UTC
+    ns), ``model_id``, ``instrument_id``, ``realized`` (quote, net of fees,
+    ``Portfolio.apply_fill``'s return), ``fees`` (quote value of the fee,
+    the change of ``Position.fees``), ``quantity`` (base units) and
+    ``notional`` (quote, ``quantity × price`` quantized to 8 decimals)."""
+
+    ts_ns: int
+    model_id: str
+    instrument_id: InstrumentId
+    realized: Decimal
+    fees: Decimal
+    quantity: Decimal
+    notional: Decimal
+
+
+def journal_fill_pnl(conn: Any) -> tuple[list[FillPnl], list[str]]:
+    """Replay the journal of the store on ``conn`` (an ``sqlite3``
+    connection, read-only is enough) the way :mod:`core.rebuild` rebuilds
+    the ``positions`` table (a netted order's fill booked through its
+    ``FillAllocated`` parts, a repeated fill once, internal crosses as
+    plain fills; the portfolio set up from ``meta``), and return one
+    :class:`FillPnl` per booked fill in journal order, and the replay's
+    notes (fills it could not book, undecodable rows). So the export's
+    realized per model sums to the stored positions' realized.
+
+    Raises:
+        sqlite3.Error: when the journal cannot be read.
+    """
+    import json
+
+    from core.portfolio import AccountingError
+    from core.rebuild import _USED_TYPES, _book_settings, _Replay  # the rebuild's own replay rules
+    from core.events import event_from_dict
+    from core.values import quantize_money
+
+    class _Recorder(_Replay):
+        def __init__(self, portfolio: Portfolio, allocated: set[str]) -> None:
+            super().__init__(portfolio, allocated)
+            self.records: list[FillPnl] = []
+
+        def book(self, fill: OrderFilled, seq: int) -> None:
+            key = (fill.model_id, fill.instrument_id)
+            before = self.portfolio.positions.get(key)
+            fees_before = before.fees if before is not None else ZERO
+            try:
+                realized = self.portfolio.apply_fill(fill)
+            except AccountingError as exc:  # the engine books nothing either
+                self.note(f"seq {seq}: fill {fill.trade_id} not booked: {exc}")
+                return
+            self.records.append(FillPnl(
+                fill.ts_event, fill.model_id, fill.instrument_id, realized,
+                self.portfolio.positions[key].fees - fees_before, fill.last_qty,
+                quantize_money(fill.last_qty * fill.last_px)))
+
+    notes: list[str] = []
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    book = _book_settings(meta, None, notes)
+    allocated = {tid for (tid,) in conn.execute(
+        "SELECT DISTINCT json_extract(payload, '$.trade_id') FROM journal WHERE type='FillAllocated'")}
+    r = _Recorder(book.portfolio(), allocated)
+    r.notes = notes
+    for seq, typ, payload in conn.execute("SELECT seq, type, payload FROM journal ORDER BY seq"):
+        if typ not in _USED_TYPES:
+            continue
+        try:
+            event = event_from_dict(json.loads(payload))
+        except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
+            r.note(f"seq {seq}: {typ} cannot be decoded: {exc}")
+            continue
+        r.on_event(int(seq), event)
+    return r.records, r.notes
+
+
+def journal_eod_marks(conn: Any) -> dict[str, dict[date, dict[tuple[str, str], Decimal]]]:
+    """The stored end-of-day marks (``EndOfDayMarked`` journal rows) of the
+    store on ``conn``: ``{tz: {day: {(model_id, instrument_id): unrealized
+    (quote)}}}``. A day marked more than once keeps its last mark.
+
+    Raises:
+        sqlite3.Error: when the journal cannot be read.
+        ValueError: naming the journal seq, for a row whose day or
+            unrealized cannot be read.
+    """
+    import json
+
+    out: dict[str, dict[date, dict[tuple[str, str], Decimal]]] = {}
+    for seq, payload in conn.execute("SELECT seq, payload FROM journal WHERE type='EndOfDayMarked' ORDER BY seq"):
+        try:
+            p = json.loads(payload)
+            day = date.fromisoformat(p["day"])
+            rows = {(str(x["model_id"]), str(x["instrument_id"])): Decimal(str(x["unrealized"]))
+                    for x in p.get("rows") or []}
+        except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
+            raise ValueError(f"journal seq {seq}: EndOfDayMarked cannot be read: {exc}") from None
+        out.setdefault(str(p.get("tz", "UTC")), {})[day] = rows
+    return out
+
+
+#: columns of the daily PnL export, in order (see :func:`pnl_export_rows`)
+EXPORT_COLUMNS: tuple[str, ...] = (
+    "date", "model_id", "instrument_id", "realized", "unrealized", "fees", "pnl", "trades", "volume")
+#: the ``model_id`` of the total row
+TOTAL = "TOTAL"
+
+
+def pnl_export_rows(
+    fills: Iterable[FillPnl], marks: Mapping[date, Mapping[tuple[str, str], Decimal]] | None, day: date,
+    tz: str = "UTC",
+) -> list[dict[str, str]]:
+    """The daily PnL export of local date ``day`` in ``tz``: one row per
+    (model, instrument), sorted, then the total row (``model_id``
+    :data:`TOTAL`, ``instrument_id`` ""), columns :data:`EXPORT_COLUMNS`,
+    money as exact decimal strings:
+
+    * ``realized``: Σ realized of the fills whose fill time is in
+      ``day_bounds(day, tz)`` (quote, net of fees: Portfolio.apply_fill).
+    * ``unrealized``: the change of the stored end-of-day unrealized
+      (``marks``, per local date, of the same ``tz``): ``day``'s mark minus
+      the latest stored mark before it (normally the day before); a pair
+      absent from a stored mark is flat there (0); with no earlier mark the
+      book was flat (0); when ``day`` itself has no stored mark the change
+      is 0 for every pair (it lands on the next marked day, as in
+      :func:`daily_pnl`).
+    * ``fees``: Σ fee value of those fills (quote). Informational: already
+      inside ``realized`` (a reducing fill) or the position's cost (an
+      opening one), so it must not be subtracted again.
+    * ``pnl`` = ``realized + unrealized``.
+    * ``trades``: number of booked fills (each model's part of a netted
+      fill, and internal crosses, count as one); ``volume``: Σ notional
+      (quote).
+
+    Rows: every pair with a fill that day or in the day's or the previous
+    stored mark. The sums assume one quote currency (the desk trades one).
+    A day with nothing gives only the total row of zeros. Pure: no I/O.
+
+    Raises:
+        ValueError: if ``tz`` is not an IANA zone name.
+    """
+    start, end = day_bounds(day, tz)
+    acc: dict[tuple[str, str], list[Any]] = {}
+
+    def slot(key: tuple[str, str]) -> list[Any]:
+        return acc.setdefault(key, [ZERO, ZERO, ZERO, 0, ZERO])  # realized, unrealized, fees, trades, volume
+
+    for f in fills:
+        if start <= f.ts_ns < end:
+            s = slot((f.model_id, str(f.instrument_id)))
+            s[0] += f.realized
+            s[2] += f.fees
+            s[3] += 1
+            s[4] += f.notional
+    marks = marks or {}
+    if day in marks:
+        cur = marks[day]
+        earlier = [d for d in marks if d < day]
+        prev = marks[max(earlier)] if earlier else {}
+        for key in set(cur) | set(prev):
+            slot(key)[1] += cur.get(key, ZERO) - prev.get(key, ZERO)
+    rows: list[dict[str, str]] = []
+    total: list[Any] = [ZERO, ZERO, ZERO, 0, ZERO]
+    iso = day.isoformat()
+    for (model_id, iid), s in sorted(acc.items()):
+        rows.append(_export_row(iso, model_id, iid, s))
+        total = [a + b for a, b in zip(total, s)]
+    rows.append(_export_row(iso, TOTAL, "", total))
+    return rows
+
+
+def _export_row(iso: str, model_id: str, iid: str, s: list[Any]) -> dict[str, str]:
+    realized, unrealized, fees, trades, volume = s
+    return {"date": iso, "model_id": model_id, "instrument_id": iid, "realized": format(realized, "f"),
+            "unrealized": format(unrealized, "f"), "fees": format(fees, "f"),
+            "pnl": format(realized + unrealized, "f"), "trades": str(trades), "volume": format(volume, "f")}
