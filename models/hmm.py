@@ -2,19 +2,27 @@
 
 The model follows DESIGN.md section 5 ("Models") and section 7:
 
-* Features per bar (float64, model input only, never accounting): the log
-  return of the close, ``log(c_t / c_{t-1})``, and the rolling realized
-  volatility ``sqrt(mean(r^2))`` over the last ``vol_window`` log returns. A
-  feature row exists once ``vol_window`` returns are available, i.e. from the
-  ``vol_window + 1``-th bar on.
+* Features per bar (float64, model input only, never accounting), chosen by
+  ``HmmConfig.features`` (column 0 is always the log return, which the
+  policy reads): the log return of the close, ``log(c_t / c_{t-1})``; the
+  rolling realized volatility ``sqrt(mean(r^2))`` over the last
+  ``vol_window`` log returns; the volume z-score ``(v_t - mean) / std`` over
+  the last ``vol_window`` volumes. A feature row exists once ``vol_window``
+  returns are available, i.e. from the ``vol_window + 1``-th bar on. A row
+  may be non-finite (volume z-score undefined): the fit drops it, the
+  filter treats it as a missing observation.
 * The fit is hmmlearn's ``GaussianHMM`` (Baum-Welch / EM) on the last
   ``warmup`` feature rows, run off the event loop through a ``FitExecutor``
   (``fit_hmm`` is a picklable top-level function). The parametrization
   (``startprob_``, ``transmat_``, ``means_``, ``covars_`` as full matrices)
-  is hmmlearn's (https://hmmlearn.readthedocs.io, version 0.3.3).
+  is hmmlearn's (https://hmmlearn.readthedocs.io, version 0.3.3). A fit that
+  did not converge, diverged, or gave unusable parameters is rejected with
+  ``HmmFitError`` (``check_fit_history``, ``check_fit_params``).
 * After every fit the states are put in a canonical order: ascending variance
   of the return feature (``covars[k][0][0]``), so labels do not depend on the
-  fit's random initialisation.
+  fit's random initialisation; or, for a refit, matched to the previous
+  version's states (minimum total symmetric Kullback-Leibler divergence), so
+  "regime 0" keeps its meaning across versions.
 * Per bar the posterior ``P(state_t | x_1..t)`` is updated with one step of
   the forward recursion (Rabiner 1989, "A Tutorial on Hidden Markov Models
   and Selected Applications in Speech Recognition", Proc. IEEE 77(2),
@@ -23,13 +31,17 @@ The model follows DESIGN.md section 5 ("Models") and section 7:
   same posterior (tested to 1e-9).
 * The policy reads the posterior-weighted expected return and volatility,
   never a bare state index.
+* Retraining on a schedule: ``HmmRegimeModel.refit_due`` / ``spawn`` give a
+  new model instance (a new version) that fits the trailing window.
 
-Nothing here imports hmmlearn at module level (its import costs ~1.2 s):
-only ``fit_hmm`` imports it, inside the worker that runs the fit.
+Nothing here imports hmmlearn (or scipy) at module level (hmmlearn's import
+costs ~1.2 s): only ``fit_hmm`` imports it, inside the worker that runs the
+fit.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
@@ -48,16 +60,34 @@ __all__ = [
     "HmmFitError",
     "HmmRegimeModel",
     "canonicalize",
+    "check_fit_history",
+    "check_fit_params",
     "features_from_closes",
     "fit_hmm",
     "forward_filter",
     "forward_step",
     "policy_target",
+    "predict_step",
     "prepare_filter",
+    "state_distances",
 ]
 
-#: number of features per row: [log return, realized volatility]
-N_FEATURES = 2
+#: feature names ``HmmConfig.features`` may list (column 0 must be the log return)
+FEATURE_NAMES = ("log_return", "realized_vol", "volume_z")
+
+#: the default features: [log return, realized volatility]
+DEFAULT_FEATURES = ("log_return", "realized_vol")
+
+#: number of features per row with the default features
+N_FEATURES = len(DEFAULT_FEATURES)
+
+#: a fit is skipped when more than this fraction of its window's rows are
+#: not finite (5 %); fewer are dropped before the fit
+MAX_BAD_FRACTION = Decimal("0.05")
+
+#: up to this many states the matching to a previous fit tries every
+#: permutation (6! = 720); above it scipy's linear_sum_assignment is used
+_BRUTE_FORCE_MAX_K = 6
 
 #: quantum of a target fraction
 FRACTION_QUANTUM = Decimal("0.0001")
@@ -71,17 +101,24 @@ _TINY_TRANSITION = 1e-280
 _LOG_2PI = math.log(2.0 * math.pi)
 
 _STATE_FORMAT = "hmm_regime_model"
-_STATE_VERSION = 1
+#: v2: trailing ``warmup`` rows kept after a fit, their bar times, volumes,
+#: refit anchor, fit info, previous fit (a spawned version). v1 states load.
+_STATE_VERSION = 2
+_STATE_VERSIONS_READ = (1, 2)
 
 
 class HmmFitError(RuntimeError):
-    """A fit that cannot be used: EM did not converge within ``n_iter``
-    iterations, hmmlearn failed, a feature has zero variance in the window,
-    or the parameters are not finite / not positive definite.
+    """A fit that cannot be used, or a fit skipped: more than 5 % of the
+    window's rows are not finite ("skipped: N of M rows bad (> 5 %)"); EM did
+    not converge within ``n_iter`` iterations or diverged (see
+    ``check_fit_history``); hmmlearn failed; a feature has zero variance in
+    the window; the parameters are not finite, a transition row is all zeros
+    (see ``check_fit_params``), or a covariance is not positive definite.
 
     The message names the cause and the figures (iterations, last change of
-    the log-likelihood). Picklable, so it crosses the process boundary of a
-    ``ProcessFitExecutor`` future unchanged.
+    the log-likelihood, rows). Picklable, so it crosses the process boundary
+    of a ``ProcessFitExecutor`` future unchanged. The engine keeps the
+    previous version and raises an alert.
     """
 
 
@@ -129,6 +166,20 @@ class HmmConfig:
             is long in regimes better than the model's average even when
             every regime of the fit window drifted down. False (default):
             the ratio is absolute.
+        features: the feature columns, in order (a list in JSON); the first
+            must be ``"log_return"`` (the policy reads column 0 and its
+            variance); the others any of ``"realized_vol"``
+            (``sqrt(mean(r^2))`` over the last ``vol_window`` log returns,
+            per bar) and ``"volume_z"`` (``(v_t - mean) / std`` of the last
+            ``vol_window`` finite volumes including ``v_t``, population std,
+            dimensionless; not finite when the std is 0 or the volume is not
+            finite), each at most once. Default
+            ``("log_return", "realized_vol")``.
+        refit_every_bars: retraining schedule: ``refit_due()`` turns true
+            once this many bars (feature rows) were observed after the
+            installed fit's window end (or after the last ``spawn``); None
+            (default) never. Not part of the model's identity: a saved state
+            loads into a model whose config differs only here.
 
     Raises:
         ValueError: naming the field when a value is out of range.
@@ -145,6 +196,8 @@ class HmmConfig:
     max_fraction: float = 1.0
     exit_threshold: float | None = None
     relative: bool = False
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    refit_every_bars: int | None = None
 
     def __post_init__(self) -> None:
         def _int(name: str, minimum: int) -> None:
@@ -180,10 +233,38 @@ class HmmConfig:
                 )
         if not 0 <= self.max_fraction <= 1:
             raise ValueError(f"HmmConfig.max_fraction: must be in [0, 1], got {self.max_fraction!r}")
+        feats = self.features
+        if isinstance(feats, str) or not isinstance(feats, (tuple, list)) or not feats:
+            raise ValueError(f"HmmConfig.features: expected a non-empty list of names, got {feats!r}")
+        feats = tuple(feats)
+        bad = [f for f in feats if f not in FEATURE_NAMES]
+        if bad or len(set(feats)) != len(feats) or feats[0] != "log_return":
+            raise ValueError(
+                f"HmmConfig.features: expected 'log_return' first, then distinct names of {FEATURE_NAMES}, "
+                f"got {list(feats)!r}"
+            )
+        object.__setattr__(self, "features", feats)
+        r = self.refit_every_bars
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
+            raise ValueError(f"HmmConfig.refit_every_bars: expected an int >= 1 or None, got {r!r}")
+
+    @property
+    def n_features(self) -> int:
+        """D, the number of feature columns."""
+        return len(self.features)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-serializable dict."""
-        return asdict(self)
+        """The fields as a JSON-serializable dict (``features`` as a list)."""
+        d = asdict(self)
+        d["features"] = list(self.features)
+        return d
+
+    def identity(self) -> dict[str, Any]:
+        """``to_dict()`` without ``refit_every_bars`` (a schedule, not a
+        property of the fitted model): what a saved state must match."""
+        d = self.to_dict()
+        d.pop("refit_every_bars")
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HmmConfig":
@@ -209,8 +290,9 @@ class FitResult:
     Attributes:
         startprob: (K,) initial state distribution, sums to 1.
         transmat: (K, K) row-stochastic; ``transmat[i][j] = P(s_t=j | s_t-1=i)``.
-        means: (K, D) emission means in feature units (D = 2: log return per
-            bar, realized volatility per bar).
+        means: (K, D) emission means in feature units (D features, in
+            ``HmmConfig.features`` order; by default log return per bar and
+            realized volatility per bar).
         covars: (K, D, D) full emission covariance matrices, feature units
             squared, symmetric positive definite.
         n_iter: EM iterations run.
@@ -218,7 +300,8 @@ class FitResult:
             less than ``tol`` (not because it ran out of iterations).
         log_likelihood: per-iteration log-likelihood of the fit window (nats,
             feature units), as hmmlearn's ConvergenceMonitor reported it.
-        n_samples: rows in the fit window.
+        n_samples: rows the fit used (finite rows of the window).
+        n_dropped: non-finite rows of the window dropped before the fit.
     """
 
     startprob: list[float]
@@ -229,6 +312,7 @@ class FitResult:
     converged: bool = True
     log_likelihood: list[float] = field(default_factory=list)
     n_samples: int = 0
+    n_dropped: int = 0
 
     @property
     def n_states(self) -> int:
@@ -278,27 +362,92 @@ def _arrays(fit: FitResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return sp, tm, mu, cv
 
 
-def canonicalize(params: FitResult) -> FitResult:
+def state_distances(params: FitResult, previous: FitResult) -> np.ndarray:
+    """Symmetric Kullback-Leibler divergence between every state of
+    ``params`` and every state of ``previous`` (their Gaussian emissions).
+
+    For ``N(m1, S1)`` and ``N(m2, S2)`` in D dimensions,
+    ``KL(1||2) + KL(2||1) = 1/2 [tr(S2^-1 S1) + tr(S1^-1 S2) - 2D
+    + (m1 - m2)^T (S1^-1 + S2^-1) (m1 - m2)]`` (the log-determinants cancel;
+    Kullback 1959, "Information Theory and Statistics"; the one-way formula
+    is in e.g. Duchi, "Derivations for Linear Algebra and Optimization",
+    section 9). Dimensionless, >= 0, 0 only for identical Gaussians; it
+    separates two states of equal mean by their variances.
+
+    Args:
+        params: K states, D features.
+        previous: K' states, the same D features.
+
+    Returns:
+        (K, K') float64 array, ``[i, j]`` = divergence of ``params`` state i
+        from ``previous`` state j.
+
+    Raises:
+        ValueError: on inconsistent shapes, different D, or a covariance
+            that cannot be inverted.
+    """
+    _, _, mu_a, cv_a = _arrays(params)
+    _, _, mu_b, cv_b = _arrays(previous)
+    d = mu_a.shape[1]
+    if mu_b.shape[1] != d:
+        raise ValueError(f"state_distances: {d} features vs {mu_b.shape[1]} in the previous fit")
+    try:
+        inv_a = np.linalg.inv(cv_a)
+        inv_b = np.linalg.inv(cv_b)
+    except np.linalg.LinAlgError as exc:
+        raise ValueError(f"state_distances: a covariance is singular ({exc})") from None
+    # tr(B^-1 A) for every pair: sum over the elementwise product (covariances symmetric)
+    tr_ab = np.einsum("jkl,ilk->ij", inv_b, cv_a)
+    tr_ba = np.einsum("ikl,jlk->ij", inv_a, cv_b)
+    diff = mu_a[:, None, :] - mu_b[None, :, :]  # (K, K', D)
+    prec = inv_a[:, None, :, :] + inv_b[None, :, :, :]
+    maha = np.einsum("ijk,ijkl,ijl->ij", diff, prec, diff)
+    return 0.5 * (tr_ab + tr_ba - 2 * d + maha)
+
+
+def canonicalize(params: FitResult, previous: FitResult | None = None) -> FitResult:
     """Put the states of ``params`` in the canonical order.
 
-    The order is ascending variance of the return feature
+    Without ``previous`` (or when ``previous`` has another number of states
+    or features): ascending variance of the return feature
     (``covars[k][0][0]``); ties are broken by ascending mean return, then by
-    the original index (stable). The same permutation ``p`` is applied to
-    every parameter: ``startprob[p]``, ``transmat[p][:, p]`` (rows AND
-    columns), ``means[p]``, ``covars[p]``. Pure function; idempotent.
+    the original index (stable). Idempotent.
+
+    With ``previous`` (the fit of the version this one replaces, same K and
+    D): matched order. State j of the result is the state of ``params``
+    assigned to state j of ``previous`` by the permutation that minimizes
+    the total symmetric KL divergence (``state_distances``) between matched
+    pairs: every permutation is tried for K <= 6 (the first minimum in
+    lexicographic order wins, so exact ties are deterministic), scipy's
+    ``linear_sum_assignment`` (Hungarian method) is used above. So "regime 0"
+    means the same Gaussian after each refit, even when two regimes have
+    the same mean, and even when their variances have changed order. If the
+    divergences are not finite, the variance order is used.
+
+    The same permutation ``p`` is applied to every parameter:
+    ``startprob[p]``, ``transmat[p][:, p]`` (rows AND columns), ``means[p]``,
+    ``covars[p]``. Pure function.
 
     Args:
         params: a FitResult with K states and D features.
+        previous: the previous version's fit (canonical or matched), or None.
 
     Returns:
         A new FitResult with the same fit metadata (n_iter, converged,
-        log_likelihood, n_samples).
+        log_likelihood, n_samples, n_dropped).
 
     Raises:
         ValueError: on inconsistent shapes.
     """
     sp, tm, mu, cv = _arrays(params)
-    order = np.lexsort((np.arange(sp.shape[0]), mu[:, 0], cv[:, 0, 0]))
+    k = sp.shape[0]
+    order = None
+    if previous is not None:
+        psp, _, pmu, _ = _arrays(previous)
+        if psp.shape[0] == k and pmu.shape[1] == mu.shape[1]:
+            order = _match_order(params, previous)
+    if order is None:
+        order = np.lexsort((np.arange(k), mu[:, 0], cv[:, 0, 0]))
     return FitResult(
         startprob=sp[order].tolist(),
         transmat=tm[np.ix_(order, order)].tolist(),
@@ -308,38 +457,129 @@ def canonicalize(params: FitResult) -> FitResult:
         converged=params.converged,
         log_likelihood=list(params.log_likelihood),
         n_samples=params.n_samples,
+        n_dropped=params.n_dropped,
     )
 
 
-def features_from_closes(closes: Sequence[Any], vol_window: int) -> np.ndarray:
+def _match_order(params: FitResult, previous: FitResult) -> np.ndarray | None:
+    """The permutation p (p[j] = state of ``params`` matched to state j of
+    ``previous``) of least total symmetric KL, or None when the divergences
+    are not finite."""
+    try:
+        cost = state_distances(params, previous)
+    except ValueError:
+        return None
+    if not np.isfinite(cost).all():
+        return None
+    k = cost.shape[0]
+    if k <= _BRUTE_FORCE_MAX_K:
+        perms = np.array(list(itertools.permutations(range(k))), dtype=np.intp)
+        totals = cost[perms, np.arange(k)].sum(axis=1)
+        return perms[int(np.argmin(totals))]
+    from scipy.optimize import linear_sum_assignment  # lazy: scipy ships with scikit-learn
+
+    rows, cols = linear_sum_assignment(cost.T)  # rows: previous states, cols: new states
+    order = np.empty(k, dtype=np.intp)
+    order[rows] = cols
+    return order
+
+
+class _Features:
+    """Per-bar feature state of one model (the single implementation behind
+    ``HmmRegimeModel.observe`` and ``features_from_closes``): the last close,
+    the last ``vol_window`` log returns and, with ``"volume_z"``, the last
+    ``vol_window`` finite volumes."""
+
+    __slots__ = ("window", "names", "use_volume", "returns", "volumes", "last_close")
+
+    def __init__(self, window: int, names: tuple[str, ...]) -> None:
+        self.window = window
+        self.names = names
+        self.use_volume = "volume_z" in names
+        self.returns: deque[float] = deque(maxlen=window)
+        self.volumes: deque[float] = deque(maxlen=window)
+        self.last_close: float | None = None
+
+    def copy(self) -> "_Features":
+        other = _Features(self.window, self.names)
+        other.returns = deque(self.returns, maxlen=self.window)
+        other.volumes = deque(self.volumes, maxlen=self.window)
+        other.last_close = self.last_close
+        return other
+
+    def push(self, close: float, volume: float | None) -> tuple[float, ...] | None:
+        """Take one bar's close (finite, > 0) and volume (float, may be
+        non-finite; None when unused); the new feature row or None."""
+        w = self.window
+        vz = math.nan
+        if self.use_volume and volume is not None and math.isfinite(volume):
+            self.volumes.append(volume)
+            if len(self.volumes) == w:
+                mean = math.fsum(self.volumes) / w
+                sd = math.sqrt(math.fsum((v - mean) ** 2 for v in self.volumes) / w)
+                if sd > 0:
+                    vz = (volume - mean) / sd
+        prev, self.last_close = self.last_close, close
+        if prev is None:
+            return None
+        r = math.log(close / prev)
+        self.returns.append(r)
+        if len(self.returns) < w:
+            return None
+        out = []
+        for name in self.names:
+            if name == "log_return":
+                out.append(r)
+            elif name == "realized_vol":
+                out.append(_realized_vol(self.returns, w))
+            else:
+                out.append(vz)
+        return tuple(out)
+
+
+def features_from_closes(
+    closes: Sequence[Any],
+    vol_window: int,
+    features: Sequence[str] = DEFAULT_FEATURES,
+    volumes: Sequence[Any] | None = None,
+) -> np.ndarray:
     """Feature rows of a close series, exactly as ``HmmRegimeModel.observe``
     computes them one bar at a time (bit-identical).
 
     Args:
         closes: N closes (Decimal, str, int or float), positive, in time
             order; each is converted with ``float(str(c))``.
-        vol_window: returns per realized-volatility window (>= 1).
+        vol_window: returns per realized-volatility window, volumes per
+            volume z-score window (>= 1).
+        features: feature names (see ``HmmConfig.features``); default
+            log return and realized volatility.
+        volumes: N volumes in base units (needed with ``"volume_z"``).
 
     Returns:
-        (max(0, N - vol_window), 2) float64 array: column 0 the log return
-        ``log(c_t / c_t-1)``, column 1 ``sqrt(mean(r^2))`` over the last
-        ``vol_window`` returns (both per bar, dimensionless).
+        (max(0, N - vol_window), D) float64 array, columns in ``features``
+        order: ``log_return`` = ``log(c_t / c_t-1)``; ``realized_vol`` =
+        ``sqrt(mean(r^2))`` over the last ``vol_window`` returns (both per
+        bar, dimensionless); ``volume_z`` = ``(v_t - mean) / std`` over the
+        last ``vol_window`` finite volumes (NaN when undefined).
 
     Raises:
-        ValueError: on a close that is not a finite positive number.
+        ValueError: on a close that is not a finite positive number, a
+            negative volume, a missing or short ``volumes``, or bad feature
+            names.
     """
-    buf: deque[float] = deque(maxlen=vol_window)
-    rows: list[tuple[float, float]] = []
-    prev: float | None = None
-    for c in closes:
+    names = HmmConfig(vol_window=vol_window, features=tuple(features)).features
+    state = _Features(vol_window, names)
+    if state.use_volume and (volumes is None or len(volumes) != len(closes)):
+        raise ValueError(f"volumes: expected {len(closes)} volumes for 'volume_z', got "
+                         f"{None if volumes is None else len(volumes)}")
+    rows: list[tuple[float, ...]] = []
+    for i, c in enumerate(closes):
         x = _close_float(c)
-        if prev is not None:
-            r = math.log(x / prev)
-            buf.append(r)
-            if len(buf) == vol_window:
-                rows.append((r, _realized_vol(buf, vol_window)))
-        prev = x
-    return np.array(rows, dtype=np.float64).reshape(len(rows), N_FEATURES)
+        v = _volume_float(volumes[i]) if state.use_volume else None  # type: ignore[index]
+        row = state.push(x, v)
+        if row is not None:
+            rows.append(row)
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(names))
 
 
 def _close_float(c: Any) -> float:
@@ -349,9 +589,99 @@ def _close_float(c: Any) -> float:
     return x
 
 
+def _volume_float(v: Any) -> float:
+    """A bar's volume as float; NaN/inf pass (the row becomes bad), a
+    negative volume is an error."""
+    x = float(str(v))
+    if x < 0:
+        raise ValueError(f"volume: expected a non-negative quantity, got {v!r}")
+    return x
+
+
 def _realized_vol(returns: deque[float], window: int) -> float:
     # fsum: exactly rounded, so the value depends only on the window's contents
     return math.sqrt(math.fsum(r * r for r in returns) / window)
+
+
+def check_fit_history(history: Sequence[float], n_iter: int, max_iter: int, tol: float) -> str | None:
+    """Why an EM run must be rejected, from its log-likelihood history, or
+    None when it converged.
+
+    hmmlearn 0.3.3's ``ConvergenceMonitor.converged`` is true when the last
+    change is below ``tol`` *or* when all iterations ran, so a fall of the
+    log-likelihood (which EM never does when exact: Dempster, Laird & Rubin
+    1977, theorem 1) and an exhausted budget both look converged; this reads
+    the history itself. Checked in this order:
+
+    1. a non-finite log-likelihood: ``"EM log-likelihood is not finite at
+       iteration i"``;
+    2. divergence: some step ``history[i] - history[i-1] < -tol``: ``"EM
+       diverged: the log-likelihood fell by F (> tol T) at iteration i of
+       N"``;
+    3. non-convergence: fewer than 2 values, or the last improvement
+       ``history[-1] - history[-2] >= tol``: ``"EM did not converge in N
+       iterations (max M): last log-likelihood change F >= tol T"``.
+
+    Args:
+        history: log-likelihood after each EM iteration (hmmlearn's
+            ``monitor_.history``), nats.
+        n_iter: iterations run (``monitor_.iter``).
+        max_iter: the iteration budget (``HmmConfig.n_iter``).
+        tol: the convergence threshold on the log-likelihood gain (nats).
+
+    Returns:
+        The cause, or None.
+    """
+    h = [float(v) for v in history]
+    for i, v in enumerate(h, 1):
+        if not math.isfinite(v):
+            return f"EM log-likelihood is not finite at iteration {i} ({v!r})"
+    for i in range(1, len(h)):
+        step = h[i] - h[i - 1]
+        if step < -tol:
+            return (
+                f"EM diverged: the log-likelihood fell by {-step:.6g} (> tol {tol:g}) "
+                f"at iteration {i + 1} of {n_iter}"
+            )
+    last = h[-1] - h[-2] if len(h) >= 2 else math.nan
+    if not last < tol:
+        return (
+            f"EM did not converge in {n_iter} iterations (max {max_iter}): "
+            f"last log-likelihood change {last:.3g} >= tol {tol:g}"
+        )
+    return None
+
+
+def check_fit_params(startprob: Any, transmat: Any, means: Any, covars: Any) -> str | None:
+    """Why fitted parameters must be rejected before ``prepare_filter``
+    looks at them, or None.
+
+    Causes: a parameter with a non-finite entry (``"fitted transmat is not
+    finite: [...]"``); a transition row that is all zeros (``"transition row
+    k is all zeros"``: hmmlearn leaves a state that was never left in the
+    window with an empty row, which makes the chain undefined there).
+
+    Args:
+        startprob: (K,), transmat: (K, K), means: (K, D), covars: (K, D, D)
+            array-likes.
+
+    Returns:
+        The cause, or None.
+    """
+    arrays = {
+        "startprob": np.asarray(startprob, dtype=np.float64),
+        "transmat": np.asarray(transmat, dtype=np.float64),
+        "means": np.asarray(means, dtype=np.float64),
+        "covars": np.asarray(covars, dtype=np.float64),
+    }
+    for name, arr in arrays.items():
+        if not np.isfinite(arr).all():
+            return f"fitted {name} is not finite: {arr.tolist()}"
+    tm = arrays["transmat"]
+    zero = np.flatnonzero((tm == 0).all(axis=1)) if tm.ndim == 2 else []
+    if len(zero):
+        return f"transition row {int(zero[0])} is all zeros: {tm.tolist()}"
+    return None
 
 
 def fit_hmm(features: np.ndarray, cfg: HmmConfig) -> FitResult:
@@ -374,30 +704,49 @@ def fit_hmm(features: np.ndarray, cfg: HmmConfig) -> FitResult:
     fails with a non positive-definite covariance; on raw 1h features the
     return/vol correlation comes out ~1 in every state).
 
+    Rows with a non-finite entry are dropped first (the rows around them are
+    then fitted as consecutive); when more than 5 % of the window's rows are
+    bad the fit is skipped. The result is checked with ``check_fit_history``
+    (on hmmlearn's history, in standardized units, where ``tol`` applied),
+    ``check_fit_params`` and ``prepare_filter``.
+
     Args:
-        features: (T, D) float64 feature rows (D = 2 for the desk), finite,
-            T >= 2 * n_states.
+        features: (T, D) float64 feature rows, D = ``cfg.n_features``,
+            T >= 2 * n_states (and as many finite rows).
         cfg: the model configuration.
 
     Returns:
         FitResult in canonical state order (see ``canonicalize``), with the
-        log-likelihood history in feature units.
+        log-likelihood history in feature units, ``n_samples`` the finite
+        rows used and ``n_dropped`` the rows dropped.
 
     Raises:
-        ValueError: if ``features`` is not a finite (T, D) array with enough
-            rows.
-        HmmFitError: if EM did not converge within ``cfg.n_iter`` iterations,
-            hmmlearn raised, a feature has zero variance in the window, or the
-            fitted parameters are non-finite or not positive definite.
+        ValueError: if ``features`` is not a (T, D) array with D =
+            ``cfg.n_features`` and enough rows.
+        HmmFitError: "skipped: N of M rows bad (> 5 %)"; EM did not
+            converge within ``cfg.n_iter`` iterations or diverged; hmmlearn
+            raised; a feature has zero variance in the window; the fitted
+            parameters are non-finite, have an all-zero transition row, or a
+            covariance is not positive definite.
     """
     X = np.asarray(features, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] < 1:
-        raise ValueError(f"fit_hmm: features must be a (T, D) array, got shape {X.shape}")
-    n, d = X.shape
+    if X.ndim != 2 or X.shape[1] != cfg.n_features:
+        raise ValueError(
+            f"fit_hmm: features must be a (T, {cfg.n_features}) array for {list(cfg.features)}, "
+            f"got shape {X.shape}"
+        )
+    n_total, d = X.shape
+    if n_total < 2 * cfg.n_states:
+        raise ValueError(f"fit_hmm: need at least {2 * cfg.n_states} rows, got {n_total}")
+    good = np.isfinite(X).all(axis=1)
+    n_bad = int(n_total - good.sum())
+    if n_bad > MAX_BAD_FRACTION * n_total:
+        raise HmmFitError(f"fit_hmm: skipped: {n_bad} of {n_total} rows bad (> 5 %)")
+    if n_bad:
+        X = X[good]
+    n = int(X.shape[0])
     if n < 2 * cfg.n_states:
-        raise ValueError(f"fit_hmm: need at least {2 * cfg.n_states} rows, got {n}")
-    if not np.isfinite(X).all():
-        raise ValueError("fit_hmm: features contain NaN or infinity")
+        raise ValueError(f"fit_hmm: need at least {2 * cfg.n_states} finite rows, got {n}")
     center = X.mean(axis=0)
     scale = X.std(axis=0)
     if not ((scale > 0) & (scale > 1e-9 * np.abs(center))).all():
@@ -430,22 +779,18 @@ def fit_hmm(features: np.ndarray, cfg: HmmConfig) -> FitResult:
 
     history_z = [float(v) for v in model.monitor_.history]
     n_iter = int(model.monitor_.iter)
-    converged = len(history_z) >= 2 and history_z[-1] - history_z[-2] < cfg.tol
-    if not converged:
-        last = history_z[-1] - history_z[-2] if len(history_z) >= 2 else float("nan")
-        raise HmmFitError(
-            f"fit_hmm: EM did not converge in {n_iter} iterations on {n} rows "
-            f"(last log-likelihood change {last:.3g} >= tol {cfg.tol:g})"
-        )
+    cause = check_fit_history(history_z, n_iter, cfg.n_iter, cfg.tol)
+    if cause is not None:
+        raise HmmFitError(f"fit_hmm: {cause} on {n} rows")
     # log L(x) = log L(z) - n * sum(log std): the Jacobian of the standardization
     jac = n * float(np.log(scale).sum())
-    means = center + model.means_ * scale
-    covars = model.covars_ * np.outer(scale, scale)
+    means = center + np.asarray(model.means_, dtype=np.float64) * scale
+    covars = np.asarray(model.covars_, dtype=np.float64) * np.outer(scale, scale)
     startprob = np.asarray(model.startprob_, dtype=np.float64)
     transmat = np.asarray(model.transmat_, dtype=np.float64)
-    for name, arr in (("startprob", startprob), ("transmat", transmat), ("means", means), ("covars", covars)):
-        if not np.isfinite(arr).all():
-            raise HmmFitError(f"fit_hmm: fitted {name} is not finite: {arr.tolist()}")
+    cause = check_fit_params(startprob, transmat, means, covars)
+    if cause is not None:
+        raise HmmFitError(f"fit_hmm: {cause} ({n} rows, {n_iter} iterations)")
     result = canonicalize(
         FitResult(
             startprob=startprob.tolist(),
@@ -456,6 +801,7 @@ def fit_hmm(features: np.ndarray, cfg: HmmConfig) -> FitResult:
             converged=True,
             log_likelihood=[v - jac for v in history_z],
             n_samples=n,
+            n_dropped=n_bad,
         )
     )
     try:
@@ -620,9 +966,51 @@ def forward_step(log_alpha_prev: np.ndarray | None, x: np.ndarray, params: Filte
     return la
 
 
+def predict_step(log_alpha_prev: np.ndarray | None, params: FilterParams) -> np.ndarray:
+    """One step of the forward filter for a missing (non-finite) observation:
+    the emission of a missing observation integrates to 1 (``b_j = 1``), so
+    the step is the prediction alone,
+    ``log_alpha_t[j] = logsumexp_i(log_alpha_t-1[i] + log A[i, j])`` (or
+    ``log pi_j`` on the first step), normalized: the regime may still have
+    switched during that bar. (Rabiner 1989, eq. 20 with b_j(x_t) = 1.)
+
+    Args:
+        log_alpha_prev: (K,) the previous log posterior, or None.
+        params: the fit's ``FilterParams``.
+
+    Returns:
+        (K,) new float64 array of log posteriors.
+
+    Raises:
+        ValueError: if no state is reachable (cannot happen for a valid fit).
+    """
+    if log_alpha_prev is None:
+        la = params.log_startprob.copy()
+    else:
+        m = log_alpha_prev[:, None] + params.log_transmat
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mx = m.max(axis=0)
+            mx = np.where(np.isfinite(mx), mx, 0.0)
+            la = mx + np.log(np.exp(m - mx).sum(axis=0))
+    top = la.max()
+    if not math.isfinite(top):
+        raise ValueError("predict_step: no reachable state")
+    la -= top + math.log(np.exp(la - top).sum())
+    return la
+
+
+def _filter_step(log_alpha_prev: np.ndarray | None, row: Sequence[float], params: FilterParams) -> np.ndarray:
+    """``forward_step`` for a finite row, ``predict_step`` for a bad one."""
+    x = np.array(row, dtype=np.float64)
+    if np.isfinite(x).all():
+        return forward_step(log_alpha_prev, x, params)
+    return predict_step(log_alpha_prev, params)
+
+
 def forward_filter(X: np.ndarray, params: FilterParams, log_alpha0: np.ndarray | None = None) -> np.ndarray:
     """Run ``forward_step`` over rows of ``X`` (bit-identical to stepping one
-    row at a time).
+    row at a time), ``predict_step`` for a row with a non-finite entry (a
+    missing observation), as ``HmmRegimeModel`` does.
 
     Args:
         X: (T, D) feature rows.
@@ -639,7 +1027,7 @@ def forward_filter(X: np.ndarray, params: FilterParams, log_alpha0: np.ndarray |
     out = np.empty((len(X), params.n_states))
     la = log_alpha0
     for t, row in enumerate(np.asarray(X, dtype=np.float64)):
-        la = forward_step(la, row, params)
+        la = _filter_step(la, row, params)
         out[t] = la
     return out
 
@@ -694,7 +1082,8 @@ def policy_target(
 
 
 #: once fitted, the feature history is trimmed to ``warmup`` rows when it
-#: exceeds this many windows (the filter itself needs no history)
+#: exceeds this many windows (the filter itself needs no history; a refit
+#: needs the last ``warmup`` rows)
 _HISTORY_CAP_WINDOWS = 20
 
 
@@ -703,8 +1092,31 @@ def _enc_floats(values: np.ndarray) -> list[float | str]:
     return [v if math.isfinite(v) else repr(v) for v in values.tolist()]
 
 
+def _enc_row(row: Sequence[float]) -> list[float | str]:
+    if all(map(math.isfinite, row)):
+        return list(row)
+    return [v if math.isfinite(v) else repr(v) for v in row]
+
+
 def _dec_floats(values: Sequence[float | str]) -> np.ndarray:
     return np.array([float(v) for v in values], dtype=np.float64)
+
+
+def _fit_info(
+    fit: FitResult, first_ts: int | None, last_ts: int | None, rows: int, matched: bool, previous_id: str | None
+) -> dict[str, Any]:
+    return {
+        "window_first_ts_ns": first_ts,
+        "window_last_ts_ns": last_ts,
+        "window_rows": rows,
+        "n_iter": fit.n_iter,
+        "converged": fit.converged,
+        "log_likelihood": float(fit.log_likelihood[-1]) if fit.log_likelihood else None,
+        "n_samples": fit.n_samples,
+        "n_dropped": fit.n_dropped,
+        "state_order": "matched" if matched else "variance",
+        "previous_model_id": previous_id,
+    }
 
 
 class HmmRegimeModel:
@@ -718,12 +1130,20 @@ class HmmRegimeModel:
     result to ``apply_fit``, which runs the forward filter over every row
     since the fit window start (so the posterior is the filter over the same
     history as ``predict_proba`` on those rows) and from then on one
-    ``forward_step`` per new row. One fit per model instance (refits are a
-    later issue).
+    ``forward_step`` per new row (``predict_step`` for a non-finite row).
+    One fit per model instance: a refit is a new instance (a new version).
 
-    The feature rows since the fit window start are kept (one row per bar,
-    two floats; ~1 MB of Python floats per 60k bars). Before ``fit_job`` only
-    the last ``warmup`` rows are kept.
+    Retraining: with ``cfg.refit_every_bars`` set, ``refit_due()`` turns true
+    that many bars after the installed fit's window end; ``spawn(new_id)``
+    then returns a new model holding the trailing ``warmup`` rows and the
+    feature buffers, with ``fit_due()`` true; its ``apply_fit`` orders the
+    states to match this model's fit (``canonicalize(fit, previous)``), and
+    this model's schedule restarts at the spawn.
+
+    The feature rows since the fit window start are kept in memory (up to
+    20 windows, then trimmed to the last ``warmup``); before ``fit_job``
+    only the last ``warmup`` rows. A saved state keeps at most the last
+    ``warmup`` rows once fitted (the refit window survives a restart).
 
     No hidden global state: two instances never share anything.
 
@@ -731,6 +1151,9 @@ class HmmRegimeModel:
         model_id: e.g. ``"hmm_v1"`` (a name; the stage is not parsed from it).
         instrument_id: the instrument whose bars this model takes.
         cfg: the configuration.
+
+    Raises:
+        ValueError: if ``model_id`` is empty.
     """
 
     def __init__(self, model_id: str, instrument_id: InstrumentId, cfg: HmmConfig) -> None:
@@ -739,12 +1162,12 @@ class HmmRegimeModel:
         self.model_id = model_id
         self.instrument_id = instrument_id
         self.cfg = cfg
-        self._returns: deque[float] = deque(maxlen=cfg.vol_window)
-        self._last_close: float | None = None
+        self._feat = _Features(cfg.vol_window, cfg.features)
         self._last_ts: int | None = None
         self._n_bars = 0
         self._n_rows = 0  # feature rows ever produced
-        self._history: list[tuple[float, float]] = []
+        self._history: list[tuple[float, ...]] = []
+        self._history_ts: list[int | None] = []  # ts_event of each history row's bar
         self._history_start = 0  # absolute row index of _history[0]
         self._window_chosen = False  # fit window fixed (persisted "pending")
         self._in_flight = False  # a fit_job was handed out in this process
@@ -755,49 +1178,56 @@ class HmmRegimeModel:
         self._target: Decimal | None = None
         self._baseline = 0.0
         self._cfg_dict = cfg.to_dict()
+        self._fit_info: dict[str, Any] = {}
+        self._refit_anchor: int | None = None  # absolute row index refit_every_bars counts from
+        self._previous_fit: FitResult | None = None  # the parent's fit (spawned versions)
+        self._previous_id: str | None = None
 
     # -- RegimeModel -------------------------------------------------------------
 
     def observe(self, bar: Bar) -> None:
         """Take one bar (in time order): update the features and, once a fit
-        is installed, the posterior with one forward-filter step.
+        is installed, the posterior with one forward-filter step (a
+        prediction-only step when the row is not finite).
 
         A bar whose ``ts_event`` is not after the last observed one is
         ignored (idempotent re-delivery after a restart).
 
         Raises:
-            ValueError: if the bar is of another instrument or its close is
-                not a finite positive number.
+            ValueError: if the bar is of another instrument, its close is
+                not a finite positive number, or (with ``"volume_z"``) its
+                volume is negative.
         """
         if bar.instrument_id != self.instrument_id:
             raise ValueError(f"{self.model_id}: bar of {bar.instrument_id}, model trades {self.instrument_id}")
         if self._last_ts is not None and bar.ts_event <= self._last_ts:
             return
         close = _close_float(bar.close)
+        volume = _volume_float(bar.volume) if self._feat.use_volume else None
         self._last_ts = bar.ts_event
         self._n_bars += 1
-        prev, self._last_close = self._last_close, close
-        if prev is None:
+        row = self._feat.push(close, volume)
+        if row is None:
             return
-        r = math.log(close / prev)
-        self._returns.append(r)
-        w = self.cfg.vol_window
-        if len(self._returns) < w:
-            return
-        row = (r, _realized_vol(self._returns, w))
         self._history.append(row)
+        self._history_ts.append(bar.ts_event)
         self._n_rows += 1
-        if not self._window_chosen and self._fit is None and len(self._history) > self.cfg.warmup:
-            del self._history[0]
-            self._history_start += 1
+        w = self.cfg.warmup
+        if not self._window_chosen and self._fit is None and len(self._history) > w:
+            self._trim(len(self._history) - w)
         if self._fp is not None:
-            self._log_alpha = forward_step(self._log_alpha, np.array(row), self._fp)
+            self._log_alpha = _filter_step(self._log_alpha, row, self._fp)
             self._update_target()
-            if len(self._history) > _HISTORY_CAP_WINDOWS * self.cfg.warmup:
-                # bounded memory on long runs: keep the trailing windows only
-                drop = len(self._history) - self.cfg.warmup
-                del self._history[:drop]
-                self._history_start += drop
+            if len(self._history) > _HISTORY_CAP_WINDOWS * w:
+                # bounded memory on long runs: keep the trailing window only
+                self._trim(len(self._history) - w)
+
+    def _trim(self, n: int) -> None:
+        """Drop the ``n`` oldest history rows."""
+        if n > 0:
+            del self._history[:n]
+            del self._history_ts[:n]
+            self._history_start += n
 
     def _update_target(self) -> None:
         """Recompute the cached target after the posterior moved (once per
@@ -820,8 +1250,9 @@ class HmmRegimeModel:
         return len(self._history) >= self.cfg.warmup
 
     def fit_job(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        """``(fit_hmm, (window, cfg))``: window is the (warmup, 2) float64
-        array of the fit window's feature rows. Marks the fit pending.
+        """``(fit_hmm, (window, cfg))``: window is the (warmup, D) float64
+        array of the fit window's feature rows (non-finite rows included;
+        ``fit_hmm`` drops them). Marks the fit pending.
 
         Raises:
             RuntimeError: if ``fit_due()`` is false.
@@ -834,10 +1265,12 @@ class HmmRegimeModel:
         return fit_hmm, (window, self.cfg)
 
     def apply_fit(self, result: Any) -> None:
-        """Install a fit (``FitResult`` or its ``to_dict()``), canonicalized,
-        and run the forward filter over every feature row since the fit window
-        start, so the posterior equals the filter over that history; later
-        bars step it incrementally.
+        """Install a fit (``FitResult`` or its ``to_dict()``), put in
+        canonical order (matched to the parent's fit for a spawned model,
+        see ``canonicalize``), and run the forward filter over every feature
+        row since the fit window start, so the posterior equals the filter
+        over that history; later bars step it incrementally. Records
+        ``last_fit_info()``; ``refit_due()`` counts from the window end.
 
         Raises:
             RuntimeError: if no fit is pending.
@@ -849,19 +1282,34 @@ class HmmRegimeModel:
         if not self._window_chosen or self._fit is not None:
             raise RuntimeError(f"{self.model_id}: apply_fit() without a pending fit")
         fit = result if isinstance(result, FitResult) else FitResult.from_dict(result)
-        fit = canonicalize(fit)
-        if fit.n_states != self.cfg.n_states or len(fit.means[0]) != N_FEATURES:
+        d = self.cfg.n_features
+        _arrays(fit)
+        if fit.n_states != self.cfg.n_states or len(fit.means[0]) != d:
             raise ValueError(
                 f"{self.model_id}: fit has {fit.n_states} states x {len(fit.means[0])} features, "
-                f"expected {self.cfg.n_states} x {N_FEATURES}"
+                f"expected {self.cfg.n_states} x {d}"
             )
+        prev = self._previous_fit
+        matched = (
+            prev is not None
+            and prev.n_states == fit.n_states
+            and len(prev.means[0]) == d
+            and _match_order(fit, prev) is not None
+        )
+        fit = canonicalize(fit, prev if matched else None)
         fp = prepare_filter(fit)
         la = None
         for row in self._history:
-            la = forward_step(la, np.array(row), fp)
+            la = _filter_step(la, row, fp)
+        w = self.cfg.warmup
         self._fit, self._fp, self._log_alpha = fit, fp, la
         self._in_flight = False
         self._baseline = stationary_baseline(fit) if self.cfg.relative else 0.0
+        self._fit_info = _fit_info(
+            fit, self._history_ts[0], self._history_ts[w - 1], w, matched, self._previous_id if matched else None
+        )
+        self._refit_anchor = self._history_start + w - 1
+        self._previous_fit = None
         self._update_target()
 
     def abandon_fit(self) -> None:
@@ -873,10 +1321,7 @@ class HmmRegimeModel:
             return
         self._window_chosen = False
         self._in_flight = False
-        excess = len(self._history) - self.cfg.warmup
-        if excess > 0:
-            del self._history[:excess]
-            self._history_start += excess
+        self._trim(len(self._history) - self.cfg.warmup)
 
     def is_ready(self) -> bool:
         """True once a fit is installed and a posterior exists."""
@@ -892,12 +1337,83 @@ class HmmRegimeModel:
         return self._target
 
     def regime(self) -> tuple[int, float] | None:
-        """(most likely canonical state, 0 = lowest return variance; its
-        posterior probability) or None while not ready."""
+        """(most likely canonical state, 0 = lowest return variance or the
+        state matched to the parent's; its posterior probability) or None
+        while not ready."""
         if self._log_alpha is None:
             return None
         k = int(np.argmax(self._log_alpha))
         return k, math.exp(float(self._log_alpha[k]))
+
+    # -- retraining ----------------------------------------------------------------
+
+    def refit_due(self) -> bool:
+        """True when a fit is installed, ``cfg.refit_every_bars`` is set, at
+        least ``refit_every_bars`` feature rows (one per bar once warmed up)
+        were observed after the installed fit's window end (or after the
+        last ``spawn``), and the last ``warmup`` rows are at hand. Counted on
+        observed bars, so a replay is deterministic. After loading a v1
+        state (which kept no rows) it counts from the load and also waits
+        for ``warmup`` new rows."""
+        every = self.cfg.refit_every_bars
+        if every is None or self._fit is None or self._refit_anchor is None:
+            return False
+        if len(self._history) < self.cfg.warmup:
+            return False
+        return self._n_rows - 1 - self._refit_anchor >= every
+
+    def spawn(self, new_model_id: str) -> "HmmRegimeModel":
+        """A new model instance (same config and instrument) for a refit: it
+        holds this model's last ``warmup`` feature rows (and their bar
+        times), the last close, the return and volume buffers, the bar and
+        row counters and the last bar time, so it observes the next bars
+        seamlessly; ``fit_due()`` is true and its ``fit_job()`` is the
+        trailing window. Its ``apply_fit`` matches its states to this
+        model's fit. This model's ``refit_due()`` restarts counting here.
+        Neither model shares mutable state with the other.
+
+        Args:
+            new_model_id: the new version's id (not this model's).
+
+        Returns:
+            The new HmmRegimeModel (no fit, not pending).
+
+        Raises:
+            ValueError: if ``new_model_id`` is empty or equals this id.
+            RuntimeError: if fewer than ``warmup`` feature rows are at hand.
+        """
+        if new_model_id == self.model_id:
+            raise ValueError(f"spawn: new_model_id must differ from {self.model_id!r}")
+        w = self.cfg.warmup
+        if len(self._history) < w:
+            raise RuntimeError(
+                f"{self.model_id}: spawn needs the last {w} feature rows, {len(self._history)} at hand"
+            )
+        child = HmmRegimeModel(new_model_id, self.instrument_id, self.cfg)
+        child._feat = self._feat.copy()
+        child._last_ts = self._last_ts
+        child._n_bars = self._n_bars
+        child._n_rows = self._n_rows
+        child._history = self._history[-w:]
+        child._history_ts = self._history_ts[-w:]
+        child._history_start = self._n_rows - w
+        child._previous_fit = self._fit
+        child._previous_id = self.model_id if self._fit is not None else None
+        self._refit_anchor = self._n_rows - 1
+        return child
+
+    def last_fit_info(self) -> dict[str, Any]:
+        """Facts of the installed fit for the registry ({} while none):
+        ``window_first_ts_ns`` / ``window_last_ts_ns`` (``ts_event`` of the
+        first and last bar of the training window, UTC ns; None for a fit
+        loaded from a v1 state), ``window_rows`` (warmup), ``n_iter``,
+        ``converged``, ``log_likelihood`` (final, nats, feature units),
+        ``n_samples`` (finite rows fitted), ``n_dropped`` (bad rows dropped),
+        ``state_order`` (``"matched"`` to the parent or ``"variance"``),
+        ``previous_model_id`` (the parent matched to, or None). A copy."""
+        return dict(self._fit_info)
+
+    # -- state -----------------------------------------------------------------------
 
     def _fit_dict(self) -> dict[str, Any]:
         """The installed fit as a dict, computed once per fit (the state is
@@ -908,21 +1424,26 @@ class HmmRegimeModel:
             self._fit_dict_cache = cached
         return cached[1]  # type: ignore[return-value]
 
-    def _dropped_on_save(self) -> int:
+    def _saved_skip(self) -> int:
         """Rows a saved state leaves out: once a fit is installed the filter
-        continues from ``log_alpha`` alone, so the saved state keeps no
-        feature history (it is written with every order commit and must stay
-        small; a refit schedule would rebuild its window from stored bars)."""
+        continues from ``log_alpha`` alone, so the saved state keeps only the
+        last ``warmup`` rows, the window of the next refit (it is written
+        with every order commit and must stay small)."""
         if self._fit is None:
             return 0
-        return len(self._history)
+        return max(0, len(self._history) - self.cfg.warmup)
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serializable state (strict JSON: -inf is written as the string
-        ``"-inf"``): config, fit parameters, log posterior, the last close and
-        ``vol_window`` returns, the feature rows since the fit window start,
-        counters, and whether a fit is pending. ``load_state_dict`` of it into
-        a fresh model continues bit-identically."""
+        """JSON-serializable state, format v2 (strict JSON: non-finite floats
+        are written as their repr string, e.g. ``"-inf"``, ``"nan"``):
+        config, fit parameters, log posterior, the last close, the
+        ``vol_window`` returns (and volumes), the feature rows since the fit
+        window start (once fitted: the last ``warmup``) with their bar times,
+        counters, whether a fit is pending, the fit info, the refit anchor
+        and, for a spawned model not yet fitted, the parent's fit.
+        ``load_state_dict`` of it into a fresh model continues
+        bit-identically."""
+        skip = self._saved_skip()
         return {
             "format": _STATE_FORMAT,
             "version": _STATE_VERSION,
@@ -932,68 +1453,111 @@ class HmmRegimeModel:
             "n_bars": self._n_bars,
             "n_rows": self._n_rows,
             "last_ts": self._last_ts,
-            "last_close": self._last_close,
-            "returns": list(self._returns),
-            "history_start": self._history_start + self._dropped_on_save(),
-            "history": [list(r) for r in self._history[self._dropped_on_save():]],
+            "last_close": self._feat.last_close,
+            "returns": list(self._feat.returns),
+            "volumes": list(self._feat.volumes),
+            "history_start": self._history_start + skip,
+            "history": [_enc_row(r) for r in self._history[skip:]],
+            "history_ts": self._history_ts[skip:],
             "pending": self._window_chosen and self._fit is None,
             "long": self._long,
             "target": None if self._target is None else format(self._target, "f"),
             "fit": None if self._fit is None else self._fit_dict(),
             "log_alpha": None if self._log_alpha is None else _enc_floats(self._log_alpha),
+            "fit_info": dict(self._fit_info) if self._fit_info else None,
+            "refit_anchor": self._refit_anchor,
+            "previous_fit": None if self._previous_fit is None else self._previous_fit.to_dict(),
+            "previous_model_id": self._previous_id,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned (also after a JSON round
-        trip). A fit that was pending when the state was saved is pending
-        again but not in flight: ``fit_due()`` is true and ``fit_job()``
-        returns the same window, so the same (deterministic) fit follows.
+        trip), format v2 or v1 (migrated: v1 kept no rows after a fit, so a
+        refit waits for ``warmup`` new rows, the schedule counts from the
+        load, and the fit info has no window times). A fit that was pending
+        when the state was saved is pending again but not in flight:
+        ``fit_due()`` is true and ``fit_job()`` returns the same window, so
+        the same (deterministic) fit follows. The saved config must equal
+        this model's except for ``refit_every_bars`` (this model's applies).
 
         Raises:
             ValueError: if the state is of another format/version, model,
                 instrument or configuration, or is inconsistent.
         """
-        if state.get("format") != _STATE_FORMAT or state.get("version") != _STATE_VERSION:
+        version = state.get("version")
+        if state.get("format") != _STATE_FORMAT or version not in _STATE_VERSIONS_READ:
             raise ValueError(
-                f"{self.model_id}: not a {_STATE_FORMAT} v{_STATE_VERSION} state: "
-                f"{state.get('format')!r} v{state.get('version')!r}"
+                f"{self.model_id}: not a {_STATE_FORMAT} v{'/v'.join(map(str, _STATE_VERSIONS_READ))} state: "
+                f"{state.get('format')!r} v{version!r}"
             )
         if state["model_id"] != self.model_id or state["instrument_id"] != str(self.instrument_id):
             raise ValueError(
                 f"{self.model_id}: state is of {state['model_id']} on {state['instrument_id']}, "
                 f"not {self.model_id} on {self.instrument_id}"
             )
-        if HmmConfig.from_dict(state["config"]) != self.cfg:
+        if HmmConfig.from_dict(state["config"]).identity() != self.cfg.identity():
             raise ValueError(f"{self.model_id}: state has another configuration: {state['config']}")
+        d = self.cfg.n_features
         returns = [float(r) for r in state["returns"]]
-        history = [(float(r), float(v)) for r, v in state["history"]]
-        if len(returns) > self.cfg.vol_window:
-            raise ValueError(f"{self.model_id}: state has {len(returns)} returns > vol_window")
+        volumes = [float(v) for v in state.get("volumes") or []]
+        history = [tuple(float(v) for v in row) for row in state["history"]]
+        if any(len(row) != d for row in history):
+            raise ValueError(f"{self.model_id}: state has feature rows not of {d} features")
+        if version >= 2:
+            history_ts = [None if t is None else int(t) for t in state["history_ts"]]
+        else:
+            history_ts = [None] * len(history)
+        if len(history_ts) != len(history):
+            raise ValueError(f"{self.model_id}: state has {len(history)} rows but {len(history_ts)} row times")
+        if len(returns) > self.cfg.vol_window or len(volumes) > self.cfg.vol_window:
+            raise ValueError(f"{self.model_id}: state has more than vol_window={self.cfg.vol_window} returns or volumes")
         fit = None if state["fit"] is None else FitResult.from_dict(state["fit"])
         fp = None if fit is None else prepare_filter(fit)
         la = None if state["log_alpha"] is None else _dec_floats(state["log_alpha"])
         if (fit is None) != (la is None) or (la is not None and la.shape != (self.cfg.n_states,)):
             raise ValueError(f"{self.model_id}: state has a fit without a posterior or vice versa")
-        self._returns = deque(returns, maxlen=self.cfg.vol_window)
-        self._last_close = None if state["last_close"] is None else float(state["last_close"])
+        pending = bool(state["pending"])
+        if pending and len(history) < self.cfg.warmup:
+            raise ValueError(f"{self.model_id}: state has a pending fit but {len(history)} < warmup rows")
+        n_rows = int(state["n_rows"])
+        feat = _Features(self.cfg.vol_window, self.cfg.features)
+        feat.returns.extend(returns)
+        feat.volumes.extend(volumes)
+        feat.last_close = None if state["last_close"] is None else float(state["last_close"])
+        previous = state.get("previous_fit")
+        if version >= 2:
+            info = dict(state["fit_info"] or {})
+            anchor = state["refit_anchor"]
+            anchor = None if anchor is None else int(anchor)
+        else:
+            info = {} if fit is None else _fit_info(fit, None, None, self.cfg.warmup, False, None)
+            anchor = None if fit is None else n_rows - 1
+        if (fit is None) != (not info):
+            raise ValueError(f"{self.model_id}: state has a fit without its fit info or vice versa")
+        self._feat = feat
         self._last_ts = None if state["last_ts"] is None else int(state["last_ts"])
         self._n_bars = int(state["n_bars"])
-        self._n_rows = int(state["n_rows"])
+        self._n_rows = n_rows
         self._history = history
+        self._history_ts = history_ts
         self._history_start = int(state["history_start"])
-        self._window_chosen = bool(state["pending"]) or fit is not None
+        self._window_chosen = pending or fit is not None
         self._in_flight = False
         self._fit, self._fp, self._log_alpha = fit, fp, la
         self._long = bool(state.get("long", False))
         self._baseline = stationary_baseline(fit) if (self.cfg.relative and fit is not None) else 0.0
         target = state.get("target")
         self._target = None if target is None or fp is None else Decimal(target)
+        self._fit_info = info
+        self._refit_anchor = anchor
+        self._previous_fit = None if previous is None else FitResult.from_dict(previous)
+        self._previous_id = state.get("previous_model_id")
 
     # -- read-only views (UI, tests, benches) ----------------------------------
 
     @property
     def fit_result(self) -> FitResult | None:
-        """The installed fit (canonical order), or None."""
+        """The installed fit (canonical or matched order), or None."""
         return self._fit
 
     @property
@@ -1029,6 +1593,13 @@ class HmmRegimeModel:
         return float(p @ self._fp.means_ret), float(p @ self._fp.vol_ret)
 
     def feature_history(self) -> np.ndarray:
-        """(n, 2) float64 copy of the kept feature rows: since the fit window
-        start once ``fit_job`` was called, else the last ``warmup`` rows."""
-        return np.array(self._history, dtype=np.float64).reshape(len(self._history), N_FEATURES)
+        """(n, D) float64 copy of the kept feature rows: since the fit window
+        start once ``fit_job`` was called (at most the trailing 20 windows),
+        else the last ``warmup`` rows."""
+        d = self.cfg.n_features
+        return np.array(self._history, dtype=np.float64).reshape(len(self._history), d)
+
+    def feature_times(self) -> list[int | None]:
+        """``ts_event`` (UTC ns) of the bar of each ``feature_history`` row
+        (None for rows loaded from a v1 state)."""
+        return list(self._history_ts)

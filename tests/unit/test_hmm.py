@@ -33,12 +33,16 @@ from models.hmm import (
     HmmFitError,
     HmmRegimeModel,
     canonicalize,
+    check_fit_history,
+    check_fit_params,
     features_from_closes,
     fit_hmm,
     forward_filter,
     forward_step,
     policy_target,
+    predict_step,
     prepare_filter,
+    state_distances,
 )
 
 from tests.conftest import SHARED_DATA  # noqa: E402
@@ -308,8 +312,12 @@ def test_fit_errors_are_clear():
     flat[:, 1] = 0.01
     with pytest.raises(HmmFitError, match="zero variance"):
         fit_hmm(flat, HmmConfig(warmup=400))
-    with pytest.raises(ValueError, match="NaN"):
+    # changed with issue 7: non-finite rows are dropped, and a window with
+    # more than 5 % of them is skipped with an HmmFitError (was ValueError)
+    with pytest.raises(HmmFitError, match=r"skipped: 10 of 10 rows bad \(> 5 %\)"):
         fit_hmm(np.full((10, 2), np.nan), HmmConfig(warmup=10))
+    with pytest.raises(ValueError, match=r"\(T, 2\) array"):
+        fit_hmm(X[:, :1], HmmConfig(warmup=400))
 
 
 # -- policy -------------------------------------------------------------------------------
@@ -516,3 +524,312 @@ def test_posteriors_do_not_depend_on_fit_timing():
         None if p is None else p.tobytes() for p in slow
     ]
     assert fast[-1] is not None
+
+
+# -- issue 7: canonical order across fits, matching to a previous fit ---------------------
+
+#: the issue's two regimes: (mean, variance) of the log return per bar
+BEAR = (-0.002, 4e-4)
+BULL = (0.001, 1e-4)
+TRANS_2 = [[0.95, 0.05], [0.03, 0.97]]  # state 0 = the first regime given, 1 = the second
+
+
+def _two_regime_series(first, second, n, seed, tail=40):
+    """(n + tail, 1) returns of a 2-state HMM (state 0 = ``first``, 1 =
+    ``second``, transitions TRANS_2), then ``tail`` bars drawn from
+    ``second`` alone, so the last bar's true regime is ``second``."""
+    X, states = _sample_hmm([0.5, 0.5], TRANS_2, [[first[0]], [second[0]]],
+                            [[[first[1]]], [[second[1]]]], n, seed)
+    rng = np.random.default_rng(seed + 1)
+    tail_x = second[0] + math.sqrt(second[1]) * rng.standard_normal((tail, 1))
+    return np.vstack([X, tail_x]), np.concatenate([states, np.ones(tail, dtype=int)])
+
+
+def _raw_fit(Z, seed):
+    """hmmlearn's own fit of a standardized 1-feature series, in its raw
+    (initialisation dependent) state order, as a FitResult."""
+    from hmmlearn.hmm import GaussianHMM
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # as fit_hmm: threaded k-means is slower on 2 cores
+        m = GaussianHMM(n_components=2, covariance_type="full", n_iter=1000, tol=1e-4, random_state=seed).fit(Z)
+    return FitResult(startprob=m.startprob_.tolist(), transmat=m.transmat_.tolist(),
+                     means=m.means_.tolist(), covars=m.covars_.tolist())
+
+
+@pytest.mark.parametrize("first", [BEAR, (BULL[0], BEAR[1])], ids=["different-means", "same-mean"])
+def test_two_fits_in_swapped_order_give_the_same_transmat_and_last_label(first):
+    # the issue's right value: regimes (-0.002, 4e-4) and (+0.001, 1e-4), or
+    # the same mean +0.001 with those variances, found in swapped order by two
+    # fits, give after canonical ordering the same transition matrix and the
+    # same label for the last bar: label 0 = the variance-1e-4 regime, which
+    # the series ends in.
+    X, truth = _two_regime_series(first, BULL, 2000, seed=21)
+    Z = (X - X.mean(axis=0)) / X.std(axis=0)
+    # two fits (random_state 0, 1, ...) until hmmlearn finds the regimes in
+    # the other order (its raw order depends on the initialisation)
+    fits = []
+    for seed in range(8):
+        fits.append(_raw_fit(Z, seed))
+        orders = {f.covars[0][0][0] < f.covars[1][0][0] for f in fits}
+        if len(orders) == 2:
+            break
+    assert len(orders) == 2, "no two seeds gave swapped orders"
+    a, b = fits[0], fits[-1]
+    assert (a.covars[0][0][0] < a.covars[1][0][0]) != (b.covars[0][0][0] < b.covars[1][0][0])
+    ca, cb = canonicalize(a), canonicalize(b)
+    np.testing.assert_allclose(ca.transmat, cb.transmat, atol=1e-3)
+    # and that matrix is the true one in canonical order: state 0 = BULL (TRANS_2 row 1)
+    np.testing.assert_allclose(ca.transmat, [[0.97, 0.03], [0.05, 0.95]], atol=0.03)
+    last_a = int(np.argmax(forward_filter(Z, prepare_filter(ca))[-1]))
+    last_b = int(np.argmax(forward_filter(Z, prepare_filter(cb))[-1]))
+    assert last_a == last_b == 0 and truth[-1] == 1  # BULL is label 0
+    # a hand-swapped copy comes back exactly
+    assert canonicalize(_permute(ca, [1, 0])) == ca
+    # fit_hmm (feature units, standardized inside) gives the same canonical order
+    got = fit_hmm(X, HmmConfig(n_states=2, features=("log_return",), warmup=len(X)))
+    assert got.covars[0][0][0] < got.covars[1][0][0]
+    np.testing.assert_allclose(got.transmat, ca.transmat, atol=1e-3)
+    # return vols of the two regimes (sqrt 1e-4, sqrt 4e-4); the means are
+    # too noisy at this length to pin (standard error ~7e-4 for the bear regime)
+    np.testing.assert_allclose(np.sqrt(np.asarray(got.covars)[:, 0, 0]), [0.01, 0.02], rtol=0.1)
+
+
+def _fit1(means, variances, transmat, startprob=(0.5, 0.5)):
+    """A 1-feature FitResult from per-state means and variances."""
+    return FitResult(startprob=list(startprob), transmat=transmat,
+                     means=[[m] for m in means], covars=[[[v]] for v in variances])
+
+
+def test_state_distances_hand_computed():
+    # symmetric KL of 1-D Gaussians: 1/2 [v1/v2 + v2/v1 - 2 + (m1-m2)^2 (1/v1 + 1/v2)]
+    previous = _fit1([0.001, -0.002], [1.0e-4, 1.2e-4], [[0.9, 0.1], [0.2, 0.8]])
+    new = _fit1([0.001, -0.002], [1.25e-4, 1.15e-4], [[0.95, 0.05], [0.15, 0.85]])
+    want = [
+        # (0.001, 1.25e-4) vs (0.001, 1e-4): 1/2 (1.25 + 0.8 - 2) = 0.025
+        # vs (-0.002, 1.2e-4): 1/2 (1/600 + 9e-6 (8000 + 8333.33)) = 0.0743333
+        [0.025, 0.0743333333],
+        # (-0.002, 1.15e-4) vs (0.001, 1e-4): 1/2 (0.0195652 + 9e-6 (8695.65 + 10000)) = 0.0939130
+        # vs (-0.002, 1.2e-4): 1/2 (0.9583333 + 1.0434783 - 2) = 0.0009058
+        [0.0939130435, 0.0009057971],
+    ]
+    np.testing.assert_allclose(state_distances(new, previous), want, rtol=1e-8)
+    # 2-D with a correlation: identical Gaussians are 0 apart; the divergence is symmetric
+    np.testing.assert_allclose(np.diag(state_distances(TRUE_3, TRUE_3)), 0.0, atol=1e-9)
+    d = state_distances(TRUE_3, canonicalize(TRUE_3))
+    np.testing.assert_allclose(d, state_distances(canonicalize(TRUE_3), TRUE_3).T, rtol=1e-12)
+
+
+def test_matched_order_follows_the_previous_fit_when_variances_cross():
+    # previous: label 0 = bull (+0.001, var 1.0e-4), label 1 = bear (-0.002, 1.2e-4)
+    previous = _fit1([0.001, -0.002], [1.0e-4, 1.2e-4], [[0.9, 0.1], [0.2, 0.8]])
+    # the refit finds bear first and its variance now BELOW bull's (1.15 < 1.25)
+    new = _fit1([-0.002, 0.001], [1.15e-4, 1.25e-4], [[0.85, 0.15], [0.05, 0.95]], startprob=(0.3, 0.7))
+    # by variance alone bear would become label 0 ...
+    assert canonicalize(new).means == [[-0.002], [0.001]]
+    # ... matched (cost 0.025 + 0.0009058 = 0.026 vs 0.0743 + 0.0939 = 0.168
+    # for the other pairing, see test_state_distances_hand_computed) bull stays 0
+    got = canonicalize(new, previous)
+    assert got.means == [[0.001], [-0.002]]
+    assert got.covars == [[[1.25e-4]], [[1.15e-4]]]
+    assert got.transmat == [[0.95, 0.05], [0.15, 0.85]] and got.startprob == [0.7, 0.3]
+    # another number of states: the variance order
+    three = canonicalize(TRUE_3)
+    assert canonicalize(new, three) == canonicalize(new)
+
+
+def test_matched_order_separates_equal_means_by_variance():
+    previous = _fit1([0.001, 0.001], [1e-4, 4e-4], [[0.97, 0.03], [0.05, 0.95]])
+    new = _fit1([0.001, 0.001], [3.8e-4, 1.1e-4], [[0.94, 0.06], [0.02, 0.98]])
+    got = canonicalize(new, previous)
+    assert got.covars == [[[1.1e-4]], [[3.8e-4]]] and got.transmat == [[0.98, 0.02], [0.06, 0.94]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.sampled_from([3, 4, 7]), seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_matching_restores_a_permuted_copy_of_the_previous_fit(k, seed, data):
+    # k = 7 takes scipy's linear_sum_assignment, the others every permutation
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((k, 2, 2))
+    prev = FitResult(
+        startprob=rng.dirichlet(np.ones(k)).tolist(),
+        transmat=rng.dirichlet(np.ones(k), size=k).tolist(),
+        means=rng.standard_normal((k, 2)).tolist(),
+        covars=(a @ np.swapaxes(a, 1, 2) + 0.1 * np.eye(2)).tolist(),
+    )
+    perm = data.draw(st.permutations(list(range(k))))
+    assert canonicalize(_permute(prev, perm), prev) == prev
+
+
+# -- issue 7: fit rejection -------------------------------------------------------------------
+
+
+def test_check_fit_history_causes():
+    assert check_fit_history([-100.0, -50.0, -49.99995], 3, 10, 1e-4) is None
+    # a fall within tol is rounding, not divergence
+    assert check_fit_history([-100.0, -50.0, -50.00005], 3, 10, 1e-4) is None
+    # all iterations used, last gain 10 >= tol (hmmlearn's monitor says "converged")
+    assert check_fit_history([-100.0, -50.0, -40.0], 3, 3, 1e-4) == (
+        "EM did not converge in 3 iterations (max 3): last log-likelihood change 10 >= tol 0.0001"
+    )
+    assert "did not converge in 1 iterations" in check_fit_history([-100.0], 1, 1, 1e-4)
+    # a fall of 0.5 > tol at the third iteration, even though the run ended calm
+    cause = check_fit_history([-100.0, -50.0, -50.5, -50.49995], 4, 10, 1e-4)
+    assert cause == "EM diverged: the log-likelihood fell by 0.5 (> tol 0.0001) at iteration 3 of 4"
+    # hmmlearn stops at a fall (its monitor reports it as converged)
+    assert check_fit_history([-100.0, -50.0, -50.5], 3, 10, 1e-4).startswith("EM diverged")
+    assert "not finite at iteration 2" in check_fit_history([-100.0, float("nan")], 2, 10, 1e-4)
+
+
+def test_check_fit_params_causes():
+    ok = ([0.5, 0.5], [[0.9, 0.1], [0.2, 0.8]], [[0.0], [1.0]], [[[1.0]], [[2.0]]])
+    assert check_fit_params(*ok) is None
+    assert check_fit_params(ok[0], ok[1], [[0.0], [float("nan")]], ok[3]).startswith("fitted means is not finite")
+    assert check_fit_params(ok[0], ok[1], ok[2], [[[1.0]], [[float("inf")]]]).startswith("fitted covars is not finite")
+    assert check_fit_params(ok[0], [[1.0, 0.0], [0.0, 0.0]], ok[2], ok[3]).startswith("transition row 1 is all zeros")
+
+
+class _FakeMonitor:
+    def __init__(self, history):
+        self.history, self.iter = list(history), len(history)
+
+
+def _fake_gaussian_hmm(history, **params):
+    """A stand-in for hmmlearn's GaussianHMM whose fit sets the given
+    monitor history and parameters (standardized units)."""
+
+    class Fake:
+        def __init__(self, n_components, covariance_type, n_iter, tol, random_state):
+            self.k = n_components
+
+        def fit(self, Z):
+            k, d = self.k, Z.shape[1]
+            self.monitor_ = _FakeMonitor(history)
+            self.startprob_ = np.full(k, 1.0 / k)
+            self.transmat_ = np.full((k, k), 1.0 / k)
+            self.means_ = np.arange(k * d, dtype=float).reshape(k, d)
+            self.covars_ = np.stack([np.eye(d) * (i + 1) for i in range(k)])
+            for name, value in params.items():
+                setattr(self, name, np.asarray(value, dtype=float))
+            return self
+
+    return Fake
+
+
+@pytest.mark.parametrize("history, params, cause", [
+    ([-900.0, -500.0, -500.7], {}, r"EM diverged: the log-likelihood fell by 0\.7 .* at iteration 3 of 3 on 400 rows"),
+    ([-900.0, -500.0, -500.0], {"means_": [[0.0, 0.0], [np.nan, 1.0]]}, r"fitted means is not finite"),
+    ([-900.0, -500.0, -500.0], {"transmat_": [[1.0, 0.0], [0.0, 0.0]]}, r"transition row 1 is all zeros"),
+    ([-900.0, -500.0, -499.0], {}, r"did not converge in 3 iterations \(max 3\)"),
+])
+def test_fit_hmm_rejects_each_cause(monkeypatch, history, params, cause):
+    import hmmlearn.hmm
+
+    monkeypatch.setattr(hmmlearn.hmm, "GaussianHMM", _fake_gaussian_hmm(history, **params))
+    X, _ = _sample_hmm(TRUE_3.startprob, TRUE_3.transmat, TRUE_3.means, TRUE_3.covars, 400, seed=1)
+    with pytest.raises(HmmFitError, match=cause):
+        fit_hmm(X, HmmConfig(n_states=2, n_iter=3, warmup=400))
+    # the same stand-in with a clean history is accepted (the fake is sound)
+    monkeypatch.setattr(hmmlearn.hmm, "GaussianHMM", _fake_gaussian_hmm([-900.0, -500.0, -500.0]))
+    assert fit_hmm(X, HmmConfig(n_states=2, n_iter=3, warmup=400)).n_iter == 3
+
+
+def test_non_finite_rows_are_dropped_up_to_five_percent():
+    X, _ = _sample_hmm(TRUE_3.startprob, TRUE_3.transmat, TRUE_3.means, TRUE_3.covars, 400, seed=1)
+    cfg = HmmConfig(warmup=400)
+    bad = np.zeros(400, dtype=bool)
+    bad[np.arange(7, 400, 20)] = True  # 20 rows: exactly 5 % is still fitted
+    Xb = X.copy()
+    Xb[bad, 1] = np.nan
+    Xb[bad[::-1], 0] = np.inf  # rows 392, 372, ...: 20 more bad rows, 40 in all
+    both = bad | bad[::-1]
+    assert both.sum() == 40
+    with pytest.raises(HmmFitError, match=r"skipped: 40 of 400 rows bad \(> 5 %\)"):
+        fit_hmm(Xb, cfg)
+    Xc = X.copy()
+    Xc[bad, 1] = np.nan
+    got = fit_hmm(Xc, cfg)
+    # the same as fitting the 380 good rows: dropped, not imputed
+    want = fit_hmm(X[~bad], HmmConfig(warmup=380))
+    assert got.n_dropped == 20 and got.n_samples == 380
+    assert got.transmat == want.transmat and got.means == want.means and got.covars == want.covars
+    Xc[np.flatnonzero(~bad)[0], 0] = np.nan  # 21 of 400
+    with pytest.raises(HmmFitError, match=r"skipped: 21 of 400 rows bad \(> 5 %\)"):
+        fit_hmm(Xc, cfg)
+
+
+def test_a_missing_observation_is_a_prediction_step():
+    fit = canonicalize(TRUE_3)
+    fp = prepare_filter(fit)
+    X, _ = _sample_hmm(fit.startprob, fit.transmat, fit.means, fit.covars, 30, seed=2)
+    X[12, 1] = np.nan
+    out = np.exp(forward_filter(X, fp))
+    # p_12 = p_11 A (the emission of a missing observation integrates to 1)
+    np.testing.assert_allclose(out[12], out[11] @ np.asarray(fit.transmat), rtol=1e-12)
+    assert abs(out[12].sum() - 1) < 1e-12
+    # the rows after it: the filter goes on from there
+    la = np.log(out[11] @ np.asarray(fit.transmat))
+    np.testing.assert_allclose(out[13], np.exp(forward_step(la, X[13], fp)), rtol=1e-9)
+    np.testing.assert_allclose(np.exp(predict_step(None, fp)), fit.startprob, rtol=1e-12)
+
+
+# -- issue 7: features -----------------------------------------------------------------------
+
+
+def test_volume_z_and_feature_columns_hand_computed():
+    closes = ["100", "101", "102", "103", "104"]
+    volumes = ["1", "2", "3", "4", "8"]
+    got = features_from_closes(closes, 3, ("log_return", "realized_vol", "volume_z"), volumes)
+    assert got.shape == (2, 3)
+    r = [math.log(101 / 100), math.log(102 / 101), math.log(103 / 102), math.log(104 / 103)]
+    assert got[0, 0] == pytest.approx(r[2], rel=1e-15)
+    assert got[1, 1] == pytest.approx(math.sqrt((r[1] ** 2 + r[2] ** 2 + r[3] ** 2) / 3), rel=1e-14)
+    # bar 4: volumes 2, 3, 4: mean 3, population std sqrt(2/3): z = 1 / 0.8164966 = 1.2247449
+    # bar 5: volumes 3, 4, 8: mean 5, std sqrt(14/3) = 2.1602469: z = 3 / 2.1602469 = 1.3887301
+    np.testing.assert_allclose(got[:, 2], [1.2247448714, 1.3887301496], rtol=1e-9)
+    # another order and subset of the columns
+    only = features_from_closes(closes, 3, ("log_return", "volume_z"), volumes)
+    np.testing.assert_array_equal(only, got[:, [0, 2]])
+    # a NaN volume: its row is bad, and it stays out of later windows
+    z = features_from_closes(closes + ["105"], 3, ("log_return", "volume_z"),
+                             ["1", "2", "3", "NaN", "4", "8"])
+    assert math.isnan(z[0, 1])  # bar 4 (NaN volume)
+    np.testing.assert_allclose(z[1:, 1], [1.2247448714, 1.3887301496], rtol=1e-9)  # windows skip it
+    # constant volume: std 0, the z-score is undefined
+    assert np.isnan(features_from_closes(closes, 3, ("log_return", "volume_z"), ["5"] * 5)[:, 1]).all()
+    with pytest.raises(ValueError, match="volume"):
+        features_from_closes(closes, 3, ("log_return", "volume_z"), ["1", "2", "-3", "4", "5"])
+    with pytest.raises(ValueError, match="volumes"):
+        features_from_closes(closes, 3, ("log_return", "volume_z"))
+
+
+def test_model_with_volume_feature_matches_the_batch_features_and_fits():
+    closes = _regime_closes(360, seed=3)
+    rng = np.random.default_rng(3)
+    vols = [Decimal(f"{v:.3f}") for v in rng.lognormal(0.0, 0.5, len(closes))]
+    bars = [Bar(INSTR, c, c, c, c, v, i * HOUR_NS, (i + 1) * HOUR_NS, i + 2)
+            for i, (c, v) in enumerate(zip(closes, vols))]
+    cfg = HmmConfig(n_states=2, vol_window=10, warmup=300, features=("log_return", "realized_vol", "volume_z"))
+    model = HmmRegimeModel("hmm_v1", INSTR, cfg)
+    _drive(model, bars, InlineFitExecutor(), lag=5)
+    feats = features_from_closes(closes, 10, cfg.features, vols)
+    np.testing.assert_array_equal(model.feature_history(), feats)
+    assert model.is_ready() and len(model.fit_result.means[0]) == 3
+    ref = _hmmlearn_model(model.fit_result)
+    np.testing.assert_allclose(model.posterior(), ref.predict_proba(feats)[-1], rtol=0, atol=1e-9)
+
+
+def test_config_features_and_refit_schedule_are_validated():
+    cfg = HmmConfig(features=["log_return", "volume_z"], refit_every_bars=100)
+    assert cfg.features == ("log_return", "volume_z") and cfg.n_features == 2
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert d["features"] == ["log_return", "volume_z"] and HmmConfig.from_dict(d) == cfg
+    # a config saved before these fields existed loads with the defaults
+    old = {k: v for k, v in HmmConfig().to_dict().items() if k not in ("features", "refit_every_bars")}
+    assert HmmConfig.from_dict(old) == HmmConfig()
+    for bad in (("realized_vol", "log_return"), ("log_return", "log_return"), ("log_return", "spread"), (), "log_return"):
+        with pytest.raises(ValueError, match="HmmConfig.features"):
+            HmmConfig(features=bad)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="HmmConfig.refit_every_bars"):
+            HmmConfig(refit_every_bars=bad)
