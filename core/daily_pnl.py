@@ -44,6 +44,7 @@ one venue, pass ``model_id=``/``venue=`` and marks of the same scope
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
@@ -338,8 +339,6 @@ def journal_fill_pnl(conn: Any) -> tuple[list[FillPnl], list[str]]:
     Raises:
         sqlite3.Error: when the journal cannot be read.
     """
-    import json
-
     from core.portfolio import AccountingError
     from core.rebuild import _USED_TYPES, _book_settings, _Replay  # the rebuild's own replay rules
     from core.events import event_from_dict
@@ -393,8 +392,6 @@ def journal_eod_marks(conn: Any) -> dict[str, dict[date, dict[tuple[str, str], D
         ValueError: naming the journal seq, for a row whose day or
             unrealized cannot be read.
     """
-    import json
-
     out: dict[str, dict[date, dict[tuple[str, str], Decimal]]] = {}
     for seq, payload in conn.execute("SELECT seq, payload FROM journal WHERE type='EndOfDayMarked' ORDER BY seq"):
         try:
