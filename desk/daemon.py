@@ -1,0 +1,535 @@
+"""The headless daemon: ``desk run --headless --api-port 8002 [--config desk.yaml]``.
+
+One process, one asyncio event loop: the engine (built by
+``desk.wiring.build``, the same engine as the TUI's) and the control API
+(``desk.api.create_app`` under uvicorn). It runs until stopped: a finite
+replay runs to the end of its data, prints its JSON summary on stdout, and
+then keeps serving the API (and a replay that already finished on this
+state dir serves its stored state) until SIGTERM or SIGINT.
+
+Signals (the daemon owns them; uvicorn's own capture is turned off, because
+uvicorn 0.54 re-raises the captured signal once it has shut down, and the
+process would die with 143 before the store is flushed):
+
+* SIGTERM / SIGINT: stop. The engine finishes its current step and takes
+  no more bars or model signals, the API stops taking requests (at most
+  :data:`API_GRACE_S` for open streams), the desk's working orders are
+  canceled or kept per ``api.on_stop`` (default ``cancel``; see
+  desk/config.py), a ``DAEMON_STOPPED`` alert is journaled, ``meta.status``
+  becomes ``stopped``, the store is checkpointed and committed, and the
+  process exits 0 (3 when the run ended with an unreconciled difference).
+  A second signal while stopping is logged and ignored.
+* SIGUSR1: halt (as everywhere): ``HALTED``, the desk's orders canceled.
+* SIGHUP: ignored (logged): a daemon has no terminal to lose.
+
+The ``HALT`` file in the state dir is checked every second (also while
+warming up, and after a replay ended).
+
+Address and token: ``--api-host`` (default 127.0.0.1) / ``--api-port``.
+The token is ``$OPS_TOKEN``, else the content of ``--token-file``, else the
+state dir's ``ops_token``, generated on first start with
+``secrets.token_urlsafe(32)`` (created with ``O_CREAT|O_EXCL``, mode 0600);
+its path is logged, never the token. A bind address other than loopback
+needs ``$OPS_TOKEN`` or ``--token-file`` (at least 16 characters). The
+socket is bound before the engine is built, so a busy port is exit 2 with
+a clear message and nothing touched.
+
+Logs: one line per event on stderr, ``TS LEVEL LOGGER msg="..." key=value
+...`` (:class:`KeyValueFormatter`; TS is UTC ISO 8601 with milliseconds;
+values with spaces, quotes or ``=`` are JSON-quoted, so a line never
+breaks), with the token and the configured secrets redacted. HTTP access
+lines are off.
+
+No textual import here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from core.errors import EXIT_OK, EXIT_UNRECONCILED, ConfigError, DeskError
+
+log = logging.getLogger("desk.daemon")
+
+#: seconds the API waits for open requests (SSE streams) when stopping
+API_GRACE_S = 2
+#: seconds between two checks of the HALT file by the daemon
+HALT_FILE_POLL_S = 1.0
+#: seconds between two progress lines
+PROGRESS_EVERY_S = 10.0
+#: the shortest token accepted for a non-loopback bind
+MIN_TOKEN_CHARS = 16
+
+
+# ---------------------------------------------------------------- logging
+def _quote(value: str) -> str:
+    if value and not any(c in value for c in ' "=\\') and value.isprintable():
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``2026-11-30T09:21:00.123Z INFO desk.daemon msg="api serving" url=http://127.0.0.1:8002``.
+
+    ``extra={"kv": {"key": value}}`` on a log call adds ``key=value``
+    pairs; an exception goes in ``exc="..."`` on the same line. One record
+    is always one line.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:  # noqa: D102 - see the class
+        ts = datetime.fromtimestamp(record.created, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        parts = [ts, record.levelname, record.name, "msg=" + _quote(record.getMessage())]
+        for k, v in (getattr(record, "kv", None) or {}).items():
+            parts.append(f"{k}={_quote(str(v))}")
+        if record.exc_info:
+            parts.append("exc=" + _quote(self.formatException(record.exc_info)))
+        return " ".join(parts)
+
+
+class RedactFilter(logging.Filter):
+    """Replaces each secret value by ``***`` in a record's message and
+    arguments (defence in depth: nothing should log them anyway)."""
+
+    def __init__(self, values: list[str]) -> None:
+        super().__init__()
+        self.values = [v for v in values if v and len(v) >= 6]
+
+    def add(self, value: str | None) -> None:
+        """Redact ``value`` too (ignored when shorter than 6 characters)."""
+        if value and len(value) >= 6 and value not in self.values:
+            self.values.append(value)
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102 - see the class
+        if not self.values:
+            return True
+        msg = record.getMessage()
+        exc = logging.Formatter().formatException(record.exc_info) if record.exc_info else ""
+        if any(v in msg or v in exc for v in self.values):
+            for v in self.values:
+                msg = msg.replace(v, "***")
+                exc = exc.replace(v, "***")
+            record.msg, record.args = msg, None
+            if record.exc_info:
+                record.exc_info = None
+                record.msg = f"{msg} [exception: {exc}]"
+        return True
+
+
+def setup_logging(level: int = logging.INFO, secrets_: list[str] | None = None) -> RedactFilter:
+    """Route every logger to stderr through :class:`KeyValueFormatter` and
+    a :class:`RedactFilter` (returned, so later secrets can be added)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    redact = RedactFilter(list(secrets_ or []))
+    handler.addFilter(redact)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    return redact
+
+
+# ---------------------------------------------------------------- options
+@dataclass(slots=True)
+class ApiOptions:
+    """How the daemon serves the control API.
+
+    Attributes:
+        host: the bind address (default loopback).
+        port: the TCP port (0: the system picks; the log says which).
+        on_stop: ``cancel`` or ``keep`` the desk's working orders on stop.
+        token_file: read the token from this file instead of the state
+            dir's ``ops_token`` (``$OPS_TOKEN`` wins over both).
+        config_path: the ``--config`` file, for the log line.
+        secret_env: names of environment variables whose values are
+            redacted from the log (the config's ``*_env`` fields).
+        telegram: the config's ``alerts.telegram`` section, or None.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8002
+    on_stop: str = "cancel"
+    token_file: Path | None = None
+    config_path: Path | None = None
+    secret_env: list[str] = field(default_factory=list)
+    telegram: Any = None
+
+
+# ---------------------------------------------------------------- token
+def explicit_token(token_file: Path | None, environ: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """The token given explicitly: ``$OPS_TOKEN``, else ``--token-file``.
+
+    Returns ``(token or None, where it came from)``.
+
+    Raises:
+        ConfigError: ``$OPS_TOKEN`` set but blank, or an unusable token file.
+    """
+    from desk.client import TOKEN_ENV, TokenError, read_token_file
+
+    env = os.environ if environ is None else environ
+    if TOKEN_ENV in env:
+        tok = env[TOKEN_ENV].strip()
+        if not tok:
+            raise ConfigError(f"${TOKEN_ENV} is set but empty")
+        return tok, f"${TOKEN_ENV}"
+    if token_file is not None:
+        try:
+            return read_token_file(token_file), str(token_file)
+        except TokenError as exc:
+            raise ConfigError(f"--token-file: {exc}") from None
+    return None, ""
+
+
+def state_dir_token(state_dir: Path) -> tuple[str, Path, bool]:
+    """The state dir's ``ops_token``: read it, or generate it on first use
+    (``secrets.token_urlsafe(32)``: 32 random bytes, 43 characters; created
+    with ``O_CREAT|O_EXCL|O_NOFOLLOW`` and mode 0600 so it is never
+    readable by others, not even for an instant).
+
+    Returns ``(token, path, created)``.
+
+    Raises:
+        ConfigError: an existing file that is empty, unreadable or readable
+            by others.
+    """
+    from desk.client import TokenError, read_token_file
+
+    path = Path(state_dir) / "ops_token"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        try:
+            return read_token_file(path), path, False
+        except TokenError as exc:
+            raise ConfigError(f"{exc} (remove it to have a new one generated)") from None
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return token, path, True
+
+
+# ---------------------------------------------------------------- socket
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen on ``host:port`` (IPv4 or IPv6) before anything else
+    starts, so a busy port is reported at once.
+
+    Raises:
+        ConfigError: the address cannot be resolved, or the port is in use
+            or not allowed.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--api-host: cannot resolve {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart within TIME_WAIT binds
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        import errno
+
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"--api-port: {host}:{port} is already in use (another desk daemon, or another "
+                              f"program); pick another port with --api-port") from None
+        raise ConfigError(f"--api-port: cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+class _Server:
+    """Factory of the uvicorn server with its signal capture turned off
+    (the daemon owns SIGTERM/SIGINT); built lazily so importing this
+    module does not import uvicorn."""
+
+    @staticmethod
+    def make(app: Any, *, grace_s: int = API_GRACE_S) -> Any:
+        import uvicorn
+
+        class NoSignalServer(uvicorn.Server):
+            """uvicorn.Server without ``capture_signals``: in uvicorn 0.54
+            it installs its own SIGINT/SIGTERM handlers and re-raises the
+            signal after shutdown (uvicorn/server.py ``capture_signals``)."""
+
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=grace_s, server_header=False)
+        return NoSignalServer(config)
+
+
+def _default_app_factory() -> Callable[..., Any]:
+    try:
+        from desk.api import create_app
+    except ImportError as exc:
+        raise ConfigError(f"the control API is not available in this build ({exc})") from None
+    return create_app
+
+
+# ---------------------------------------------------------------- run
+def run_daemon(opts: Any, api: ApiOptions, *, app_factory: Callable[..., Any] | None = None,
+               environ: dict[str, str] | None = None, redact: RedactFilter | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the exit code.
+
+    Args:
+        opts: ``desk.wiring.RunOptions``.
+        api: how to serve the API.
+        app_factory: ``create_app(engine, *, token)`` (default
+            ``desk.api.create_app``).
+        environ: the environment (default ``os.environ``).
+        redact: the log's redaction filter, to add the token to.
+
+    Raises:
+        DeskError: refused at start (exit 2): busy port, a non-loopback
+            bind without an explicit token, a bad token file, a bad setup.
+    """
+    from desk.config import is_loopback
+
+    env = os.environ if environ is None else environ
+    token, source = explicit_token(api.token_file, env)
+    if not is_loopback(api.host):
+        if token is None:
+            raise ConfigError(f"--api-host {api.host}: not a loopback address; binding it needs an explicit "
+                              f"token: set $OPS_TOKEN (or --token-file)")
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ConfigError(f"--api-host {api.host}: the token from {source} is {len(token)} characters; "
+                              f"a non-loopback bind needs at least {MIN_TOKEN_CHARS}")
+    factory = app_factory or _default_app_factory()
+    sock = bind_socket(api.host, api.port)
+    port = sock.getsockname()[1]
+    if redact is not None:
+        for name in api.secret_env:
+            redact.add(env.get(name))
+    try:
+        from desk.wiring import build
+
+        built = build(opts)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        if token is None:
+            token, path, created = state_dir_token(built.state.path)
+            log.info("ops token %s", "generated" if created else "read", extra={"kv": {"path": path, "mode": "0600"}})
+        else:
+            log.info("ops token given", extra={"kv": {"source": source}})
+        if redact is not None:
+            redact.add(token)
+        for m in built.messages:
+            log.info(m)
+        app = factory(built.engine, token=token)
+        return asyncio.run(_Daemon(built, opts, api, app, sock, port).main())
+    finally:
+        try:
+            sock.close()
+        finally:
+            built.close()
+
+
+class _Daemon:
+    def __init__(self, built: Any, opts: Any, api: ApiOptions, app: Any, sock: socket.socket, port: int) -> None:
+        self.built = built
+        self.engine = built.engine
+        self.opts = opts
+        self.api = api
+        self.app = app
+        self.sock = sock
+        self.port = port
+        self.stop_signal: str | None = None
+        self.exit_code = EXIT_OK
+        self._stop: asyncio.Event | None = None
+
+    # ------------------------------------------------------------ signals
+    def _on_stop_signal(self, name: str) -> None:
+        assert self._stop is not None
+        if self._stop.is_set():
+            log.warning("%s received while stopping: ignored", name)
+            return
+        log.warning("%s received: stopping", name, extra={"kv": {"on_stop": self.api.on_stop}})
+        self.stop_signal = name
+        self._stop.set()
+        self.engine.stop()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig.name)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: self.engine.spawn(
+            self.engine.governance.halt("SIGUSR1", "out-of-band halt signal")))
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("SIGHUP ignored (send SIGTERM to stop)"))
+
+    # ------------------------------------------------------------ tasks
+    async def _serve_api(self, server: Any) -> None:
+        try:
+            await server.serve(sockets=[self.sock])
+        except SystemExit as exc:  # uvicorn exits when the app's lifespan fails to start
+            raise DeskError(f"the control API failed to start (uvicorn exit {exc.code})") from None
+
+    async def _run_engine(self) -> None:
+        e = self.engine
+        if self.built.finished_summary is not None:
+            log.info("this replay already finished; serving its stored state until stopped")
+            sys.stdout.write(json.dumps(self.built.finished_summary, sort_keys=True) + "\n")
+            sys.stdout.flush()
+            if self.built.finished_summary.get("unreconciled"):
+                self.exit_code = EXIT_UNRECONCILED
+            return
+        if self.built.continued:
+            log.info("continuing the run", extra={"kv": {"after_bar": e.stats.bars}})
+            await e.recover()
+        else:
+            log.info("warming the models up")
+            await e.warm_up()
+        max_bars = max(0, self.opts.bars - e.stats.bars) if self.opts.bars is not None else None
+        t0 = time.perf_counter()
+        bars0 = e.stats.bars
+        await e.run(max_bars=max_bars)
+        if e.stats.finished:
+            self._finish(time.perf_counter() - t0, e.stats.bars - bars0)
+            log.info("replay finished; serving until stopped", extra={"kv": {"bars": e.stats.bars}})
+        elif self.stop_signal is None:
+            log.info("bar limit reached; serving until stopped", extra={"kv": {"bars": e.stats.bars}})
+
+    def _finish(self, wall: float, bars_here: int) -> None:
+        """The end of a finite replay, as ``desk.cli.run_headless`` does it:
+        summary, reconciliation, ``meta.status = finished``, JSON on stdout."""
+        from desk.cli import reconcile
+
+        e = self.engine
+        summary = e.summary(wall, bars_here)
+        problems = list(e.unreconciled) + reconcile(summary, e)
+        if problems:
+            for p in problems:
+                log.error("UNRECONCILED: %s", p)
+            summary["unreconciled"] = problems
+            summary["trading_state"] = "HALTED"
+            self.exit_code = EXIT_UNRECONCILED
+        e.store.meta_set("status", "finished")
+        e.store.meta_set("summary", json.dumps({**summary, "wall_s": None, "bars_per_s": None}, sort_keys=True))
+        e.flush()
+        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+        sys.stdout.flush()
+
+    async def _poll_halt_file(self) -> None:
+        while True:
+            await asyncio.sleep(HALT_FILE_POLL_S)
+            try:
+                await self.engine.check_halt_file()
+            except Exception:  # noqa: BLE001 - the poller must not die; the engine logs its own errors
+                log.exception("HALT file check failed")
+
+    async def _progress(self) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            e = self.engine
+            log.info("progress", extra={"kv": {
+                "bars": e.stats.bars, "equity": e.portfolio.equity().quantize(Decimal("0.01")),
+                "state": e.trading_state.value, "working": len(e.working_orders())}})
+
+    # ------------------------------------------------------------ main
+    async def main(self) -> int:
+        self._stop = asyncio.Event()
+        self._install_signals()
+        e = self.engine
+        if e.store.meta_get("status") != "finished":
+            e.store.meta_set("status", "running")
+            e.flush()
+        server = _Server.make(self.app)
+        api_task = asyncio.create_task(self._serve_api(server), name="api")
+        while not server.started and not api_task.done():
+            await asyncio.sleep(0.01)
+        if api_task.done():
+            api_task.result()  # raises the start failure
+        host = self.api.host if ":" not in self.api.host else f"[{self.api.host}]"
+        log.info("api serving", extra={"kv": {"url": f"http://{host}:{self.port}", "on_stop": self.api.on_stop}})
+        helpers = [asyncio.create_task(self._poll_halt_file(), name="halt-file"),
+                   asyncio.create_task(self._progress(), name="progress")]
+        engine_task = asyncio.create_task(self._run_engine(), name="engine")
+        stop_wait = asyncio.create_task(self._stop.wait(), name="stop")
+        failure: BaseException | None = None
+        pending = {stop_wait, engine_task, api_task}
+        while not stop_wait.done():
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stop_wait and t.exception() is not None:
+                    failure = t.exception()
+                    log.error("%s task failed: %s", t.get_name(), failure, exc_info=failure)
+                if t is api_task and failure is None:
+                    failure = DeskError("the control API stopped unexpectedly")
+                    log.error("the control API stopped unexpectedly")
+            if failure is not None:
+                break
+        # stop: no more bars, model signals or API commands
+        e.stop()
+        server.should_exit = True
+        for t in (engine_task, api_task):
+            if not t.done():
+                with contextlib.suppress(Exception):
+                    await t
+        for t in (*helpers, stop_wait):
+            t.cancel()
+        await asyncio.gather(*helpers, stop_wait, return_exceptions=True)
+        tasks = list(getattr(e, "_tasks", ()))
+        if tasks:  # halts in progress (SIGUSR1, HALT file, API) finish before the last commit
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._stop_orders(failure)
+        if failure is not None:
+            if isinstance(failure, DeskError):
+                raise failure
+            return 1
+        return self.exit_code
+
+    async def _stop_orders(self, failure: BaseException | None) -> None:
+        """Cancel or keep the desk's working orders, journal the stop, commit."""
+        from core.events import AlertRaised
+        from core.identifiers import is_desk_order
+        from core.orders import STOP_TYPES
+        from core.store import StoreError
+
+        e = self.engine
+        working = [o for o in e.working_orders()
+                   if is_desk_order(o.client_order_id) and o.client_order_id not in e.exempt_orders
+                   and not (o.reduce_only and o.order_type in STOP_TYPES)]
+        why = self.stop_signal or ("failure" if failure is not None else "stop")
+        try:
+            if self.api.on_stop == "cancel" and working:
+                await asyncio.gather(*(e.cancel(o, f"DAEMON_STOP {why}") for o in working), return_exceptions=True)
+            kept = len(e.working_orders())
+            now = e.clock.timestamp_ns()
+            what = (f"{len(working)} working orders canceled" if self.api.on_stop == "cancel"
+                    else f"{len(working)} working orders kept")
+            msg = f"daemon stopped by {why}: {what} (api.on_stop={self.api.on_stop}); {kept} still working"
+            seq = e.emit(AlertRaised(ts_event=now, ts_init=now, level="INFO", code="DAEMON_STOPPED", message=msg))
+            e.store.record_governance(seq, now, "daemon", "STOP", why,
+                                      {"on_stop": self.api.on_stop, "orders": len(working), "still_working": kept})
+            if e.store.meta_get("status") != "finished":
+                e.store.meta_set("status", "stopped")
+            e.store.meta_set("stopped_by", why)
+            e.checkpoint()
+            log.info(msg)
+        except StoreError as exc:
+            log.error("the last commit failed: %s", exc)
+            self.exit_code = 1

@@ -1,0 +1,146 @@
+"""The one-shot operator commands against a real daemon: ``desk status``
+exits 0 ACTIVE, 3 HALTED or REDUCING, 1 unreachable (2 without a usable
+token); ``desk halt`` through the API, and through the HALT file when the
+API does not answer (confirmed in the store when a desk runs on the state
+dir, exit 1 when none does); ``desk resume --reason`` removes the HALT file
+and resumes. The commands run in-process (``desk.cli.main``) against one
+daemon subprocess shared by this module."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from desk.cli import main
+from tests.daemon.test_daemon import Daemon, free_port
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    d = Daemon(tmp_path_factory.mktemp("oneshot"), "--speed", "20")
+    try:
+        d.wait_healthy()
+        yield d
+    finally:
+        d.kill()
+
+
+@pytest.fixture(autouse=True)
+def _no_env_token(monkeypatch):
+    monkeypatch.delenv("OPS_TOKEN", raising=False)
+
+
+def desk(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def on(d: Daemon, *argv: str) -> list[str]:
+    return [*argv, "--url", d.url, "--state-dir", str(d.state)]
+
+
+def governance_rows(d: Daemon) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(d.state / "desk.sqlite") as c:
+        return list(c.execute("SELECT who, action, reason FROM governance_actions ORDER BY seq"))
+
+
+def test_status_halt_resume_exit_codes(daemon, capsys):
+    d = daemon
+    code, out, _ = desk(capsys, *on(d, "status"))
+    assert code == 0 and out.splitlines()[0] == "trading_state: ACTIVE"
+
+    code, out, _ = desk(capsys, *on(d, "halt", "--reason", "desk test halt"))
+    assert code == 0 and json.loads(out)["trading_state"] == "HALTED"
+    code, out, _ = desk(capsys, *on(d, "status", "--json"))
+    assert code == 3 and json.loads(out)["trading_state"] == "HALTED"
+
+    code, out, _ = desk(capsys, *on(d, "resume", "--reason", "desk test resume"))
+    assert code == 0 and json.loads(out)["trading_state"] == "ACTIVE"
+    assert desk(capsys, *on(d, "status"))[0] == 0
+
+    code, out, _ = desk(capsys, *on(d, "halt", "--mode", "REDUCE", "--reason", "desk test reduce"))
+    assert code == 0 and json.loads(out)["trading_state"] == "REDUCING"
+    code, out, _ = desk(capsys, *on(d, "status"))
+    assert code == 3 and out.splitlines()[0] == "trading_state: REDUCING"
+    assert desk(capsys, *on(d, "resume", "--reason", "desk test resume 2"))[0] == 0
+
+    # every command audited with the caller and the reason
+    rows = [r for r in governance_rows(d) if r[2].startswith("desk test")]
+    assert rows == [("api:127.0.0.1", "HALTED", "desk test halt"), ("api:127.0.0.1", "ACTIVE", "desk test resume"),
+                    ("api:127.0.0.1", "REDUCING", "desk test reduce"),
+                    ("api:127.0.0.1", "ACTIVE", "desk test resume 2")]
+
+
+def test_halt_falls_back_to_the_halt_file_when_the_api_does_not_answer(daemon, capsys):
+    d = daemon
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, out, err = desk(capsys, "halt", "--url", dead, "--state-dir", str(d.state), "--reason", "api down")
+    assert code == 0, err
+    assert "does not answer" in err and f"wrote {d.state / 'HALT'}" in err and "confirmed in the store" in err
+    assert "api down" in (d.state / "HALT").read_text()
+    assert desk(capsys, *on(d, "status"))[0] == 3
+    assert governance_rows(d)[-1][:2] == ("HALT file", "HALTED")
+
+    code, _, err = desk(capsys, *on(d, "resume", "--reason", "back after the HALT file"))
+    assert code == 0 and "removed the HALT file" in err
+    assert not (d.state / "HALT").exists()
+    assert desk(capsys, *on(d, "status"))[0] == 0
+
+
+def test_wrong_or_missing_token_is_exit_2(daemon, capsys, monkeypatch, tmp_path):
+    d = daemon
+    monkeypatch.setenv("OPS_TOKEN", "wrong-token-0123456789")
+    code, _, err = desk(capsys, *on(d, "status"))
+    assert code == 2 and "403" in err and "wrong-token" not in err
+    code, _, err = desk(capsys, *on(d, "halt"))
+    assert code == 2 and "refused the halt" in err and not (d.state / "HALT").exists()
+    monkeypatch.delenv("OPS_TOKEN")
+    code, _, err = desk(capsys, "status", "--url", d.url, "--state-dir", str(tmp_path / "nothing"))
+    assert code == 2 and "no token" in err
+    tok = tmp_path / "tok"
+    tok.write_text(d.token())
+    tok.chmod(0o644)
+    code, _, err = desk(capsys, "status", "--url", d.url, "--token-file", str(tok))
+    assert code == 2 and "chmod 600" in err
+    tok.chmod(0o600)
+    assert desk(capsys, "status", "--url", d.url, "--token-file", str(tok))[0] == 0
+
+
+def test_unreachable_daemon(tmp_path, capsys):
+    dead = f"http://127.0.0.1:{free_port()}"
+    state = tmp_path / "s"
+    state.mkdir()
+    (state / "ops_token").write_text("some-token-0123456789\n")
+    (state / "ops_token").chmod(0o600)
+    code, out, err = desk(capsys, "status", "--url", dead, "--state-dir", str(state))
+    assert code == 1 and out == "" and "unreachable" in err
+    code, out, err = desk(capsys, "resume", "--url", dead, "--state-dir", str(state), "--reason", "x")
+    assert code == 1
+    # no desk runs on the state dir: the HALT file is written, and the command says nothing is halted yet
+    code, out, err = desk(capsys, "halt", "--url", dead, "--state-dir", str(state), "--mode", "FLATTEN")
+    assert code == 1 and (state / "HALT").exists()
+    assert "no desk is running" in err and "it will start HALTED" in err and "does not reduce or flatten" in err
+    code, _, err = desk(capsys, "halt", "--url", dead, "--state-dir", str(tmp_path / "missing"))
+    assert code == 1 and "no state dir" in err
+
+
+def test_resume_needs_a_reason(capsys):
+    assert desk(capsys, "resume")[0] == 2
+    assert desk(capsys, "resume", "--reason", "  ")[0] == 2
+
+
+def test_export_pnl_calls_the_exporter(monkeypatch, tmp_path, capsys):
+    import desk.export as export_module
+
+    calls = []
+    monkeypatch.setattr(export_module, "export_pnl_main", lambda *a: calls.append(a) or 0)
+    assert desk(capsys, "export-pnl", "--date", "2025-01-02", "--tz", "Europe/Berlin",
+                "--state-dir", str(tmp_path))[0] == 0
+    assert desk(capsys, "export-pnl", "--state-dir", str(tmp_path))[0] == 0
+    assert calls == [(Path(tmp_path), "2025-01-02", "Europe/Berlin"), (Path(tmp_path), None, "UTC")]
+    assert desk(capsys, "export-pnl", "--date", "2025-13-01")[0] == 2
+    assert desk(capsys, "export-pnl", "--tz", "Nowhere/City")[0] == 2
