@@ -1,0 +1,750 @@
+"""A local server that speaks the subset of Binance's spot REST API the desk
+uses, for driving the real ccxt code path in tests (DESIGN.md section 8).
+
+It runs on aiohttp (ccxt's own HTTP dependency) on 127.0.0.1, port 0, inside
+the test's event loop. What it does like the exchange (Binance Spot API docs,
+"General API Information", "Endpoint security type", "SIGNED endpoint
+security", "Timing security", "Filters", "Error codes"):
+
+* **SIGNED requests** carry ``X-MBX-APIKEY`` and ``signature`` =
+  HMAC-SHA256(secret, totalParams), where totalParams is the query string
+  concatenated with the request body (without the ``signature`` parameter).
+  Every signed request is counted (``signed_total``) and every one whose
+  signature verified (``signed_ok``); a bad one gets ``-1022``.
+* **Timing**: a request is refused with ``-1021`` when ``timestamp <
+  serverTime - recvWindow`` or ``timestamp > serverTime + 1000``
+  (``recvWindow`` default 5000, at most 60000). The server's time is the
+  shared test clock plus ``offset_ms``.
+* **A tiny matching model** per symbol against a best bid/ask
+  (:meth:`FakeBinance.set_book`): a MARKET order fills at the touch (buy at
+  the ask, sell at the bid, up to the quantity shown there; the rest
+  expires), a LIMIT that crosses fills at the touch as taker and the rest
+  rests (``PARTIALLY_FILLED``), a resting LIMIT fills at its own price as
+  maker when the book moves through it; IOC/FOK expire what does not fill;
+  LIMIT_MAKER that would take is rejected (``-2010``). Commissions are
+  ``fee_rate`` of what is received (base on a buy, quote on a sell), or in
+  BNB at ``bnb_price`` when ``bnb_fees`` is set. Balances are locked and
+  released like the exchange's.
+* **Filters** from the exchangeInfo file (PRICE_FILTER, LOT_SIZE,
+  NOTIONAL/MIN_NOTIONAL) refuse orders with ``-1013 Filter failure: ...``;
+  a symbol not ``TRADING`` gets ``-1013 Market is closed.``.
+* ``newClientOrderId`` must be unique among open orders (``-2010 Duplicate
+  order sent.``); ``GET /order`` by ``origClientOrderId`` finds the most
+  recent order with that id (``-2013 Order does not exist.``); a cancel of
+  an unknown or closed order gets ``-2011 Unknown order sent.``.
+* **Native OCO** (``POST /api/v3/orderList/oco``, above/below legs): a fill
+  of one leg expires the other.
+
+Fault knobs: ``offset_ms`` (server clock ahead of the desk's), ``fail_next``
+(the next N requests answer HTTP 429 or 418 with ``Retry-After``; a request
+arriving while a 429 is in force earns a 418 ban when ``strict_throttle``),
+``drop_next_order`` (``"after"``: accept the next order, then drop the
+connection without answering; ``"before"``: drop it without accepting;
+either way the outcome is unknown to the client).
+
+Every request is recorded (``requests``: ``(method, path)``), also those
+refused or answered with an error, so a test can assert which endpoints were
+never called (``/fapi``, ``/dapi``, ``/sapi/v1/margin`` on a spot desk).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from core.clock import Clock
+
+Q8 = Decimal("0.00000001")
+ZERO = Decimal(0)
+
+
+def s8(d: Decimal) -> str:
+    """Binance's 8-decimal string of a Decimal (``"0.00100000"``)."""
+    return format(d.quantize(Q8), "f")
+
+
+@dataclass
+class SymbolSpec:
+    """One symbol of the exchangeInfo file: status, assets and filters."""
+
+    symbol: str
+    status: str
+    base: str
+    quote: str
+    tick: Decimal
+    min_price: Decimal
+    max_price: Decimal
+    step: Decimal
+    min_qty: Decimal
+    max_qty: Decimal
+    min_notional: Decimal
+    notional_filter: str  # "NOTIONAL" or "MIN_NOTIONAL"
+
+
+@dataclass
+class FakeOrder:
+    """An order in the server's book (Binance's fields)."""
+
+    symbol: str
+    order_id: int
+    client_order_id: str
+    side: str
+    type: str
+    time_in_force: str
+    price: Decimal
+    stop_price: Decimal
+    orig_qty: Decimal
+    time: int
+    status: str = "NEW"
+    executed_qty: Decimal = ZERO
+    cum_quote: Decimal = ZERO
+    update_time: int = 0
+    order_list_id: int = -1
+    locked: Decimal = ZERO  # quote for buys, base for sells
+    triggered: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """``GET /api/v3/order`` shape."""
+        return {
+            "symbol": self.symbol, "orderId": self.order_id, "orderListId": self.order_list_id,
+            "clientOrderId": self.client_order_id, "price": s8(self.price), "origQty": s8(self.orig_qty),
+            "executedQty": s8(self.executed_qty), "cummulativeQuoteQty": s8(self.cum_quote),
+            "status": self.status, "timeInForce": self.time_in_force, "type": self.type, "side": self.side,
+            "stopPrice": s8(self.stop_price), "icebergQty": s8(ZERO), "time": self.time,
+            "updateTime": self.update_time or self.time, "isWorking": self.status in ("NEW", "PARTIALLY_FILLED"),
+            "workingTime": self.time, "origQuoteOrderQty": s8(ZERO), "selfTradePreventionMode": "NONE",
+        }
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in ("NEW", "PARTIALLY_FILLED")
+
+
+@dataclass
+class FakeTrade:
+    """One fill (``GET /api/v3/myTrades`` shape)."""
+
+    symbol: str
+    id: int
+    order_id: int
+    order_list_id: int
+    price: Decimal
+    qty: Decimal
+    commission: Decimal
+    commission_asset: str
+    time: int
+    is_buyer: bool
+    is_maker: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol, "id": self.id, "orderId": self.order_id, "orderListId": self.order_list_id,
+            "price": s8(self.price), "qty": s8(self.qty), "quoteQty": s8(self.price * self.qty),
+            "commission": s8(self.commission), "commissionAsset": self.commission_asset, "time": self.time,
+            "isBuyer": self.is_buyer, "isMaker": self.is_maker, "isBestMatch": True,
+        }
+
+
+class Refuse(Exception):
+    """An error answer: HTTP status and Binance's ``{"code", "msg"}``."""
+
+    def __init__(self, status: int, code: int, msg: str) -> None:
+        self.status, self.code, self.msg = status, code, msg
+        super().__init__(f"{status} {code} {msg}")
+
+
+@dataclass
+class Fault:
+    status: int
+    retry_after_s: int
+    count: int
+
+
+@dataclass
+class Book:
+    bid: Decimal
+    bid_qty: Decimal
+    ask: Decimal
+    ask_qty: Decimal
+
+
+def load_symbols(path: Path) -> tuple[dict[str, Any], dict[str, SymbolSpec]]:
+    """The exchangeInfo document and its symbols' specs."""
+    doc = json.loads(Path(path).read_text())
+    specs: dict[str, SymbolSpec] = {}
+    for s in doc["symbols"]:
+        f = {x["filterType"]: x for x in s["filters"]}
+        if "NOTIONAL" in f:
+            mn, kind = Decimal(f["NOTIONAL"]["minNotional"]), "NOTIONAL"
+        elif "MIN_NOTIONAL" in f:
+            mn, kind = Decimal(f["MIN_NOTIONAL"]["minNotional"]), "MIN_NOTIONAL"
+        else:
+            mn, kind = ZERO, "NOTIONAL"
+        specs[s["symbol"]] = SymbolSpec(
+            s["symbol"], s["status"], s["baseAsset"], s["quoteAsset"], Decimal(f["PRICE_FILTER"]["tickSize"]),
+            Decimal(f["PRICE_FILTER"]["minPrice"]), Decimal(f["PRICE_FILTER"]["maxPrice"]),
+            Decimal(f["LOT_SIZE"]["stepSize"]), Decimal(f["LOT_SIZE"]["minQty"]), Decimal(f["LOT_SIZE"]["maxQty"]),
+            mn, kind)
+    return doc, specs
+
+
+class FakeBinance:
+    """The fake exchange (see the module docstring).
+
+    Args:
+        clock: the shared test clock (the server's time is it plus ``offset_ms``).
+        exchange_info: path of an exchangeInfo JSON file answered verbatim.
+        api_key, secret: the only credentials accepted.
+        balances: starting free balances (asset -> Decimal).
+        book_ticker: path of a recorded ``GET /ticker/bookTicker`` response
+            used as the starting book of its symbol.
+        klines: path of a recorded ``GET /api/v3/klines`` response (12-field
+            arrays) answered for every symbol.
+        can_withdraw: what ``GET /sapi/v1/account/apiRestrictions`` says of
+            the key (``enableWithdrawals``).
+    """
+
+    def __init__(self, clock: Clock, exchange_info: Path, *, api_key: str = "test-key",
+                 secret: str = "test-secret", balances: dict[str, Decimal] | None = None,
+                 book_ticker: Path | None = None, klines: Path | None = None, can_withdraw: bool = False,
+                 fee_rate: Decimal = Decimal("0.001")) -> None:
+        self.clock = clock
+        self.exchange_info_path = Path(exchange_info)
+        self.exchange_info, self.symbols = load_symbols(self.exchange_info_path)
+        self.api_key = api_key
+        self.secret = secret
+        self.offset_ms = 0
+        self.fee_rate = fee_rate
+        self.bnb_fees = False
+        self.bnb_price = Decimal("300")
+        self.can_withdraw = can_withdraw
+        self.free: dict[str, Decimal] = dict(balances or {"USDT": Decimal("10000"), "BTC": Decimal("1")})
+        self.locked: dict[str, Decimal] = {}
+        self.books: dict[str, Book] = {}
+        if book_ticker is not None:
+            bt = json.loads(Path(book_ticker).read_text())
+            self.books[bt["symbol"]] = Book(Decimal(bt["bidPrice"]), Decimal(bt["bidQty"]),
+                                            Decimal(bt["askPrice"]), Decimal(bt["askQty"]))
+        self.klines: list[list[Any]] = json.loads(Path(klines).read_text()) if klines is not None else []
+        self.orders: dict[int, FakeOrder] = {}
+        self.trades: list[FakeTrade] = []
+        self.order_lists: dict[int, list[int]] = {}
+        self._next_order = 1
+        self._next_trade = 1
+        self._next_list = 1
+        # records
+        self.requests: list[tuple[str, str]] = []
+        self.signed_total = 0
+        self.signed_ok = 0
+        self.answered: list[tuple[str, str, int]] = []
+        # faults
+        self.faults: list[Fault] = []
+        self.strict_throttle = True
+        self.throttled_until_ms = 0
+        self.ban_s = 120
+        self.drop_next_order: str | None = None
+        #: (path, Binance error code) of every error answer
+        self.errors: list[tuple[str, int]] = []
+        self.on_request: Callable[[str, str], None] | None = None
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> "FakeBinance":
+        """Listen on 127.0.0.1, port 0 (any free port)."""
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def close(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """ccxt ``urls['api']`` pointing every spot section here."""
+        b = self.base_url
+        return {"public": f"{b}/api/v3", "private": f"{b}/api/v3", "v1": f"{b}/api/v1", "sapi": f"{b}/sapi/v1"}
+
+    def now_ms(self) -> int:
+        """The server's time: the shared clock plus ``offset_ms``."""
+        return self.clock.timestamp_ns() // 1_000_000 + self.offset_ms
+
+    # ------------------------------------------------------------ knobs
+    def fail_next(self, status: int, retry_after_s: int, count: int = 1) -> None:
+        """Answer the next ``count`` requests with HTTP ``status`` (429 or
+        418) and ``Retry-After: retry_after_s``."""
+        self.faults.append(Fault(status, retry_after_s, count))
+
+    def set_book(self, symbol: str, bid: str, ask: str, bid_qty: str = "100", ask_qty: str = "100") -> None:
+        """Move the best bid/ask of ``symbol`` and match resting orders
+        against it (makers fill at their own price)."""
+        self.books[symbol] = Book(Decimal(bid), Decimal(bid_qty), Decimal(ask), Decimal(ask_qty))
+        self._match_resting(symbol)
+
+    def open_orders_of(self, symbol: str | None = None) -> list[FakeOrder]:
+        """The open orders (optionally of one symbol), by order id."""
+        return [o for o in self.orders.values() if o.is_open and (symbol is None or o.symbol == symbol)]
+
+    def order_by_client_id(self, client_order_id: str) -> FakeOrder | None:
+        """The most recent order with that client order id."""
+        found = [o for o in self.orders.values() if o.client_order_id == client_order_id]
+        return found[-1] if found else None
+
+    def paths(self) -> list[str]:
+        """The paths of every request received, in order."""
+        return [p for _, p in self.requests]
+
+    # ------------------------------------------------------------ HTTP
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        method, path = request.method, request.path
+        self.requests.append((method, path))
+        if self.on_request is not None:
+            self.on_request(method, path)
+        body = await request.text()
+        now = self.now_ms()
+        if self.faults:
+            f = self.faults[0]
+            f.count -= 1
+            if f.count <= 0:
+                self.faults.pop(0)
+            if f.status == 429:
+                self.throttled_until_ms = now + f.retry_after_s * 1000
+            return self._error(method, path, f.status, -1003,
+                               "Too many requests; current limit is exceeded." if f.status == 429
+                               else "Way too many requests; IP banned.", retry_after=f.retry_after_s)
+        if self.strict_throttle and now < self.throttled_until_ms:
+            # Binance: repeating while rate limited earns an IP ban (HTTP 418)
+            return self._error(method, path, 418, -1003, "Way too many requests; IP banned.",
+                               retry_after=self.ban_s)
+        params = dict(parse_qsl(request.query_string, keep_blank_values=True))
+        params.update(dict(parse_qsl(body, keep_blank_values=True)))
+        try:
+            route = self._route(method, path)
+            if route is None:
+                raise Refuse(404, -1000, f"unknown endpoint {method} {path}")
+            handler, signed = route
+            if signed:
+                self._verify(request, body, params, now)
+            result = handler(params, now)
+            if result is _DROP:
+                self.answered.append((method, path, 0))
+                assert request.transport is not None
+                request.transport.close()
+                return web.Response(status=500)
+            self.answered.append((method, path, 200))
+            return web.json_response(result, headers={"X-MBX-USED-WEIGHT-1M": "1"})
+        except Refuse as r:
+            return self._error(method, path, r.status, r.code, r.msg)
+
+    def _error(self, method: str, path: str, status: int, code: int, msg: str,
+               retry_after: int | None = None) -> web.Response:
+        self.answered.append((method, path, status))
+        self.errors.append((path, code))
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        return web.json_response({"code": code, "msg": msg}, status=status, headers=headers)
+
+    def _verify(self, request: web.Request, body: str, params: dict[str, str], now: int) -> None:
+        self.signed_total += 1
+        if request.headers.get("X-MBX-APIKEY") != self.api_key:
+            raise Refuse(401, -2015, "Invalid API-key, IP, or permissions for action.")
+        q_wo, sig_q = _split_signature(request.query_string)
+        b_wo, sig_b = _split_signature(body)
+        sig = sig_q if sig_q is not None else sig_b
+        total = q_wo + b_wo
+        expected = hmac.new(self.secret.encode(), total.encode(), hashlib.sha256).hexdigest()
+        if sig is None or not hmac.compare_digest(sig, expected):
+            raise Refuse(400, -1022, "Signature for this request is not valid.")
+        self.signed_ok += 1
+        try:
+            ts = int(params["timestamp"])
+        except (KeyError, ValueError):
+            raise Refuse(400, -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or "
+                                     "malformed.") from None
+        window = int(params.get("recvWindow", "5000"))
+        if window > 60000:
+            raise Refuse(400, -1131, "recvWindow must be less than 60000")
+        if ts < now - window or ts > now + 1000:
+            raise Refuse(400, -1021, "Timestamp for this request is outside of the recvWindow.")
+
+    def _route(self, method: str, path: str) -> tuple[Callable[[dict[str, str], int], Any], bool] | None:
+        table: dict[tuple[str, str], tuple[Callable[[dict[str, str], int], Any], bool]] = {
+            ("GET", "/api/v3/ping"): (lambda p, n: {}, False),
+            ("GET", "/api/v3/time"): (lambda p, n: {"serverTime": n}, False),
+            ("GET", "/api/v3/exchangeInfo"): (self._exchange_info, False),
+            ("GET", "/api/v3/klines"): (self._klines, False),
+            ("GET", "/api/v3/ticker/bookTicker"): (self._book_ticker, False),
+            ("GET", "/api/v3/account"): (self._account, True),
+            ("POST", "/api/v3/order"): (self._new_order, True),
+            ("GET", "/api/v3/order"): (self._get_order, True),
+            ("DELETE", "/api/v3/order"): (self._cancel_order, True),
+            ("GET", "/api/v3/openOrders"): (self._open_orders, True),
+            ("DELETE", "/api/v3/openOrders"): (self._cancel_open_orders, True),
+            ("GET", "/api/v3/allOrders"): (self._all_orders, True),
+            ("GET", "/api/v3/myTrades"): (self._my_trades, True),
+            ("POST", "/api/v3/orderList/oco"): (self._new_oco, True),
+            ("GET", "/sapi/v1/account/apiRestrictions"): (self._api_restrictions, True),
+        }
+        return table.get((method, path))
+
+    # ------------------------------------------------------------ market data
+    def _exchange_info(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        doc = dict(self.exchange_info)
+        doc["serverTime"] = now
+        return doc
+
+    def _klines(self, p: dict[str, str], now: int) -> list[list[Any]]:
+        self._spec(p)
+        start = int(p["startTime"]) if "startTime" in p else None
+        end = int(p["endTime"]) if "endTime" in p else None
+        limit = min(int(p.get("limit", "500")), 1000)
+        rows = [k for k in self.klines if (start is None or k[0] >= start) and (end is None or k[0] <= end)]
+        return rows[:limit]
+
+    def _book_ticker(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        spec = self._spec(p)
+        b = self.books[spec.symbol]
+        return {"symbol": spec.symbol, "bidPrice": s8(b.bid), "bidQty": s8(b.bid_qty), "askPrice": s8(b.ask),
+                "askQty": s8(b.ask_qty)}
+
+    # ------------------------------------------------------------ account
+    def _account(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        assets = sorted(set(self.free) | set(self.locked))
+        return {
+            "makerCommission": 10, "takerCommission": 10, "buyerCommission": 0, "sellerCommission": 0,
+            "commissionRates": {"maker": s8(self.fee_rate), "taker": s8(self.fee_rate), "buyer": s8(ZERO),
+                                "seller": s8(ZERO)},
+            "canTrade": True, "canWithdraw": self.can_withdraw, "canDeposit": True, "brokered": False,
+            "requireSelfTradePrevention": False, "preventSor": False, "updateTime": now, "accountType": "SPOT",
+            "balances": [{"asset": a, "free": s8(self.free.get(a, ZERO)), "locked": s8(self.locked.get(a, ZERO))}
+                         for a in assets],
+            "permissions": ["SPOT"], "uid": 354937868,
+        }
+
+    def _api_restrictions(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        return {"ipRestrict": False, "createTime": 1698645219000, "enableReading": True,
+                "enableSpotAndMarginTrading": True, "enableWithdrawals": self.can_withdraw,
+                "enableInternalTransfer": False, "enableMargin": False, "enableFutures": False,
+                "permitsUniversalTransfer": False, "enableVanillaOptions": False,
+                "enablePortfolioMarginTrading": False}
+
+    # ------------------------------------------------------------ orders
+    def _spec(self, p: dict[str, str]) -> SymbolSpec:
+        sym = p.get("symbol")
+        if not sym:
+            raise Refuse(400, -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+        spec = self.symbols.get(sym)
+        if spec is None:
+            raise Refuse(400, -1121, "Invalid symbol.")
+        return spec
+
+    def _dec(self, p: dict[str, str], key: str) -> Decimal:
+        try:
+            return Decimal(p[key])
+        except Exception:
+            raise Refuse(400, -1102, f"Mandatory parameter '{key}' was not sent, was empty/null, or malformed.") \
+                from None
+
+    def _check_filters(self, spec: SymbolSpec, qty: Decimal, price: Decimal | None, ref_price: Decimal) -> None:
+        if price is not None:
+            if price < spec.min_price or price > spec.max_price or price % spec.tick != 0:
+                raise Refuse(400, -1013, "Filter failure: PRICE_FILTER")
+        if qty < spec.min_qty or qty > spec.max_qty or qty % spec.step != 0:
+            raise Refuse(400, -1013, "Filter failure: LOT_SIZE")
+        if qty * (price if price is not None else ref_price) < spec.min_notional:
+            raise Refuse(400, -1013, f"Filter failure: {spec.notional_filter}")
+
+    def _lock(self, asset: str, amount: Decimal) -> None:
+        if self.free.get(asset, ZERO) < amount:
+            raise Refuse(400, -2010, "Account has insufficient balance for requested action.")
+        self.free[asset] = self.free.get(asset, ZERO) - amount
+        self.locked[asset] = self.locked.get(asset, ZERO) + amount
+
+    def _unlock(self, o: FakeOrder) -> None:
+        spec = self.symbols[o.symbol]
+        asset = spec.quote if o.side == "BUY" else spec.base
+        self.locked[asset] = self.locked.get(asset, ZERO) - o.locked
+        self.free[asset] = self.free.get(asset, ZERO) + o.locked
+        o.locked = ZERO
+
+    def _create(self, p: dict[str, str], now: int, *, side: str, type_: str, qty: Decimal, price: Decimal | None,
+                stop: Decimal | None, tif: str, coid: str, list_id: int = -1) -> FakeOrder:
+        spec = self._spec(p)
+        if spec.status != "TRADING":
+            raise Refuse(400, -1013, "Market is closed.")
+        if any(o.is_open and o.client_order_id == coid for o in self.orders.values()):
+            raise Refuse(400, -2010, "Duplicate order sent.")
+        book = self.books.get(spec.symbol)
+        if book is None:
+            raise Refuse(400, -1013, "Market is closed.")
+        ref = book.ask if side == "BUY" else book.bid
+        self._check_filters(spec, qty, price, ref)
+        if type_ == "LIMIT_MAKER" and price is not None and (
+                (side == "BUY" and price >= book.ask) or (side == "SELL" and price <= book.bid)):
+            raise Refuse(400, -2010, "Order would immediately match and take.")
+        o = FakeOrder(spec.symbol, self._next_order, coid, side, type_, tif, price or ZERO, stop or ZERO, qty, now,
+                      update_time=now, order_list_id=list_id)
+        # reservation: a buy locks quote (at its limit, or at the ask for a market order), a sell the base
+        if side == "BUY":
+            self._lock(spec.quote, (qty * (price if price is not None else book.ask)).quantize(Q8))
+            o.locked = (qty * (price if price is not None else book.ask)).quantize(Q8)
+        else:
+            self._lock(spec.base, qty)
+            o.locked = qty
+        self._next_order += 1
+        self.orders[o.order_id] = o
+        return o
+
+    def _new_order(self, p: dict[str, str], now: int) -> Any:
+        side = p.get("side", "")
+        type_ = p.get("type", "")
+        if side not in ("BUY", "SELL"):
+            raise Refuse(400, -1102, "Mandatory parameter 'side' was not sent, was empty/null, or malformed.")
+        if type_ not in ("MARKET", "LIMIT", "LIMIT_MAKER", "STOP_LOSS", "STOP_LOSS_LIMIT"):
+            raise Refuse(400, -1116, "Invalid orderType.")
+        if "quoteOrderQty" in p:
+            raise Refuse(400, -1106, "Parameter 'quoteOrderQty' sent when not required.")
+        qty = self._dec(p, "quantity")
+        price = self._dec(p, "price") if type_ in ("LIMIT", "LIMIT_MAKER", "STOP_LOSS_LIMIT") else None
+        stop = self._dec(p, "stopPrice") if type_ in ("STOP_LOSS", "STOP_LOSS_LIMIT") else None
+        tif = p.get("timeInForce", "GTC") if type_ in ("LIMIT", "STOP_LOSS_LIMIT") else "GTC"
+        coid = p.get("newClientOrderId") or f"srv-{self._next_order}"
+        if self.drop_next_order == "before":
+            self.drop_next_order = None
+            return _DROP
+        o = self._create(p, now, side=side, type_=type_, qty=qty, price=price, stop=stop, tif=tif, coid=coid)
+        fills = self._match_new(o, now)
+        if self.drop_next_order == "after":
+            self.drop_next_order = None
+            return _DROP
+        out = o.to_json()
+        out.pop("time"), out.pop("updateTime"), out.pop("isWorking"), out.pop("icebergQty")
+        if type_ not in ("STOP_LOSS", "STOP_LOSS_LIMIT"):
+            out.pop("stopPrice")
+        out["transactTime"] = now
+        out["fills"] = [{"price": s8(t.price), "qty": s8(t.qty), "commission": s8(t.commission),
+                         "commissionAsset": t.commission_asset, "tradeId": t.id} for t in fills]
+        return out
+
+    def _fill(self, o: FakeOrder, qty: Decimal, px: Decimal, now: int, maker: bool) -> FakeTrade:
+        spec = self.symbols[o.symbol]
+        quote_amt = (qty * px).quantize(Q8)
+        if self.bnb_fees:
+            fee, fee_asset = (quote_amt * self.fee_rate / self.bnb_price).quantize(Q8, ROUND_HALF_EVEN), "BNB"
+        elif o.side == "BUY":
+            fee, fee_asset = (qty * self.fee_rate).quantize(Q8, ROUND_HALF_EVEN), spec.base
+        else:
+            fee, fee_asset = (quote_amt * self.fee_rate).quantize(Q8, ROUND_HALF_EVEN), spec.quote
+        if o.side == "BUY":
+            spend = quote_amt
+            unlock = min(o.locked, (qty * (o.price if o.price > 0 else px)).quantize(Q8))
+            o.locked -= unlock
+            self.locked[spec.quote] -= unlock
+            self.free[spec.quote] += unlock - spend
+            self.free[spec.base] = self.free.get(spec.base, ZERO) + qty
+        else:
+            if o.order_list_id != -1:  # the list's one lock moves to the leg that trades
+                legs = [self.orders[i] for i in self.order_lists.get(o.order_list_id, [])]
+                pool = sum((x.locked for x in legs), ZERO)
+                for x in legs:
+                    x.locked = ZERO
+                o.locked = pool
+            o.locked -= qty
+            self.locked[spec.base] -= qty
+            self.free[spec.quote] = self.free.get(spec.quote, ZERO) + quote_amt
+        self.free[fee_asset] = self.free.get(fee_asset, ZERO) - fee
+        t = FakeTrade(o.symbol, self._next_trade, o.order_id, o.order_list_id, px, qty, fee, fee_asset, now,
+                      o.side == "BUY", maker)
+        self._next_trade += 1
+        self.trades.append(t)
+        o.executed_qty += qty
+        o.cum_quote += quote_amt
+        o.update_time = now
+        o.status = "FILLED" if o.executed_qty == o.orig_qty else "PARTIALLY_FILLED"
+        if o.status == "FILLED" and o.locked:
+            self._unlock(o)
+        if o.order_list_id != -1:
+            for oid in self.order_lists.get(o.order_list_id, []):
+                other = self.orders[oid]
+                if other is not o and other.is_open:
+                    other.status = "EXPIRED"
+                    other.update_time = now
+                    self._unlock(other)
+        return t
+
+    def _match_new(self, o: FakeOrder, now: int) -> list[FakeTrade]:
+        book = self.books[o.symbol]
+        touch, avail = (book.ask, book.ask_qty) if o.side == "BUY" else (book.bid, book.bid_qty)
+        crosses = o.type == "MARKET" or (o.type in ("LIMIT",) and (
+            (o.side == "BUY" and o.price >= touch) or (o.side == "SELL" and o.price <= touch)))
+        fills: list[FakeTrade] = []
+        if o.type in ("STOP_LOSS", "STOP_LOSS_LIMIT"):
+            return fills
+        if crosses:
+            if o.time_in_force == "FOK" and avail < o.orig_qty:
+                o.status = "EXPIRED"
+                self._unlock(o)
+                return fills
+            qty = min(avail, o.orig_qty)
+            fills.append(self._fill(o, qty, touch, now, maker=False))
+        if o.is_open and (o.type == "MARKET" or o.time_in_force in ("IOC", "FOK")):
+            o.status = "EXPIRED"
+            self._unlock(o)
+        return fills
+
+    def _match_resting(self, symbol: str) -> None:
+        book = self.books[symbol]
+        now = self.now_ms()
+        for o in list(self.orders.values()):
+            if not o.is_open or o.symbol != symbol:
+                continue
+            if o.type in ("STOP_LOSS", "STOP_LOSS_LIMIT") and not o.triggered:
+                fired = (o.side == "SELL" and book.bid <= o.stop_price) or (o.side == "BUY" and book.ask >= o.stop_price)
+                if not fired:
+                    continue
+                o.triggered = True
+                if o.type == "STOP_LOSS":
+                    px = book.bid if o.side == "SELL" else book.ask
+                    self._fill(o, o.orig_qty - o.executed_qty, px, now, maker=False)
+                    continue
+            if o.type in ("LIMIT", "LIMIT_MAKER", "STOP_LOSS_LIMIT"):
+                if (o.side == "BUY" and book.ask <= o.price) or (o.side == "SELL" and book.bid >= o.price):
+                    avail = book.ask_qty if o.side == "BUY" else book.bid_qty
+                    qty = min(avail, o.orig_qty - o.executed_qty)
+                    if qty > 0:
+                        self._fill(o, qty, o.price, now, maker=True)
+
+    def _find(self, p: dict[str, str]) -> FakeOrder | None:
+        spec = self._spec(p)
+        if "orderId" in p:
+            o = self.orders.get(int(p["orderId"]))
+            return o if o is not None and o.symbol == spec.symbol else None
+        coid = p.get("origClientOrderId")
+        if coid is None:
+            raise Refuse(400, -1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!")
+        found = [o for o in self.orders.values() if o.client_order_id == coid and o.symbol == spec.symbol]
+        return found[-1] if found else None
+
+    def _get_order(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        o = self._find(p)
+        if o is None:
+            raise Refuse(400, -2013, "Order does not exist.")
+        return o.to_json()
+
+    def _cancel_order(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        o = self._find(p)
+        if o is None or not o.is_open:
+            raise Refuse(400, -2011, "Unknown order sent.")
+        return self._cancel(o, now)
+
+    def _cancel(self, o: FakeOrder, now: int) -> dict[str, Any]:
+        o.status = "CANCELED"
+        o.update_time = now
+        self._unlock(o)
+        return {"symbol": o.symbol, "origClientOrderId": o.client_order_id, "orderId": o.order_id,
+                "orderListId": o.order_list_id, "clientOrderId": f"cancel-{o.order_id}", "transactTime": now,
+                "price": s8(o.price), "origQty": s8(o.orig_qty), "executedQty": s8(o.executed_qty),
+                "origQuoteOrderQty": s8(ZERO), "cummulativeQuoteQty": s8(o.cum_quote), "status": "CANCELED",
+                "timeInForce": o.time_in_force, "type": o.type, "side": o.side, "selfTradePreventionMode": "NONE"}
+
+    def _cancel_open_orders(self, p: dict[str, str], now: int) -> list[dict[str, Any]]:
+        spec = self._spec(p)
+        open_ = self.open_orders_of(spec.symbol)
+        if not open_:
+            raise Refuse(400, -2011, "Unknown order sent.")
+        return [self._cancel(o, now) for o in open_]
+
+    def _open_orders(self, p: dict[str, str], now: int) -> list[dict[str, Any]]:
+        sym = p.get("symbol")
+        if sym is not None:
+            self._spec(p)
+        return [o.to_json() for o in self.open_orders_of(sym)]
+
+    def _all_orders(self, p: dict[str, str], now: int) -> list[dict[str, Any]]:
+        spec = self._spec(p)
+        limit = min(int(p.get("limit", "500")), 1000)
+        rows = [o for o in self.orders.values() if o.symbol == spec.symbol]
+        return [o.to_json() for o in rows[-limit:]]
+
+    def _my_trades(self, p: dict[str, str], now: int) -> list[dict[str, Any]]:
+        spec = self._spec(p)
+        rows = [t for t in self.trades if t.symbol == spec.symbol]
+        if "orderId" in p:
+            rows = [t for t in rows if t.order_id == int(p["orderId"])]
+        if "fromId" in p:
+            rows = [t for t in rows if t.id >= int(p["fromId"])]
+        if "startTime" in p:
+            rows = [t for t in rows if t.time >= int(p["startTime"])]
+        limit = min(int(p.get("limit", "500")), 1000)
+        return [t.to_json() for t in rows[:limit]]
+
+    def _new_oco(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        """``POST /api/v3/orderList/oco``: an above leg and a below leg of the
+        same side and quantity; the base (sell) is locked once."""
+        spec = self._spec(p)
+        side = p.get("side", "")
+        qty = self._dec(p, "quantity")
+        list_id = self._next_list
+        self._next_list += 1
+        legs = []
+        for leg in ("below", "above"):  # Binance reports the below leg first
+            t = p.get(f"{leg}Type", "")
+            if t not in ("LIMIT_MAKER", "STOP_LOSS", "STOP_LOSS_LIMIT"):
+                raise Refuse(400, -1116, "Invalid orderType.")
+            price = self._dec(p, f"{leg}Price") if t in ("LIMIT_MAKER", "STOP_LOSS_LIMIT") else None
+            stop = self._dec(p, f"{leg}StopPrice") if t in ("STOP_LOSS", "STOP_LOSS_LIMIT") else None
+            tif = p.get(f"{leg}TimeInForce", "GTC") if t == "STOP_LOSS_LIMIT" else "GTC"
+            coid = p.get(f"{leg}ClientOrderId") or f"srv-{self._next_order}"
+            legs.append((t, price, stop, tif, coid))
+        if side == "SELL":
+            self._lock(spec.base, qty)  # once for the list
+        made = []
+        for t, price, stop, tif, coid in legs:
+            o = FakeOrder(spec.symbol, self._next_order, coid, side, t, tif, price or ZERO, stop or ZERO, qty, now,
+                          update_time=now, order_list_id=list_id)
+            self._next_order += 1
+            self.orders[o.order_id] = o
+            made.append(o)
+        if side == "SELL":
+            made[0].locked = qty  # the pooled lock sits on the first leg
+        else:
+            raise Refuse(400, -1013, "the fake supports SELL OCO lists only")
+        self.order_lists[list_id] = [o.order_id for o in made]
+        self._match_resting(spec.symbol)
+        return {
+            "orderListId": list_id, "contingencyType": "OCO", "listStatusType": "EXEC_STARTED",
+            "listOrderStatus": "EXECUTING", "listClientOrderId": p.get("listClientOrderId", f"list-{list_id}"),
+            "transactionTime": now, "symbol": spec.symbol,
+            "orders": [{"symbol": o.symbol, "orderId": o.order_id, "clientOrderId": o.client_order_id} for o in made],
+            "orderReports": [dict(o.to_json(), transactTime=now) for o in made],
+        }
+
+
+_DROP = object()
+
+
+def _split_signature(text: str) -> tuple[str, str | None]:
+    """``(text without its signature parameter, the signature)``; Binance
+    requires ``signature`` to be the last parameter."""
+    if text.startswith("signature="):
+        return "", text[len("signature="):]
+    i = text.rfind("&signature=")
+    if i < 0:
+        return text, None
+    return text[:i], text[i + len("&signature="):]

@@ -1,0 +1,1059 @@
+"""The Binance venue adapter (spot), through ccxt's async client.
+
+It implements the engine's venue interface (``core.engine.ExecutionClient``
+plus the reads of ``core.recovery.ReconcilingVenue``) the way
+``venues.paper.PaperVenue`` does, against the real exchange:
+
+* **Start** (:meth:`BinanceVenue.start`): refuses a venue that is not a
+  testnet or demo unless ``live`` is given; reads the key and secret from the
+  environment variables the config names (never from the config, never
+  logged); loads only the market type in use (no futures or margin call on a
+  spot desk); builds the instruments from ``market['info']['filters']``
+  (exact strings, ``venues.binance.instruments``), refusing symbols not
+  ``TRADING``; reads the account (the first signed request); checks the key's
+  permissions (``GET /sapi/v1/account/apiRestrictions``: a key with
+  ``enableWithdrawals`` is refused; the spot testnet has no ``/sapi`` and its
+  keys cannot withdraw, so the check is skipped there and said so); takes a
+  snapshot of the recent orders and fills of each symbol (``allOrders`` +
+  ``myTrades``) so reconciliation can be answered at once; returns the
+  start-up lines (venue, account, limits, instruments).
+* **Orders** carry the desk's ``ClientOrderId`` as ``newClientOrderId``.
+  The answer maps through ccxt's unified status (``open`` -> ACCEPTED or,
+  with fills, PARTIALLY_FILLED; ``closed`` -> FILLED; ``canceled``;
+  ``expired``; ``rejected``) into the events ``PaperVenue`` reports:
+  ``OrderAccepted``, ``OrderFilled`` (trade id, quantity, price,
+  ``commission`` and ``commissionAsset`` exactly as Binance reports them:
+  the base asset on a buy, the quote on a sell, or BNB), ``OrderCanceled``
+  / ``OrderExpired`` (with Binance's ``executedQty``), ``OrderRejected``.
+  Amounts are read from the raw strings (``order['info']``), never ccxt's
+  floats. A definite refusal (filters, balance, closed market) is reported
+  as ``OrderRejected``; an unknown outcome raises ``TransientVenueError``.
+* **Native OCO** (:meth:`BinanceVenue.submit_oco`, ``POST
+  /api/v3/orderList/oco``); everything else is the OMS's emulation
+  (``supports_oco`` says which).
+* **Polling** (:meth:`BinanceVenue.poll`): open orders per symbol, each
+  changed order by ``origClientOrderId`` and its fills (``myTrades``), then
+  the balances. Market data: :meth:`fetch_bars` (closed klines, exact
+  strings) and :meth:`fetch_best_bid_ask`. WebSocket streams are not used
+  (see the report of issue 6): REST polling is the path.
+* **Faults**: ``-1021`` -> the clock offset is measured from ``GET
+  /api/v3/time`` (half round trip) and applied to the signed timestamp; a
+  read is retried once; a submit is resolved by looking it up
+  (``GET /api/v3/order?origClientOrderId=``), never resent. HTTP 429 ->
+  nothing is sent until ``Retry-After`` has passed on the injected clock;
+  HTTP 418 -> the venue is marked down (``VenueStateChanged`` BANNED, an
+  ERROR alert) and its orders refused with the reason until the ban ends.
+  Network errors and timeouts -> ``TransientVenueError`` (outcome unknown),
+  resolved by lookup. Request weight is budgeted per minute of the
+  injected clock (``venues.binance.weights``).
+
+Reads the engine calls synchronously (``lookup``, ``order_ids``,
+``open_orders``, ``balance``, ``balances``) are answered from what the
+adapter has learnt from the venue (start-up snapshot, order answers,
+polling). A lookup the adapter cannot answer yet (an order whose submit
+outcome is unknown) starts the request in the background and raises
+``TransientVenueError`` (the engine's session retries it with backoff); a
+"not found" for an unknown submit is only given from a query that started
+after the request could no longer be accepted (its time + recvWindow +
+the backend timeout). :meth:`lookup_async` is the direct form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Awaitable, Callable, Mapping
+
+import ccxt.async_support as ccxt_async
+
+from core.clock import Clock
+from core.data import Bar
+from core.enums import LiquiditySide, OrderSide, OrderType, TimeInForce
+from core.events import (
+    AlertRaised,
+    Event,
+    OrderAccepted,
+    OrderCanceled,
+    OrderExpired,
+    OrderFilled,
+    OrderRejected,
+    VenueStateChanged,
+)
+from core.identifiers import InstrumentId, is_desk_order
+from core.instruments import Instrument
+from core.orders import ContingencyType, Order, TrailingOffsetType
+from core.recovery import VenueOrderReport
+from core.values import ZERO, dec_str
+from core.venue_errors import (
+    BACKEND_TIMEOUT_NS,
+    DuplicateClientOrderId,
+    OrderNotFound,
+    TransientVenueError,
+    VenueError,
+    VenueRejected,
+    VenueThrottled,
+)
+from venues.binance.errors import (
+    BinanceBanned,
+    BinanceRateLimited,
+    BinanceRejected,
+    BinanceStartupError,
+    BinanceTimestampError,
+)
+from venues.binance.exchange import DeskBinance, make_exchange, redact
+from venues.binance.instruments import instruments_for
+from venues.binance.weights import WeightBudget, request_weight_limit, weight_of
+from venues.filters import canonical_decimal
+
+log = logging.getLogger("desk.venues.binance")
+
+NANOS_PER_MS = 1_000_000
+NANOS_PER_SECOND = 1_000_000_000
+
+#: Binance order statuses in which an order may still trade
+_OPEN = frozenset({"NEW", "PARTIALLY_FILLED", "PENDING_NEW"})
+
+
+@dataclass(frozen=True, slots=True)
+class BinanceConfig:
+    """One Binance venue, as in ``desk.yaml`` (``venues: [{kind: binance, ...}]``).
+
+    Attributes:
+        name: the desk's venue name (``BINANCE``), the ``.VENUE`` of its
+            instrument ids.
+        market: ``spot`` (done) or ``usdm`` (USD-M futures; not done, refused).
+        testnet: spot: Binance's spot testnet (ccxt sandbox); usdm: demo trading.
+        symbols: venue symbols (``BTCUSDT``).
+        recv_window_ms: ``recvWindow`` of every signed request (ms, 1..60000).
+        api_key_env, api_secret_env: names of the environment variables that
+            hold the credentials (the values never appear in config or logs).
+        urls: replaces ccxt's ``urls['api']`` (tests: a local server).
+        leverage, margin_mode: USD-M settings (unused on spot).
+        timeout_ms: HTTP timeout.
+        weight_headroom: fraction of the per-minute request-weight limit kept
+            unused (0.1 = the desk uses at most 90 %).
+        snapshot_orders: at start, read each symbol's recent orders and fills
+            (``allOrders``, ``myTrades``: weight 40 per symbol) so that
+            reconciliation's lookups are answered at once.
+        margin_account: always False for spot (the engine reads it).
+    """
+
+    name: str = "BINANCE"
+    market: str = "spot"
+    testnet: bool = True
+    symbols: tuple[str, ...] = ("BTCUSDT",)
+    recv_window_ms: int = 5000
+    api_key_env: str = "BINANCE_API_KEY"
+    api_secret_env: str = "BINANCE_API_SECRET"
+    urls: Mapping[str, str] | None = None
+    leverage: int | None = None
+    margin_mode: str | None = None
+    timeout_ms: int = 10_000
+    weight_headroom: float = 0.1
+    snapshot_orders: bool = True
+    margin_account: bool = False
+
+    def __post_init__(self) -> None:
+        if self.market not in ("spot", "usdm"):
+            raise BinanceStartupError(f"venues[{self.name}].market: expected 'spot' or 'usdm', got {self.market!r}")
+        if not 1 <= int(self.recv_window_ms) <= 60_000:
+            raise BinanceStartupError(f"venues[{self.name}].recv_window_ms: must be 1..60000, got {self.recv_window_ms}")
+        if not self.symbols:
+            raise BinanceStartupError(f"venues[{self.name}].symbols: at least one symbol is required")
+        for env in (self.api_key_env, self.api_secret_env):
+            if not env or not env.replace("_", "").isalnum():
+                raise BinanceStartupError(f"venues[{self.name}]: {env!r} is not an environment variable name")
+
+    @classmethod
+    def from_mapping(cls, cfg: Any) -> "BinanceConfig":
+        """From the YAML venue mapping or the config model (attributes of the
+        same names; ``kind`` and unknown keys are ignored).
+
+        Raises:
+            BinanceStartupError: a bad value, naming the field.
+        """
+        get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+        kwargs: dict[str, Any] = {}
+        for f in ("name", "market", "testnet", "recv_window_ms", "api_key_env", "api_secret_env", "urls",
+                  "leverage", "margin_mode", "timeout_ms"):
+            v = get(f, None)
+            if v is not None:
+                kwargs[f] = v
+        symbols = get("symbols", None)
+        if symbols is not None:
+            if isinstance(symbols, str):
+                raise BinanceStartupError(f"venues[{kwargs.get('name', 'BINANCE')}].symbols: expected a list, "
+                                          f"got {symbols!r}")
+            kwargs["symbols"] = tuple(str(s).upper() for s in symbols)
+        if "urls" in kwargs:
+            kwargs["urls"] = dict(kwargs["urls"])
+        return cls(**kwargs)
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """The adapter's view of one desk order at the venue."""
+
+    client_order_id: str
+    model_id: str
+    instrument_id: InstrumentId
+    symbol: str  # ccxt unified
+    side: str
+    quantity: Decimal
+    time_in_force: str = "GTC"
+    venue_order_id: str = ""
+    status: str = ""  # Binance status; "" before any answer
+    executed: Decimal = ZERO
+    fills: dict[str, OrderFilled] = field(default_factory=dict)
+    accepted_reported: bool = False
+    reported: set[str] = field(default_factory=set)  # trade ids reported through on_event
+    closed_reported: bool = False
+    unknown: bool = False  # the submit's outcome is unknown
+    ts_sent_ns: int = 0
+    expire_reason: str = ""
+
+
+class BinanceVenue:
+    """A Binance spot venue for the engine (see the module docstring).
+
+    Args:
+        config: :class:`BinanceConfig`.
+        clock: the engine clock (signed timestamps, Retry-After, weight
+            budget, event times all run on it).
+        on_event: the engine's report callback; may be set later with
+            :meth:`bind` (the engine builds the venue through a factory).
+        live: the operator's ``--live``: required when ``testnet`` is false.
+        env: where the credentials are read (default ``os.environ``).
+        exchange: a prebuilt :class:`~venues.binance.exchange.DeskBinance`
+            (tests); by default one is made by ``make_exchange``.
+
+    Raises:
+        BinanceStartupError: at construction, a non-testnet venue without
+            ``live``, or the unfinished USD-M market.
+    """
+
+    #: no native amend is used (Binance spot's amend only lowers quantity): the OMS emulates
+    supports_modify = False
+    #: native OCO (``POST /api/v3/orderList/oco``) on spot
+    supports_oco = True
+    #: Binance does not cancel orders when the session drops
+    cancel_on_disconnect = False
+
+    def __init__(self, config: BinanceConfig, clock: Clock, on_event: Callable[[Event], None] | None = None, *,
+                 live: bool = False, env: Mapping[str, str] | None = None, exchange: DeskBinance | None = None) -> None:
+        if not config.testnet and not live:
+            raise BinanceStartupError(
+                f"{config.name}: testnet is false, so this venue trades real money; the desk refuses to start it "
+                f"without --live")
+        if config.market != "spot":
+            raise BinanceStartupError(
+                f"venues[{config.name}].market: {config.market!r} (USD-M futures) is not supported by this adapter "
+                f"yet; use market: spot")
+        self.config = config
+        self.venue = config.name
+        self.clock = clock
+        self.on_event = on_event
+        self.live = live
+        self._env = env if env is not None else os.environ
+        self.budget = WeightBudget(clock, 1200, config.weight_headroom)
+        self.ex: DeskBinance | None = exchange
+        if exchange is not None:
+            exchange.set_hooks(self._gate, self.budget.observe_used)
+        self.instruments: dict[InstrumentId, Instrument] = {}
+        self.unified: dict[InstrumentId, str] = {}
+        self._by_unified: dict[str, InstrumentId] = {}
+        self.quote = ""
+        self.clock_offset_ms = 0
+        self.throttled_until_ns: int | None = None
+        self.banned_until_ns: int | None = None
+        self.state = "DISCONNECTED"
+        self.connected = False
+        self._orders: dict[str, _Tracked] = {}
+        self._reports: dict[str, VenueOrderReport] = {}
+        self._absent: dict[str, int] = {}  # coid -> engine time the query that found nothing started
+        self._open_foreign: dict[str, Decimal] = {}
+        self._balances: dict[str, tuple[Decimal, Decimal]] = {}
+        self._pending: dict[str, asyncio.Task[Any]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.started = False
+        self.account_info: dict[str, Any] = {}
+        self.rate_limits: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------ wiring
+    def bind(self, on_event: Callable[[Event], None]) -> "BinanceVenue":
+        """Set the report callback (the engine's ``venue_factory`` returns the
+        started venue bound to the engine's callback)."""
+        self.on_event = on_event
+        return self
+
+    def _emit(self, event: Event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _now(self) -> int:
+        return self.clock.timestamp_ns()
+
+    def _set_state(self, state: str, reason: str, until_ns: int = 0) -> None:
+        if state == self.state:
+            return
+        now = self._now()
+        prev, self.state = self.state, state
+        self._emit(VenueStateChanged(ts_event=now, ts_init=now, venue=self.venue, state=state, previous=prev,
+                                     reason=reason, until_ns=until_ns))
+
+    def _alert(self, level: str, code: str, message: str) -> None:
+        now = self._now()
+        getattr(log, level.lower() if level != "ERROR" else "error", log.warning)("%s: %s", code, message)
+        self._emit(AlertRaised(ts_event=now, ts_init=now, level=level, code=code, message=message))
+
+    # ------------------------------------------------------------ the gate
+    def _blocked(self) -> VenueThrottled | None:
+        now = self._now()
+        if self.banned_until_ns is not None:
+            if now < self.banned_until_ns:
+                left = self.banned_until_ns - now
+                return BinanceBanned(self.venue, left, f"the venue is down: IP banned (HTTP 418) for another "
+                                                       f"{left / NANOS_PER_SECOND:g} s; orders refused")
+            self.banned_until_ns = None
+        if self.throttled_until_ns is not None:
+            if now < self.throttled_until_ns:
+                left = self.throttled_until_ns - now
+                return BinanceRateLimited(self.venue, left, f"rate limited (HTTP 429): nothing is sent for another "
+                                                            f"{left / NANOS_PER_SECOND:g} s")
+            self.throttled_until_ns = None
+        return None
+
+    def _gate(self, api: str, method: str, path: str, params: dict) -> None:
+        """Called by the exchange before every request: refuse it (raise)
+        while throttled or banned, or when its weight does not fit the
+        budget; cancels pass the budget (they relieve risk)."""
+        blocked = self._blocked()
+        if blocked is not None:
+            raise blocked
+        w = weight_of(api, method, path, params)
+        refusal = self.budget.charge(w, force=(method == "DELETE"))
+        if refusal is not None:
+            raise BinanceRateLimited(self.venue, refusal.retry_after_ns, refusal.detail, status=0)
+
+    # ------------------------------------------------------------ calls
+    async def _guard(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one exchange call, translating what it raises into the typed
+        venue errors and keeping the throttle, ban and connection state."""
+        try:
+            result = await fn()
+        except BinanceBanned as exc:
+            if exc.status == 418:
+                until = self._now() + exc.retry_after_ns
+                if self.banned_until_ns is None or until > self.banned_until_ns:
+                    self.banned_until_ns = until
+                    self._set_state("BANNED", exc.detail, until)
+                    self._alert("ERROR", "VENUE_BANNED", (
+                        f"{self.venue}: {exc.detail}; the venue is down until {until} ns, its orders are refused "
+                        f"with the reason"))
+            raise
+        except BinanceRateLimited as exc:
+            if exc.status == 429:
+                until = self._now() + exc.retry_after_ns
+                if self.throttled_until_ns is None or until > self.throttled_until_ns:
+                    self.throttled_until_ns = until
+                    self._set_state("THROTTLED", exc.detail, until)
+            raise
+        except VenueError:
+            self._mark_connected()
+            raise
+        except ccxt_async.NetworkError as exc:
+            cause = exc.__cause__
+            refused = cause is not None and type(cause).__name__ in ("ClientConnectorError", "ClientConnectorDNSError")
+            kind = "disconnected" if refused else "timeout"
+            if refused:  # the venue cannot be reached; a timeout alone says nothing of the session
+                self.connected = False
+                self._set_state("DISCONNECTED", f"{what}: {type(exc).__name__}")
+            raise TransientVenueError(self.venue, f"{what}: {type(exc).__name__}: {redact(str(exc))[:200]} "
+                                                  f"(outcome unknown)", kind=kind) from None
+        except ccxt_async.BaseError as exc:
+            self._mark_connected()
+            raise BinanceRejected(self.venue, f"{what}: {type(exc).__name__}: {redact(str(exc))[:300]}") from None
+        self._mark_connected()
+        return result
+
+    def _mark_connected(self) -> None:
+        self.connected = True
+        if self.state in ("DISCONNECTED", "THROTTLED", "BANNED") and self._blocked() is None:
+            self._set_state("CONNECTED", "answering")
+
+    async def _read(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """A read: on ``-1021`` the clock offset is measured and the read is
+        retried once."""
+        try:
+            return await self._guard(what, fn)
+        except BinanceTimestampError:
+            await self.sync_clock()
+            return await self._guard(what, fn)
+
+    def _exchange(self) -> DeskBinance:
+        if self.ex is None:
+            raise BinanceStartupError(f"{self.venue}: not started")
+        return self.ex
+
+    async def sync_clock(self) -> int:
+        """Measure the venue's clock against the injected clock (``GET
+        /api/v3/time``; offset = serverTime - midpoint of the request) and
+        sign from now on with ``timestamp`` = clock + offset (ccxt's
+        ``options['timeDifference']`` = -offset). Returns the offset in ms
+        (positive: the venue is ahead).
+
+        Raises:
+            TransientVenueError, VenueThrottled: the time could not be read.
+        """
+        ex = self._exchange()
+        before = self._now() // NANOS_PER_MS
+        server = await self._guard("time", ex.fetch_time)
+        after = self._now() // NANOS_PER_MS
+        offset = int(server) - (before + after) // 2
+        ex.options["timeDifference"] = -offset
+        changed = offset != self.clock_offset_ms
+        self.clock_offset_ms = offset
+        if changed:
+            self._alert("WARNING", "CLOCK_OFFSET", (
+                f"{self.venue}: timestamp outside recvWindow ({self.config.recv_window_ms} ms); the venue's clock "
+                f"is {offset:+d} ms from ours, applied to every signed request"))
+        return offset
+
+    # ------------------------------------------------------------ start
+    def _credentials(self) -> tuple[str, str]:
+        key = self._env.get(self.config.api_key_env)
+        secret = self._env.get(self.config.api_secret_env)
+        missing = [n for n, v in ((self.config.api_key_env, key), (self.config.api_secret_env, secret)) if not v]
+        if missing:
+            raise BinanceStartupError(f"{self.venue}: the environment variable(s) {', '.join(missing)} holding the "
+                                      f"API credentials are not set (api_key_env / api_secret_env)")
+        return str(key), str(secret)
+
+    async def start(self) -> list[str]:
+        """Connect and check everything before trading (see the module
+        docstring). Returns the start-up lines (venue, account, limits,
+        instruments) for the operator; no secret appears in them.
+
+        Raises:
+            BinanceStartupError: missing credentials, a symbol not TRADING or
+                unknown, a key that can withdraw or cannot trade spot.
+            TransientVenueError, VenueThrottled, VenueRejected: the venue
+                could not be reached or refused (exit 2 at start).
+        """
+        cfg = self.config
+        if self.ex is None:
+            key, secret = self._credentials()
+            self.ex = make_exchange(clock=self.clock, market=cfg.market, testnet=cfg.testnet,
+                                    recv_window_ms=cfg.recv_window_ms, api_key=key, secret=secret,
+                                    urls=dict(cfg.urls) if cfg.urls else None, venue_name=self.venue,
+                                    gate=self._gate, on_used_weight=self.budget.observe_used,
+                                    timeout_ms=cfg.timeout_ms)
+        ex = self.ex
+        ex.options["recvWindow"] = cfg.recv_window_ms
+        markets = await self._read("load markets", ex.load_markets)
+        self.rate_limits = list((ex.exchange_info or {}).get("rateLimits", []) or [])
+        self.budget.limit = request_weight_limit(ex.exchange_info, self.budget.limit)
+        self.instruments, self.unified = instruments_for(list(cfg.symbols), markets, self.venue, cfg.market)
+        self._by_unified = {u: iid for iid, u in self.unified.items()}
+        self.quote = next(iter(self.instruments.values())).quote
+        account = await self._read("account", ex.privateGetAccount)
+        self.account_info = account
+        self._take_balances(account)
+        perm_line = await self._check_permissions()
+        if cfg.snapshot_orders:
+            for iid in self.instruments:
+                await self._snapshot(iid)
+        await self._refresh_open_orders()
+        self.started = True
+        self._set_state("CONNECTED", "started")
+        env = ("testnet" if cfg.testnet else "LIVE") if not cfg.urls else "custom URLs"
+        lines = [f"{self.venue}: Binance {cfg.market} ({env}), recvWindow {cfg.recv_window_ms} ms, "
+                 f"clock offset {self.clock_offset_ms:+d} ms"]
+        bal = ", ".join(f"{a} {dec_str(canonical_decimal(f + lk))}" for a, (f, lk) in sorted(self._balances.items())
+                        if f + lk != 0 and (a == self.quote or any(i.base == a for i in self.instruments.values())))
+        lines.append(f"{self.venue}: account {account.get('accountType', '?')}, canTrade "
+                     f"{account.get('canTrade')}, balances {bal or 'none'}")
+        lines.append(f"{self.venue}: {perm_line}")
+        limits = "; ".join(f"{r.get('rateLimitType')} {r.get('limit')}/{r.get('intervalNum')} {r.get('interval')}"
+                           for r in self.rate_limits)
+        lines.append(f"{self.venue}: limits {limits or 'unknown'}; the desk budgets {self.budget.budget} request "
+                     f"weight per minute")
+        for inst in self.instruments.values():
+            lines.append(f"{inst.id}: tick {dec_str(inst.tick_size)}, step {dec_str(inst.step_size)}, min qty "
+                         f"{dec_str(inst.min_qty)}, min notional {dec_str(inst.min_notional)} {inst.quote} "
+                         f"(exchangeInfo)")
+        for line in lines:
+            log.info(line)
+        return lines
+
+    async def _check_permissions(self) -> str:
+        ex = self._exchange()
+        if "sapi" not in (ex.urls.get("api") or {}):
+            return ("key permissions not checked: the spot testnet has no /sapi endpoints (its keys cannot "
+                    "withdraw)")
+        r = await self._read("api restrictions", ex.sapiGetAccountApiRestrictions)
+        if r.get("enableWithdrawals"):
+            raise BinanceStartupError(
+                f"{self.venue}: the API key has withdrawals enabled (apiRestrictions.enableWithdrawals true); the "
+                f"desk refuses a key that can withdraw: create a key without the withdrawal permission")
+        if r.get("enableSpotAndMarginTrading") is False:
+            raise BinanceStartupError(
+                f"{self.venue}: the API key cannot trade spot (apiRestrictions.enableSpotAndMarginTrading false)")
+        return "key permissions: reading and spot trading, withdrawals disabled"
+
+    def _take_balances(self, account: Mapping[str, Any]) -> None:
+        self._balances = {b["asset"]: (Decimal(b["free"]), Decimal(b["locked"])) for b in account.get("balances", [])}
+
+    async def _snapshot(self, iid: InstrumentId) -> None:
+        """Recent orders and fills of one symbol (``allOrders``, ``myTrades``)."""
+        ex = self._exchange()
+        sym_id = iid.symbol
+        orders = await self._read("all orders", lambda: ex.privateGetAllOrders({"symbol": sym_id, "limit": 1000}))
+        trades = await self._read("my trades", lambda: ex.privateGetMyTrades({"symbol": sym_id, "limit": 1000}))
+        by_order: dict[str, list[dict[str, Any]]] = {}
+        for t in trades:
+            by_order.setdefault(str(t["orderId"]), []).append(t)
+        for o in orders:
+            coid = str(o["clientOrderId"])
+            fills = tuple(self._fill_from_trade(coid, iid, "", t) for t in by_order.get(str(o["orderId"]), []))
+            self._reports[coid] = self._report_from_raw(o, fills)
+
+    # ------------------------------------------------------------ mapping
+    def _iid_of(self, unified: str) -> InstrumentId:
+        return self._by_unified[unified]
+
+    def _fill_from_trade(self, coid: str, iid: InstrumentId, model_id: str, t: Mapping[str, Any],
+                         venue_order_id: str | None = None) -> OrderFilled:
+        """An ``OrderFilled`` from a raw ``myTrades`` row (exact strings)."""
+        ts = int(t["time"]) * NANOS_PER_MS
+        side = "BUY" if t.get("isBuyer") else "SELL"
+        return OrderFilled(
+            ts_event=ts, ts_init=self._now(), client_order_id=coid, instrument_id=iid, model_id=model_id,
+            venue_order_id=venue_order_id or str(t["orderId"]), trade_id=str(t["id"]), side=side,
+            last_qty=Decimal(str(t["qty"])), last_px=Decimal(str(t["price"])),
+            commission=Decimal(str(t["commission"])), commission_currency=str(t["commissionAsset"]),
+            liquidity_side=(LiquiditySide.MAKER if t.get("isMaker") else LiquiditySide.TAKER).value)
+
+    @staticmethod
+    def _report_status(raw_status: str) -> str:
+        return {"NEW": "OPEN", "PARTIALLY_FILLED": "OPEN", "PENDING_NEW": "OPEN", "FILLED": "FILLED",
+                "CANCELED": "CANCELED", "PENDING_CANCEL": "OPEN", "EXPIRED": "EXPIRED",
+                "EXPIRED_IN_MATCH": "EXPIRED", "REJECTED": "REJECTED"}.get(raw_status, "OPEN")
+
+    def _report_from_raw(self, o: Mapping[str, Any], fills: tuple[OrderFilled, ...]) -> VenueOrderReport:
+        status = str(o.get("status", ""))
+        return VenueOrderReport(
+            client_order_id=str(o.get("clientOrderId") or o.get("origClientOrderId")),
+            venue_order_id=str(o["orderId"]), status=self._report_status(status),
+            filled_qty=Decimal(str(o.get("executedQty", "0"))), fills=fills,
+            reason=status if status not in _OPEN and status != "FILLED" else "")
+
+    # ------------------------------------------------------------ orders
+    def _track(self, order: Order) -> _Tracked:
+        t = self._orders.get(order.client_order_id)
+        if t is None:
+            unified = self.unified.get(order.instrument_id)
+            if unified is None:
+                raise VenueRejected(self.venue, f"unknown instrument {order.instrument_id}")
+            t = _Tracked(order.client_order_id, order.model_id, order.instrument_id, unified, order.side.value,
+                         order.quantity, order.time_in_force.value)
+            self._orders[order.client_order_id] = t
+        return t
+
+    def _order_request(self, order: Order) -> tuple[str, str | None, dict[str, Any]]:
+        """``(ccxt type, price string, params)`` for ``order``; raises
+        VenueRejected for what Binance spot cannot take natively."""
+        params: dict[str, Any] = {"newClientOrderId": order.client_order_id}
+        t = order.order_type
+        tif = order.time_in_force
+        if tif in (TimeInForce.GTD, TimeInForce.DAY):
+            raise VenueRejected(self.venue, f"Binance spot has no {tif.value} time in force")
+        price = None if order.price is None else dec_str(order.price)
+        if t == OrderType.MARKET:
+            return "market", None, params  # no timeInForce, no price (a price would become quoteOrderQty)
+        if t == OrderType.LIMIT:
+            if order.post_only:
+                return "LIMIT_MAKER", price, params
+            params["timeInForce"] = tif.value
+            return "limit", price, params
+        if t in (OrderType.STOP_MARKET, OrderType.STOP_LIMIT):
+            assert order.trigger_price is not None
+            params["stopPrice"] = dec_str(order.trigger_price)
+            if t == OrderType.STOP_LIMIT:
+                params["timeInForce"] = tif.value if tif in (TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK) else "GTC"
+                return "STOP_LOSS_LIMIT", price, params
+            return "STOP_LOSS", None, params
+        if t == OrderType.TRAILING_STOP_MARKET:
+            if order.trailing_offset_type != TrailingOffsetType.BASIS_POINTS or order.trailing_offset is None:
+                raise VenueRejected(self.venue, "Binance spot trails in basis points only (trailingDelta)")
+            params["trailingDelta"] = dec_str(order.trailing_offset)
+            if order.trigger_price is not None:
+                params["stopPrice"] = dec_str(order.trigger_price)
+            return "STOP_LOSS", None, params
+        raise VenueRejected(self.venue, f"order type {t.value} is not supported")
+
+    async def submit_order(self, order: Order) -> None:
+        """Send ``order`` (``POST /api/v3/order``, ``newClientOrderId`` = its
+        ClientOrderId, ``newOrderRespType`` FULL) and report what the venue
+        answered: ``OrderAccepted``, one ``OrderFilled`` per fill of the
+        answer, and ``OrderExpired`` for an IOC/FOK/MARKET remainder; a
+        definite refusal as ``OrderRejected``. On ``-1021`` the clock offset
+        is measured and the order is looked up by ClientOrderId (found:
+        reported; not found: ``OrderRejected``, never resent).
+
+        Raises:
+            BinanceBanned, BinanceRateLimited: the venue is banned or
+                throttled (nothing was sent); the reason says until when.
+            DuplicateClientOrderId: the venue has an open order with this id
+                (look it up).
+            TransientVenueError: the outcome is unknown (timeout, dropped
+                connection, ``-1007``, HTTP 5xx); the order is looked up in
+                the background and :meth:`lookup` answers once it is known.
+        """
+        ex = self._exchange()
+        t = self._track(order)
+        now = self._now()
+        common = dict(ts_event=now, ts_init=now, client_order_id=order.client_order_id,
+                      instrument_id=order.instrument_id, model_id=order.model_id)
+        try:
+            type_, price, params = self._order_request(order)
+        except VenueRejected as exc:
+            t.status = "REJECTED"
+            self._emit(OrderRejected(**common, reason=exc.detail))
+            return
+        t.ts_sent_ns = now
+        qty = dec_str(order.quantity)
+        try:
+            resp = await self._guard("submit", lambda: ex.create_order(t.symbol, type_, order.side.value.lower(), qty,
+                                                                          price, params))
+        except BinanceTimestampError as exc:
+            offset = await self.sync_clock()
+            known = await self.lookup_async(order.client_order_id)
+            if known is None:
+                t.status = "REJECTED"
+                self._emit(OrderRejected(**common, reason=(
+                    f"{exc.detail} (the venue's clock is {offset:+d} ms from ours; now applied); not placed, "
+                    f"not resent")))
+            return
+        except (VenueThrottled, DuplicateClientOrderId):
+            raise
+        except TransientVenueError:
+            t.unknown = True
+            self._schedule_lookup(order.client_order_id)
+            raise
+        except VenueError as exc:  # a definite no: filters, balance, closed market, bad key
+            t.status = "REJECTED"
+            self._emit(OrderRejected(**common, reason=f"{type(exc).__name__}: {exc.detail}"))
+            return
+        self._on_order_answer(t, resp["info"], resp.get("status"))
+
+    def _on_order_answer(self, t: _Tracked, info: Mapping[str, Any], unified_status: str | None) -> None:
+        """Report what a new-order answer (``FULL``: with ``fills``) says."""
+        vid = str(info["orderId"])
+        ts = int(info.get("transactTime") or info.get("updateTime") or self._now() // NANOS_PER_MS) * NANOS_PER_MS
+        fills = []
+        for f in info.get("fills") or []:
+            fills.append(OrderFilled(
+                ts_event=ts, ts_init=self._now(), client_order_id=t.client_order_id, instrument_id=t.instrument_id,
+                model_id=t.model_id, venue_order_id=vid, trade_id=str(f["tradeId"]), side=t.side,
+                last_qty=Decimal(str(f["qty"])), last_px=Decimal(str(f["price"])),
+                commission=Decimal(str(f["commission"])), commission_currency=str(f["commissionAsset"]),
+                liquidity_side=LiquiditySide.TAKER.value))  # fills in the answer matched on arrival: taker
+        self._apply(t, info, fills, ts, unified_status)
+
+    def _apply(self, t: _Tracked, info: Mapping[str, Any], fills: list[OrderFilled], ts_ns: int,
+               unified_status: str | None = None, reason: str = "") -> None:
+        """Bring the tracked order to what the venue says and report the new
+        part: accepted, new fills, then the final status. Repeats report
+        nothing (fills are keyed by trade id)."""
+        raw = str(info.get("status", ""))
+        t.status = raw
+        t.unknown = False
+        t.venue_order_id = str(info["orderId"])
+        t.executed = Decimal(str(info.get("executedQty", "0")))
+        for f in fills:
+            t.fills.setdefault(f.trade_id, f)
+        self._absent.pop(t.client_order_id, None)
+        common = dict(ts_event=ts_ns, ts_init=self._now(), client_order_id=t.client_order_id,
+                      instrument_id=t.instrument_id, model_id=t.model_id)
+        # ccxt's unified status: open -> ACCEPTED (PARTIALLY_FILLED once fills arrive), closed -> FILLED,
+        # canceled, expired, rejected
+        status = unified_status or self._exchange().parse_order_status(raw)
+        if status == "rejected":
+            if not t.closed_reported:
+                t.closed_reported = True
+                self._emit(OrderRejected(**common, reason=reason or f"rejected by {self.venue} ({raw})"))
+        else:
+            if not t.accepted_reported:
+                t.accepted_reported = True
+                self._emit(OrderAccepted(**common, venue_order_id=t.venue_order_id))
+            for f in list(t.fills.values()):
+                if f.trade_id not in t.reported:
+                    t.reported.add(f.trade_id)
+                    self._book_fill(f)
+                    self._emit(f)
+            if status in ("canceled", "expired") and not t.closed_reported:
+                t.closed_reported = True
+                cls = OrderExpired if status == "expired" else OrderCanceled
+                why = reason or (t.expire_reason or (t.time_in_force if status == "expired" else "CANCELED"))
+                self._emit(cls(**common, reason=why, executed_qty=t.executed))
+        self._reports[t.client_order_id] = VenueOrderReport(
+            t.client_order_id, t.venue_order_id, self._report_status(raw), t.executed, tuple(t.fills.values()),
+            reason or ("" if raw in _OPEN or raw == "FILLED" else raw))
+
+    def _book_fill(self, f: OrderFilled) -> None:
+        """Keep the balance view in step with a reported fill (the next
+        account read replaces it with the venue's own figures)."""
+        inst = self.instruments.get(f.instrument_id)
+        if inst is None:
+            return
+        notional = f.last_qty * f.last_px
+        sign = 1 if f.side == "BUY" else -1
+        self._adjust(inst.base, sign * f.last_qty)
+        self._adjust(inst.quote, -sign * notional)
+        self._adjust(f.commission_currency, -f.commission)
+
+    def _adjust(self, asset: str, delta: Decimal) -> None:
+        free, locked = self._balances.get(asset, (ZERO, ZERO))
+        self._balances[asset] = (free + delta, locked)
+
+    async def cancel_order(self, order: Order, reason: str = "CANCELED") -> None:
+        """Cancel by ClientOrderId (``DELETE /api/v3/order``); report missed
+        fills first (``myTrades``) when the answer's ``executedQty`` is above
+        what was reported, then ``OrderCanceled`` with that executed
+        quantity. A ``-1021`` is retried once after measuring the offset.
+
+        Raises:
+            OrderNotFound: ``-2011`` (unknown or already closed: look it up).
+            BinanceBanned, BinanceRateLimited, TransientVenueError: as for a read.
+        """
+        ex = self._exchange()
+        t = self._track(order)
+        coid = order.client_order_id
+        resp = await self._read("cancel", lambda: ex.cancel_order(None, t.symbol, {"origClientOrderId": coid}))
+        info = resp["info"]
+        executed = Decimal(str(info.get("executedQty", "0")))
+        fills: list[OrderFilled] = []
+        if executed > sum((f.last_qty for f in t.fills.values()), ZERO):
+            fills = await self._fetch_fills(t, str(info["orderId"]))
+        ts = int(info.get("transactTime") or self._now() // NANOS_PER_MS) * NANOS_PER_MS
+        self._apply(t, info, fills, ts, "canceled", reason=reason)
+
+    async def _fetch_fills(self, t: _Tracked, venue_order_id: str) -> list[OrderFilled]:
+        ex = self._exchange()
+        sym_id = t.instrument_id.symbol
+        rows = await self._read("my trades", lambda: ex.privateGetMyTrades({"symbol": sym_id,
+                                                                            "orderId": venue_order_id}))
+        return [self._fill_from_trade(t.client_order_id, t.instrument_id, t.model_id, r, venue_order_id)
+                for r in rows]
+
+    async def submit_oco(self, above: Order, below: Order, list_client_order_id: str | None = None) -> None:
+        """A native OCO sell (``POST /api/v3/orderList/oco``): ``above`` is a
+        LIMIT (sent as ``LIMIT_MAKER``, the take-profit), ``below`` a
+        STOP_MARKET (``STOP_LOSS``) or STOP_LIMIT (``STOP_LOSS_LIMIT``), both
+        SELL of the same quantity; the base is locked once. Each leg is
+        reported as its own order (accepted now; fills and the other leg's
+        ``OrderExpired`` reason ``OCO`` come with :meth:`poll`).
+
+        Raises:
+            VenueRejected: legs Binance cannot take as an OCO list (named).
+            BinanceBanned, BinanceRateLimited, TransientVenueError: as for a submit.
+        """
+        ex = self._exchange()
+        if above.side != OrderSide.SELL or below.side != OrderSide.SELL or above.quantity != below.quantity \
+                or above.instrument_id != below.instrument_id:
+            raise VenueRejected(self.venue, "OCO: both legs must be SELL orders of one instrument and one quantity")
+        if above.order_type != OrderType.LIMIT or below.order_type not in (OrderType.STOP_MARKET, OrderType.STOP_LIMIT):
+            raise VenueRejected(self.venue, "OCO: above must be a LIMIT, below a STOP_MARKET or STOP_LIMIT")
+        ta, tb = self._track(above), self._track(below)
+        params: dict[str, Any] = {
+            "symbol": above.instrument_id.symbol, "side": "SELL", "quantity": dec_str(above.quantity),
+            "aboveType": "LIMIT_MAKER", "abovePrice": dec_str(above.price or ZERO),
+            "aboveClientOrderId": above.client_order_id,
+            "belowType": "STOP_LOSS_LIMIT" if below.order_type == OrderType.STOP_LIMIT else "STOP_LOSS",
+            "belowStopPrice": dec_str(below.trigger_price or ZERO), "belowClientOrderId": below.client_order_id,
+            "newOrderRespType": "FULL",
+        }
+        if below.order_type == OrderType.STOP_LIMIT:
+            params["belowPrice"] = dec_str(below.price or ZERO)
+            params["belowTimeInForce"] = "GTC"
+        if list_client_order_id:
+            params["listClientOrderId"] = list_client_order_id
+        now = self._now()
+        ta.ts_sent_ns = tb.ts_sent_ns = now
+        ta.expire_reason = tb.expire_reason = "OCO"
+        try:
+            resp = await self._guard("submit OCO", lambda: ex.privatePostOrderListOco(params))
+        except TransientVenueError:
+            ta.unknown = tb.unknown = True
+            self._schedule_lookup(above.client_order_id)
+            self._schedule_lookup(below.client_order_id)
+            raise
+        ts = int(resp.get("transactionTime") or now // NANOS_PER_MS) * NANOS_PER_MS
+        for rep in resp.get("orderReports", []):
+            t = self._orders.get(str(rep["clientOrderId"]))
+            if t is not None:
+                self._apply(t, rep, [], ts)
+
+    def cancel_all(self, reason: str) -> int:
+        """Cancel every working desk order this adapter tracks (sent
+        concurrently, in the background); returns how many."""
+        n = 0
+        for t in list(self._orders.values()):
+            if t.status in _OPEN and is_desk_order(t.client_order_id):
+                self._spawn(self._cancel_tracked(t, reason))
+                n += 1
+        return n
+
+    async def _cancel_tracked(self, t: _Tracked, reason: str) -> None:
+        ex = self._exchange()
+        try:
+            resp = await self._read("cancel", lambda: ex.cancel_order(None, t.symbol,
+                                                                      {"origClientOrderId": t.client_order_id}))
+        except VenueError as exc:
+            log.warning("cancel %s: %s", t.client_order_id, exc)
+            return
+        info = resp["info"]
+        ts = int(info.get("transactTime") or self._now() // NANOS_PER_MS) * NANOS_PER_MS
+        self._apply(t, info, [], ts, "canceled", reason=reason)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def settle(self) -> None:
+        """Wait for the background requests started so far (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def on_bar(self, bar: Bar) -> None:
+        """Market data reaches a real venue by itself: nothing to do."""
+
+    def commit(self) -> None:
+        """The venue's state is the exchange's: nothing to make durable here."""
+
+    # ------------------------------------------------------------ lookups
+    async def lookup_async(self, client_order_id: str) -> VenueOrderReport | None:
+        """Look one order up at the venue by ClientOrderId (``GET
+        /api/v3/order?origClientOrderId=``, then its fills from ``myTrades``
+        when it has executed anything); None when the venue has no such
+        order (``-2013``). Reports what is new about a tracked order through
+        the callback (an unknown submit found is acknowledged and its fills
+        applied). Symbols are tried in turn for an id the adapter never saw.
+
+        Raises:
+            TransientVenueError, VenueThrottled: the read failed.
+        """
+        ex = self._exchange()
+        started = self._now()
+        t = self._orders.get(client_order_id)
+        known = self._reports.get(client_order_id)
+        if t is not None:
+            candidates = [t.symbol]
+        elif known is not None and known.fills:
+            candidates = [self.unified[known.fills[0].instrument_id]]
+        else:
+            candidates = list(self.unified.values())
+        for unified in candidates:
+            iid = self._iid_of(unified)
+            try:
+                resp = await self._read("lookup", lambda u=unified: ex.fetch_order(
+                    None, u, {"origClientOrderId": client_order_id}))
+            except OrderNotFound:
+                continue
+            info = resp["info"]
+            vid = str(info["orderId"])
+            fills: list[OrderFilled] = []
+            if Decimal(str(info.get("executedQty", "0"))) > 0:
+                sym_id = iid.symbol
+                rows = await self._read("my trades", lambda s=sym_id, v=vid: ex.privateGetMyTrades(
+                    {"symbol": s, "orderId": v}))
+                model_id = t.model_id if t is not None else ""
+                fills = [self._fill_from_trade(client_order_id, iid, model_id, r, vid) for r in rows]
+            ts = int(info.get("updateTime") or info.get("time") or started // NANOS_PER_MS) * NANOS_PER_MS
+            if t is not None:
+                self._apply(t, info, fills, ts, resp.get("status"))
+            else:
+                self._reports[client_order_id] = self._report_from_raw(info, tuple(fills))
+            return self._reports[client_order_id]
+        self._absent[client_order_id] = started
+        self._reports.pop(client_order_id, None)
+        return None
+
+    def _schedule_lookup(self, client_order_id: str) -> None:
+        task = self._pending.get(client_order_id)
+        if task is not None and not task.done():
+            return
+
+        async def run() -> None:
+            try:
+                await self.lookup_async(client_order_id)
+            except VenueError as exc:
+                log.warning("background lookup of %s: %s", client_order_id, exc)
+            finally:
+                self._pending.pop(client_order_id, None)
+
+        try:
+            self._pending[client_order_id] = self._spawn(run())
+        except RuntimeError:  # no running loop (a synchronous caller): the next poll looks it up
+            pass
+
+    def lookup(self, client_order_id: str) -> VenueOrderReport | None:
+        """The venue's view of one order (``core.recovery``'s synchronous
+        read), from what the adapter has learnt: the start-up snapshot, the
+        order's answers and the polls. For an order whose submit outcome is
+        unknown the venue is asked in the background and this raises
+        ``TransientVenueError`` until the answer is in; "not found" is given
+        only from a query that started after the request could no longer be
+        accepted (send time + recvWindow + Binance's 10 s backend timeout)
+        once that time has passed.
+
+        Raises:
+            TransientVenueError: the answer is not known yet (asked now).
+        """
+        t = self._orders.get(client_order_id)
+        pending = t is not None and t.unknown
+        if not pending and client_order_id in self._reports:
+            return self._reports[client_order_id]
+        absent_at = self._absent.get(client_order_id)
+        if absent_at is not None:
+            if t is None or not t.unknown:
+                return None
+            deadline = t.ts_sent_ns + self.config.recv_window_ms * NANOS_PER_MS + BACKEND_TIMEOUT_NS
+            if self._now() < deadline or absent_at >= deadline:
+                return None
+        elif t is None and self.started and self.config.snapshot_orders:
+            return None  # not in the start-up snapshot, never sent by this process: the venue never saw it
+        self._schedule_lookup(client_order_id)
+        raise TransientVenueError(self.venue, f"lookup of {client_order_id}: asked the venue; the answer comes at a "
+                                              f"later step", kind="timeout")
+
+    def order_ids(self) -> list[str]:
+        """Every ClientOrderId the adapter has seen at the venue (start-up
+        snapshot of each symbol's recent orders, orders sent, open orders),
+        sorted."""
+        ids = set(self._reports) | {c for c, t in self._orders.items() if t.status} | set(self._open_foreign)
+        return sorted(ids)
+
+    def open_orders(self) -> dict[str, Decimal]:
+        """Open orders (mass status, ``GET /api/v3/openOrders`` at the last
+        poll): ClientOrderId -> executed quantity (base units)."""
+        out = {c: t.executed for c, t in self._orders.items() if t.status in _OPEN}
+        out.update({c: q for c, q in self._open_foreign.items() if c not in out})
+        return out
+
+    def is_connected(self) -> bool:
+        """False while banned or after a network error, until a request
+        succeeds again."""
+        return self.connected and (self.banned_until_ns is None or self._now() >= self.banned_until_ns)
+
+    def balance(self, asset: str) -> Decimal:
+        """Total (free + locked) of ``asset`` at the last account read, moved
+        by the fills reported since."""
+        free, locked = self._balances.get(asset, (ZERO, ZERO))
+        return free + locked
+
+    def free(self, asset: str) -> Decimal:
+        """Free balance of ``asset`` (last account read and reported fills)."""
+        return self._balances.get(asset, (ZERO, ZERO))[0]
+
+    def balances(self) -> dict[str, Decimal]:
+        """Every non-zero asset's total balance."""
+        return {a: f + lk for a, (f, lk) in sorted(self._balances.items()) if f + lk != 0}
+
+    # ------------------------------------------------------------ polling
+    async def refresh_balances(self) -> dict[str, Decimal]:
+        """Read the account (``GET /api/v3/account``, weight 20)."""
+        ex = self._exchange()
+        account = await self._read("account", ex.privateGetAccount)
+        self.account_info = account
+        self._take_balances(account)
+        return self.balances()
+
+    async def _refresh_open_orders(self) -> dict[str, Mapping[str, Any]]:
+        ex = self._exchange()
+        rows: dict[str, Mapping[str, Any]] = {}
+        for iid in self.instruments:
+            sym_id = iid.symbol
+            for o in await self._read("open orders", lambda s=sym_id: ex.privateGetOpenOrders({"symbol": s})):
+                rows[str(o["clientOrderId"])] = o
+        self._open_foreign = {c: Decimal(str(o.get("executedQty", "0"))) for c, o in rows.items()
+                              if c not in self._orders}
+        return rows
+
+    async def poll(self, balances: bool = True) -> None:
+        """One REST polling round: open orders per symbol; each tracked order
+        that left the list or whose executed quantity moved is looked up
+        (its new fills and final status reported); unknown submits are
+        looked up; then the account (when ``balances``).
+
+        Raises:
+            TransientVenueError, VenueThrottled: a read failed (what was
+                learnt before stays applied).
+        """
+        open_rows = await self._refresh_open_orders()
+        for coid, t in list(self._orders.items()):
+            if t.unknown:
+                await self.lookup_async(coid)
+                continue
+            if t.status not in _OPEN:
+                continue
+            row = open_rows.get(coid)
+            if row is not None and Decimal(str(row.get("executedQty", "0"))) == t.executed:
+                continue
+            await self.lookup_async(coid)
+        if balances:
+            await self.refresh_balances()
+
+    async def fetch_bars(self, instrument_id: InstrumentId, interval: str = "1m", since_ms: int | None = None,
+                         limit: int = 500) -> list[Bar]:
+        """Closed klines of ``instrument_id`` (``GET /api/v3/klines``, raw
+        12-field rows, exact strings), oldest first; a bar still open at the
+        venue's time is left out.
+
+        Raises:
+            ValueError: an interval not in Binance's list (named).
+            TransientVenueError, VenueThrottled: the read failed.
+        """
+        from venues.klines import INTERVALS_NS
+
+        step = INTERVALS_NS.get(interval)
+        if step is None:
+            raise ValueError(f"interval: {interval!r} is not a fixed-length Binance kline interval")
+        ex = self._exchange()
+        req: dict[str, Any] = {"symbol": instrument_id.symbol, "interval": interval, "limit": int(limit)}
+        if since_ms is not None:
+            req["startTime"] = int(since_ms)
+        rows = await self._read("klines", lambda: ex.publicGetKlines(req))
+        venue_now_ms = self._now() // NANOS_PER_MS + self.clock_offset_ms
+        bars = []
+        for r in rows:
+            if int(r[6]) >= venue_now_ms:
+                continue  # still open
+            ts_open = int(r[0]) * NANOS_PER_MS
+            bars.append(Bar(instrument_id, Decimal(r[1]), Decimal(r[2]), Decimal(r[3]), Decimal(r[4]),
+                            Decimal(r[5]), ts_open, ts_open + step))
+        return bars
+
+    async def fetch_best_bid_ask(self, instrument_id: InstrumentId) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+        """``(bid, bid_qty, ask, ask_qty)`` (``GET /api/v3/ticker/bookTicker``,
+        exact strings).
+
+        Raises:
+            TransientVenueError, VenueThrottled: the read failed.
+        """
+        ex = self._exchange()
+        r = await self._read("book ticker", lambda: ex.publicGetTickerBookTicker({"symbol": instrument_id.symbol}))
+        return Decimal(r["bidPrice"]), Decimal(r["bidQty"]), Decimal(r["askPrice"]), Decimal(r["askQty"])
+
+    async def close(self) -> None:
+        """Wait for background requests and close ccxt's HTTP session."""
+        await self.settle()
+        if self.ex is not None:
+            self.ex.timeout_on_exit = 0
+            await self.ex.close()
