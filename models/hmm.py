@@ -41,6 +41,7 @@ fit.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import math
 from collections import deque
@@ -1092,10 +1093,47 @@ def _enc_floats(values: np.ndarray) -> list[float | str]:
     return [v if math.isfinite(v) else repr(v) for v in values.tolist()]
 
 
-def _enc_row(row: Sequence[float]) -> list[float | str]:
-    if all(map(math.isfinite, row)):
-        return list(row)
-    return [v if math.isfinite(v) else repr(v) for v in row]
+def _enc_rows(rows: Sequence[Sequence[float]], d: int) -> dict[str, Any]:
+    """Feature rows for JSON, compact and exact: the little-endian float64
+    bytes, base64 (a 500 x 2 window is 10.7 kB and encodes in ~0.1 ms;
+    as a JSON list of floats it is 37 kB and ~1.2 ms of ``json.dumps``,
+    paid at every engine checkpoint). NaN rows round-trip too."""
+    arr = np.array(rows, dtype="<f8").reshape(len(rows), d)
+    return {"dtype": "<f8", "shape": [len(rows), d], "b64": base64.b64encode(arr.tobytes()).decode("ascii")}
+
+
+def _enc_times(times: Sequence[int | None]) -> dict[str, Any]:
+    """Row bar times for JSON as base64 little-endian int64 (None as -1)."""
+    arr = np.array([-1 if t is None else t for t in times], dtype="<i8")
+    return {"dtype": "<i8", "shape": [len(times)], "b64": base64.b64encode(arr.tobytes()).decode("ascii")}
+
+
+def _dec_times(obj: Any, who: str) -> list[int | None]:
+    if isinstance(obj, list):
+        return [None if t is None else int(t) for t in obj]
+    if obj.get("dtype") != "<i8" or len(obj.get("shape", ())) != 1:
+        raise ValueError(f"{who}: state row times have an unknown encoding: {obj.get('dtype')!r}")
+    raw = base64.b64decode(obj["b64"], validate=True)
+    if len(raw) != 8 * int(obj["shape"][0]):
+        raise ValueError(f"{who}: state row times have {len(raw)} bytes for {obj['shape'][0]} int64")
+    return [None if t < 0 else t for t in np.frombuffer(raw, dtype="<i8").tolist()]
+
+
+def _dec_rows(obj: Any, d: int, who: str) -> list[tuple[float, ...]]:
+    """Inverse of ``_enc_rows``; a list of rows (v1 states) is taken as is."""
+    if isinstance(obj, list):
+        rows = [tuple(float(v) for v in row) for row in obj]
+    else:
+        if obj.get("dtype") != "<f8" or len(obj.get("shape", ())) != 2:
+            raise ValueError(f"{who}: state history has an unknown encoding: {obj.get('dtype')!r} {obj.get('shape')!r}")
+        n, cols = (int(v) for v in obj["shape"])
+        raw = base64.b64decode(obj["b64"], validate=True)
+        if len(raw) != 8 * n * cols:
+            raise ValueError(f"{who}: state history has {len(raw)} bytes for {n} x {cols} float64")
+        rows = [tuple(r) for r in np.frombuffer(raw, dtype="<f8").reshape(n, cols).tolist()]
+    if any(len(row) != d for row in rows):
+        raise ValueError(f"{who}: state has feature rows not of {d} features")
+    return rows
 
 
 def _dec_floats(values: Sequence[float | str]) -> np.ndarray:
@@ -1438,7 +1476,9 @@ class HmmRegimeModel:
         are written as their repr string, e.g. ``"-inf"``, ``"nan"``):
         config, fit parameters, log posterior, the last close, the
         ``vol_window`` returns (and volumes), the feature rows since the fit
-        window start (once fitted: the last ``warmup``) with their bar times,
+        window start (once fitted: the last ``warmup``; as base64 of their
+        little-endian float64 bytes, ``{"dtype", "shape", "b64"}``) with
+        their bar times (int64 the same way, -1 for unknown),
         counters, whether a fit is pending, the fit info, the refit anchor
         and, for a spawned model not yet fitted, the parent's fit.
         ``load_state_dict`` of it into a fresh model continues
@@ -1457,8 +1497,8 @@ class HmmRegimeModel:
             "returns": list(self._feat.returns),
             "volumes": list(self._feat.volumes),
             "history_start": self._history_start + skip,
-            "history": [_enc_row(r) for r in self._history[skip:]],
-            "history_ts": self._history_ts[skip:],
+            "history": _enc_rows(self._history[skip:], self.cfg.n_features),
+            "history_ts": _enc_times(self._history_ts[skip:]),
             "pending": self._window_chosen and self._fit is None,
             "long": self._long,
             "target": None if self._target is None else format(self._target, "f"),
@@ -1500,11 +1540,9 @@ class HmmRegimeModel:
         d = self.cfg.n_features
         returns = [float(r) for r in state["returns"]]
         volumes = [float(v) for v in state.get("volumes") or []]
-        history = [tuple(float(v) for v in row) for row in state["history"]]
-        if any(len(row) != d for row in history):
-            raise ValueError(f"{self.model_id}: state has feature rows not of {d} features")
+        history = _dec_rows(state["history"], d, self.model_id)
         if version >= 2:
-            history_ts = [None if t is None else int(t) for t in state["history_ts"]]
+            history_ts = _dec_times(state["history_ts"], self.model_id)
         else:
             history_ts = [None] * len(history)
         if len(history_ts) != len(history):
