@@ -318,6 +318,11 @@ def run_daemon(opts: Any, api: ApiOptions, *, app_factory: Callable[..., Any] | 
             raise ConfigError(f"--api-host {api.host}: the token from {source} is {len(token)} characters; "
                               f"a non-loopback bind needs at least {MIN_TOKEN_CHARS}")
     factory = app_factory or _default_app_factory()
+    # until the loop's handlers are in place, a stop signal is remembered, not fatal
+    early: list[str] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, OSError):  # not the main thread
+            signal.signal(sig, lambda signum, frame: early.append(signal.Signals(signum).name))
     sock = bind_socket(api.host, api.port)
     port = sock.getsockname()[1]
     if redact is not None:
@@ -340,8 +345,13 @@ def run_daemon(opts: Any, api: ApiOptions, *, app_factory: Callable[..., Any] | 
             redact.add(token)
         for m in built.messages:
             log.info(m)
+        telegram = _telegram_token(api, env)
         app = factory(built.engine, token=token)
-        return asyncio.run(_Daemon(built, opts, api, app, sock, port).main())
+        daemon = _Daemon(built, opts, api, app, sock, port)
+        daemon.early_signals = early
+        daemon.telegram_token = telegram
+        daemon.secrets = [token] + [env[n] for n in api.secret_env if env.get(n)]
+        return asyncio.run(daemon.main())
     finally:
         try:
             sock.close()
@@ -349,8 +359,25 @@ def run_daemon(opts: Any, api: ApiOptions, *, app_factory: Callable[..., Any] | 
             built.close()
 
 
+def _telegram_token(api: ApiOptions, env: Any) -> str | None:
+    """The bot token named by ``alerts.telegram.bot_token_env``, or None
+    without a Telegram section.
+
+    Raises:
+        ConfigError: the variable is not set (missing credentials, exit 2).
+    """
+    if api.telegram is None:
+        return None
+    name = api.telegram.bot_token_env
+    tok = (env.get(name) or "").strip()
+    if not tok:
+        raise ConfigError(f"alerts.telegram.bot_token_env: ${name} is not set (the Telegram bot token)")
+    return tok
+
+
 class _Daemon:
-    def __init__(self, built: Any, opts: Any, api: ApiOptions, app: Any, sock: socket.socket, port: int) -> None:
+    def __init__(self, built: Any, opts: Any, api: ApiOptions, app: Any, sock: socket.socket | None,
+                 port: int) -> None:
         self.built = built
         self.engine = built.engine
         self.opts = opts
@@ -361,6 +388,13 @@ class _Daemon:
         self.stop_signal: str | None = None
         self.exit_code = EXIT_OK
         self._stop: asyncio.Event | None = None
+        self.early_signals: list[str] = []
+        self.telegram_token: str | None = None
+        self.secrets: list[str] = []
+        #: warm-up (or recovery) done: only then is a checkpoint a valid resume point
+        self.engine_started = False
+        self.dispatcher: Any = None
+        self.bot: Any = None
 
     # ------------------------------------------------------------ signals
     def _on_stop_signal(self, name: str) -> None:
@@ -390,6 +424,9 @@ class _Daemon:
 
     async def _run_engine(self) -> None:
         e = self.engine
+        assert self._stop is not None
+        if self._stop.is_set():
+            return  # stopped before it started
         if self.built.finished_summary is not None:
             log.info("this replay already finished; serving its stored state until stopped")
             sys.stdout.write(json.dumps(self.built.finished_summary, sort_keys=True) + "\n")
@@ -400,9 +437,11 @@ class _Daemon:
         if self.built.continued:
             log.info("continuing the run", extra={"kv": {"after_bar": e.stats.bars}})
             await e.recover()
+            self.engine_started = True
         else:
             log.info("warming the models up")
             await e.warm_up()
+        self.engine_started = True
         max_bars = max(0, self.opts.bars - e.stats.bars) if self.opts.bars is not None else None
         t0 = time.perf_counter()
         bars0 = e.stats.bars
@@ -453,6 +492,8 @@ class _Daemon:
     async def main(self) -> int:
         self._stop = asyncio.Event()
         self._install_signals()
+        for name in self.early_signals:
+            self._on_stop_signal(name)
         e = self.engine
         if e.store.meta_get("status") != "finished":
             e.store.meta_set("status", "running")
@@ -467,6 +508,8 @@ class _Daemon:
         log.info("api serving", extra={"kv": {"url": f"http://{host}:{self.port}", "on_stop": self.api.on_stop}})
         helpers = [asyncio.create_task(self._poll_halt_file(), name="halt-file"),
                    asyncio.create_task(self._progress(), name="progress")]
+        if self.telegram_token is not None:
+            helpers.append(asyncio.create_task(self._start_telegram(), name="telegram"))
         engine_task = asyncio.create_task(self._run_engine(), name="engine")
         stop_wait = asyncio.create_task(self._stop.wait(), name="stop")
         failure: BaseException | None = None
@@ -496,6 +539,7 @@ class _Daemon:
         if tasks:  # halts in progress (SIGUSR1, HALT file, API) finish before the last commit
             await asyncio.gather(*tasks, return_exceptions=True)
         await self._stop_orders(failure)
+        await self._stop_telegram()
         if failure is not None:
             if isinstance(failure, DeskError):
                 raise failure
@@ -522,14 +566,57 @@ class _Daemon:
             what = (f"{len(working)} working orders canceled" if self.api.on_stop == "cancel"
                     else f"{len(working)} working orders kept")
             msg = f"daemon stopped by {why}: {what} (api.on_stop={self.api.on_stop}); {kept} still working"
-            seq = e.emit(AlertRaised(ts_event=now, ts_init=now, level="INFO", code="DAEMON_STOPPED", message=msg))
+            seq = e.emit(AlertRaised(ts_event=now, ts_init=now, level="WARNING", code="DAEMON_STOPPED", message=msg))
             e.store.record_governance(seq, now, "daemon", "STOP", why,
                                       {"on_stop": self.api.on_stop, "orders": len(working), "still_working": kept})
             if e.store.meta_get("status") != "finished":
                 e.store.meta_set("status", "stopped")
             e.store.meta_set("stopped_by", why)
-            e.checkpoint()
+            if self.engine_started or self.built.finished_summary is not None:
+                e.checkpoint()
+            else:  # never warmed up: no resume point, or the next start would skip the warm-up
+                e.flush()
             log.info(msg)
         except StoreError as exc:
             log.error("the last commit failed: %s", exc)
             self.exit_code = 1
+
+    # ------------------------------------------------------------ telegram
+    def _status_text(self) -> str:
+        e = self.engine
+        halted = ",".join(sorted(e.halted_venues)) or "none"
+        return (f"{e.trading_state.value}; halted venues: {halted}; equity {e.portfolio.equity():.2f}; "
+                f"working orders {len(e.working_orders())}; bars {e.stats.bars}")
+
+    def _pnl_text(self) -> str:
+        e = self.engine
+        pf = e.portfolio
+        return (f"today {e.day_pnl():.2f}; realized {pf.realized():.2f}; unrealized {pf.unrealized():.2f}; "
+                f"equity {pf.equity():.2f}")
+
+    async def _start_telegram(self) -> None:
+        """Alerts (WARNING and above) to the allow-listed chats, and their
+        commands (/status /pnl /halt, /resume when allowed), until stopped."""
+        from desk.alerts import AlertDispatcher, TelegramSink
+        from desk.telegram import TelegramBot
+
+        tg = self.api.telegram
+        assert self.telegram_token is not None and self._stop is not None
+        self.bot = TelegramBot(self.telegram_token, tg.chat_ids, self.engine.governance, self._status_text,
+                               self._pnl_text, allow_resume=tg.allow_resume, api_url=tg.api_url)
+        self.dispatcher = AlertDispatcher(self.engine.clock, [TelegramSink(self.bot)], secrets=self.secrets)
+        self.dispatcher.attach(self.engine.bus)
+        self.dispatcher.start()
+        log.info("telegram alerts and commands on", extra={"kv": {"chats": len(tg.chat_ids),
+                                                                  "allow_resume": tg.allow_resume}})
+        await self.bot.run(self._stop)
+
+    async def _stop_telegram(self) -> None:
+        """Deliver the queued alerts (the stop's own among them), then close."""
+        if self.dispatcher is not None:
+            with contextlib.suppress(Exception):
+                await self.dispatcher.stop()
+            self.engine.bus.unsubscribe("AlertRaised", self.dispatcher.on_event)
+        if self.bot is not None:
+            with contextlib.suppress(Exception):
+                await self.bot.close()

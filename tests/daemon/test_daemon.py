@@ -401,3 +401,80 @@ async def test_uvicorn_runs_without_touching_the_signal_handlers():
     finally:
         for sig, h in before.items():
             signal.signal(sig, h)
+
+
+def test_telegram_token_must_be_in_the_environment():
+    from desk.config import TelegramConfig
+    from desk.daemon import ApiOptions, _telegram_token
+
+    api = ApiOptions(telegram=TelegramConfig(chat_ids=[7], bot_token_env="DESK_TEST_BOT"))
+    with pytest.raises(ConfigError, match=r"alerts.telegram.bot_token_env: \$DESK_TEST_BOT is not set") as ei:
+        _telegram_token(api, {})
+    assert ei.value.exit_code == 2
+    assert _telegram_token(api, {"DESK_TEST_BOT": "123:abc"}) == "123:abc"
+    assert _telegram_token(ApiOptions(), {}) is None
+
+
+async def test_telegram_gets_alerts_and_answers_commands(tmp_path, caplog):
+    """The daemon's Telegram wiring against a stub Bot API on loopback: a
+    /status from an allow-listed chat is answered with the trading state, a
+    halt's alert and the stop's DAEMON_STOPPED reach the chat, and the bot
+    token never appears in the log."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from desk.config import TelegramConfig
+    from desk.daemon import ApiOptions, _Daemon, _Server, bind_socket
+    from tests.app.engines import wired_sim
+
+    bot_token = "4242:TEST-bot-token-value"
+    sent: list[dict] = []
+    polls = asyncio.Event()
+
+    async def get_updates(request):
+        body = await request.json()
+        if body.get("offset") is None:  # the first poll: one command
+            return JSONResponse({"ok": True, "result": [{"update_id": 10, "message": {
+                "chat": {"id": 7}, "date": 0, "text": "/status"}}]})
+        polls.set()
+        await asyncio.sleep(0.2)  # a (short) long poll
+        return JSONResponse({"ok": True, "result": []})
+
+    async def send_message(request):
+        sent.append(await request.json())
+        return JSONResponse({"ok": True, "result": {}})
+
+    stub = Starlette(routes=[Route(f"/bot{bot_token}/getUpdates", get_updates, methods=["POST"]),
+                             Route(f"/bot{bot_token}/sendMessage", send_message, methods=["POST"])])
+
+    sock = bind_socket("127.0.0.1", 0)
+    server = _Server.make(stub)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    built = wired_sim(tmp_path / "s")
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        tg = TelegramConfig(chat_ids=[7], api_url=f"http://127.0.0.1:{sock.getsockname()[1]}")
+        d = _Daemon(built, None, ApiOptions(telegram=tg), None, None, 0)
+        d.telegram_token, d.secrets = bot_token, [bot_token]
+        d._stop = asyncio.Event()
+        task = asyncio.create_task(d._start_telegram())
+        await asyncio.wait_for(polls.wait(), 10)
+        assert sent[0]["chat_id"] == 7 and sent[0]["text"].startswith("ACTIVE; halted venues: none")
+        await built.engine.governance.halt("test", "telegram wiring")  # no alert by itself
+        built.engine.alert("ERROR", "TEST_ALERT", "something broke")
+        d.stop_signal = "SIGTERM"
+        d._stop.set()
+        await d._stop_orders(None)
+        await d._stop_telegram()
+        await asyncio.wait_for(task, 10)
+        texts = [m["text"] for m in sent[1:]]
+        assert texts[0] == "[ERROR] TEST_ALERT: something broke"
+        assert texts[1].startswith("[WARNING] DAEMON_STOPPED: daemon stopped by SIGTERM")
+        assert all(m["chat_id"] == 7 for m in sent)
+        assert bot_token not in caplog.text and "4242:" not in caplog.text
+    finally:
+        built.close()
+        server.should_exit = True
+        await serving
