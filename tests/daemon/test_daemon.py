@@ -478,3 +478,76 @@ async def test_telegram_gets_alerts_and_answers_commands(tmp_path, caplog):
         built.close()
         server.should_exit = True
         await serving
+
+
+# ---------------------------------------------------------------- deploy files
+#: the metric names of the issue (desk/metrics.py serves them)
+METRICS = {"desk_orders_total", "desk_denials_total", "desk_fills_total", "desk_fees_total",
+           "desk_order_latency_seconds", "desk_pnl_realized", "desk_pnl_unrealized", "desk_equity",
+           "desk_trading_state", "desk_canary_weight", "desk_allocation_weight", "desk_venue_connected",
+           "desk_event_loop_lag_seconds", "desk_store_write_seconds"}
+HISTOGRAMS = {"desk_order_latency_seconds", "desk_event_loop_lag_seconds", "desk_store_write_seconds"}
+
+
+def _exprs(node):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in ("expr", "query", "definition") and isinstance(v, str):
+                yield v
+            else:
+                yield from _exprs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _exprs(v)
+
+
+def test_grafana_dashboard_names_only_the_desks_metrics():
+    dash = json.loads((ROOT / "deploy" / "grafana" / "desk.json").read_text())
+    exprs = list(_exprs(dash))
+    assert len(exprs) >= 14
+    named = set()
+    for e in exprs:
+        for m in re.findall(r"\b(desk_[a-z_]+)", e):
+            base = re.sub(r"_(bucket|sum|count)$", "", m)
+            assert base in METRICS, f"{m} in {e!r} is not a desk metric"
+            if base != m:
+                assert base in HISTOGRAMS, f"{m}: only histograms have _bucket/_sum/_count"
+            named.add(base)
+    assert named == METRICS  # every metric has a panel
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+
+
+def test_dashboard_metrics_are_what_the_api_serves():
+    from prometheus_client import CollectorRegistry
+
+    from desk.metrics import DeskMetrics
+
+    reg = CollectorRegistry()
+    DeskMetrics(reg)
+    served = set()
+    for fam in reg.collect():
+        served.add(fam.name + "_total" if fam.type == "counter" else fam.name)
+    assert METRICS <= served, sorted(METRICS - served)
+
+
+def test_systemd_unit():
+    import configparser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    unit.optionxform = str
+    text = (ROOT / "deploy" / "desk.service").read_text()
+    unit.read_string(text)
+    svc = unit["Service"]
+    exec_start = svc["ExecStart"].split()
+    assert exec_start[1:4] == ["run", "--headless", "--config"] and "--api-port" in exec_start
+    assert exec_start[exec_start.index("--api-host") + 1] == "127.0.0.1"
+    assert not any("token" in a.lower() for a in exec_start)  # never on a command line
+    assert svc["Type"] == "simple" and svc["KillSignal"] == "SIGTERM" and svc["KillMode"] == "mixed"
+    assert svc["Restart"] == "on-failure" and svc["RestartPreventExitStatus"].split() == ["2", "3"]
+    assert int(svc["TimeoutStopSec"]) >= 30 and svc["EnvironmentFile"].startswith("/etc/")
+    assert svc["NoNewPrivileges"] == "yes" and svc["ProtectSystem"] == "strict" and svc["UMask"] == "0077"
+    assert "OPS_TOKEN=" not in "".join(ln for ln in text.splitlines() if not ln.startswith("#"))
