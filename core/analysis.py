@@ -74,7 +74,11 @@ _ZERO_VAR_REL = 1e-12
 
 def _check_finite(returns: Sequence[float], name: str = "returns") -> list[float]:
     out = []
+    if isinstance(returns, (str, bytes)):
+        raise ValueError(f"{name}: need a sequence of numbers, got {returns!r}")
     for i, x in enumerate(returns):
+        if isinstance(x, (bool, str, bytes)):
+            raise ValueError(f"{name}[{i}]: not a number: {x!r}")
         try:
             xf = float(x)
         except (TypeError, ValueError):
