@@ -24,7 +24,7 @@ from collections import deque
 from datetime import date
 from concurrent.futures import Future
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Callable, Protocol
 
@@ -56,6 +56,8 @@ from core.netting import largest_remainder, net, split_fill
 from core.router import RouterConfig, decide, model_budget, target_quantity
 from core.store import Store, StoreError
 from core.values import ZERO
+
+ONE = Decimal("1")
 
 log = logging.getLogger("desk.engine")
 
@@ -125,12 +127,16 @@ class ExecutionClient(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """A model id, its stage weight (fraction of capital, 0..1) and its
-    stage (``live`` or ``canary``)."""
+    """A seed model version: its id, stage weight (fraction 0..1; a
+    canary's step weight, 1 for the live version), stage (``live`` or
+    ``canary``), family (default: the id) and configuration (JSON, kept in
+    the registry and used to rebuild refit versions)."""
 
     model_id: str
     weight: Decimal
     stage: str = "live"
+    family: str = ""
+    params: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(slots=True)
@@ -150,6 +156,9 @@ class EngineConfig:
     checkpoint_every: int = 5000
     yield_every: int = 64
     day_tz: str = "UTC"
+    #: the model lifecycle (registry, canary analysis, allocator); None:
+    #: one family per seed family with the defaults of ``core.lifecycle``
+    lifecycle: Any = None
 
 
 @dataclass(slots=True)
@@ -194,6 +203,7 @@ class Engine:
         executor: FitExecutor,
         venue_factory: Callable[[Callable[[Event], None]], ExecutionClient],
         pace_clock: Clock | None = None,
+        model_factory: Callable[[str, InstrumentId, dict[str, Any]], RegimeModel] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -266,6 +276,20 @@ class Engine:
 
         #: the link to the venue: unknown submits, queued cancels, throttle, reconciliation (issue 5)
         self.session = VenueSession(self)
+        from core.lifecycle import FamilySpec, Lifecycle, LifecycleConfig
+
+        lc_cfg = config.lifecycle
+        if lc_cfg is None:
+            # no lifecycle configured: static budgets, each family at its live seed's weight, no allocator
+            initial: dict[str, Decimal] = {}
+            for sp in specs:
+                fam = sp.family or sp.model_id
+                if sp.stage == "live" or fam not in initial:
+                    initial[fam] = sp.weight if sp.stage == "live" else ONE
+            lc_cfg = LifecycleConfig(families=tuple(FamilySpec(f, floor=ZERO, cap=ONE, initial=w)
+                                                    for f, w in initial.items()), allocate=False)
+        #: registry, refits, canary analysis, allocator (issue 7)
+        self.lifecycle = Lifecycle(self, lc_cfg, model_factory)
 
     # ------------------------------------------------------------ events
     def emit(self, event: Event) -> int:
@@ -699,6 +723,7 @@ class Engine:
                 if abandon is not None:
                     abandon()
                 self.alert("ERROR", "FIT_FAILED", f"{key[0]} {key[1]}: {exc}")
+                self.lifecycle.on_fit_failed(key[0], key[1], str(exc))
                 return
         del self.pending_fits[key]
         pf.model.apply_fit(pf.result)
@@ -716,7 +741,8 @@ class Engine:
 
     async def _model_step(self, bar: Bar, trading: bool) -> None:
         iid = bar.instrument_id
-        for model_id, per_inst in self.models.items():
+        registry = self.lifecycle.registry
+        for model_id, per_inst in list(self.models.items()):  # a refit may add a candidate version
             model = per_inst.get(iid)
             if model is None:
                 continue
@@ -724,9 +750,13 @@ class Engine:
             count = self.model_bars.get(key, 0) + 1
             self.model_bars[key] = count
             await self._apply_due_fit(key, count)
+            if model_id not in self.models:
+                continue  # its candidate fit failed and it was discarded
             model.observe(bar)
             if key not in self.pending_fits and model.fit_due():
                 self._request_fit(key, model, count)
+            if trading:
+                self.lifecycle.on_model_step(model_id, iid, model)
             target = model.target_fraction()
             if target is None:
                 continue
@@ -738,7 +768,7 @@ class Engine:
                 self.step_backoff.pop(key, None)  # a new target is asked afresh
                 budget = model_budget(self.weights[model_id], self.config.router.capital, len(per_inst))
                 self.target_qty[key] = target_quantity(target, budget, bar.close, self.instruments[iid])
-                if trading:
+                if trading and model_id in registry:
                     now = self.clock.timestamp_ns()
                     self.emit(SignalGenerated(
                         ts_event=now, ts_init=now, model_id=model_id, instrument_id=iid, target=target,
@@ -903,9 +933,19 @@ class Engine:
         await self._route(bar)
         self.stats.bars += 1
 
+    def register_seeds(self) -> None:
+        """Enter the seed versions (the setup's specs) in the registry when
+        it is empty (a new run, or a checkpoint written before the
+        lifecycle existed)."""
+        if self.lifecycle.registry:
+            return
+        for sp in sorted(self.specs.values(), key=lambda s: s.stage != "live"):
+            self.lifecycle.register_seed(sp.model_id, sp.family or sp.model_id, sp.stage, sp.weight, dict(sp.params))
+
     async def warm_up(self) -> None:
         """Feed the warm-up bars to the models (no trading) and wait for the
         first fits, which are then applied at once."""
+        self.register_seeds()
         bars = self.feed.warmup()
         for bar in bars:
             self.clock.set_time(max(bar.ts_event, self.clock.timestamp_ns()))
@@ -964,6 +1004,7 @@ class Engine:
         ``END_OF_DATA`` and the run is marked finished.
         """
         start_bars = self.stats.bars
+        self.register_seeds()
         self._speed_changed = asyncio.Event()  # bound to this run's loop
         t0 = self.pace_clock.timestamp_ns()
         steps_here = 0
@@ -986,6 +1027,7 @@ class Engine:
                 self.stats.steps += 1
                 steps_here += 1
                 self.portfolio.sample_equity(self.clock.timestamp_ns())
+                self.lifecycle.on_step()  # refits registered, canary analysis, allocator (engine clock)
                 await self.session.tick()  # queued cancels, unknown submits, periodic reconciliation
                 if self._to_send:
                     await self.send_pending()  # commits the step, then sends
@@ -1058,6 +1100,7 @@ class Engine:
             "paused": sorted(self.paused),
             "weights": {m: format(w, "f") for m, w in self.weights.items()},
             "working": [self._order_dict(o) for o in self.working_orders()],
+            "lifecycle": self.lifecycle.state_dict(),
         }
 
     def _order_dict(self, o: Order) -> dict[str, Any]:
@@ -1111,6 +1154,17 @@ class Engine:
         self.clock.set_time(int(snap["clock"]))
         self.feed.load_state_dict(snap["feed"])
         self.portfolio = Portfolio.from_dict(snap["portfolio"])
+        if "lifecycle" in snap:
+            lc = self.lifecycle
+            lc.load_state_dict(snap["lifecycle"])
+
+            def params_of(mid: str) -> dict[str, Any]:
+                rec = lc.registry.get(mid) or lc.registry.get(lc.candidates.get(mid, ""))
+                return dict(rec.params) if rec is not None else {}
+
+            lc.ensure_models(list(snap["models"]), params_of)
+            for mid in [m for m in self.models if m not in snap["models"]]:
+                del self.models[mid]  # a version dropped after it was retired and flat
         for mid, per in snap["models"].items():
             for i, st in per.items():
                 self.models[mid][InstrumentId.parse(i)].load_state_dict(st)

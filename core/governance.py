@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from core.enums import TradingState
@@ -197,6 +198,7 @@ class Governance:
         state = "PAUSED" if paused else "ACTIVE"
         seq = e.emit(ModelStateChanged(ts_event=now, ts_init=now, model_id=model_id, state=state, who=who, reason=reason))
         self._record(seq, who, f"MODEL_{state}", reason, {"model_id": model_id})
+        e.lifecycle.set_paused(model_id, paused, who, reason)
         e.flush()
 
     def pause_model(self, model_id: str, who: str, reason: str) -> None:
@@ -214,3 +216,62 @@ class Governance:
             GovernanceError: for an unknown model id.
         """
         self._model_state(model_id, False, who, reason)
+
+    # ------------------------------------------------------------ model lifecycle (issue 7)
+    async def promote(self, model_id: str, who: str, reason: str) -> None:
+        """Promote a canary to live by hand: the previous live version is
+        retired (its position unwound by the router, crossed internally with
+        the new live version where they overlap). Logged as ``[CANARY]
+        PROMOTED <id>``, journaled and audited with who and why.
+
+        Raises:
+            GovernanceError: unknown model, or not a canary.
+        """
+        from core.lifecycle import LifecycleError
+
+        try:
+            self.engine.lifecycle.promote(model_id, who, reason)
+        except LifecycleError as exc:
+            raise GovernanceError(str(exc)) from None
+        self.engine.flush()
+
+    async def rollback(self, model_id: str, who: str, reason: str) -> None:
+        """Roll a canary back by hand (retired; its position unwound).
+        Logged as ``[CANARY] ROLLED BACK <id>``.
+
+        Raises:
+            GovernanceError: unknown model, or not a canary.
+        """
+        from core.lifecycle import LifecycleError
+
+        try:
+            self.engine.lifecycle.rollback(model_id, who, reason)
+        except LifecycleError as exc:
+            raise GovernanceError(str(exc)) from None
+        self.engine.flush()
+
+    def set_weights(self, weights: dict[str, Decimal | None], who: str, reason: str) -> None:
+        """Pin stage weights by hand (fractions 0..1; DESIGN.md section 3):
+        each pins the model's stage weight and pauses canary stepping for it
+        until cleared with ``None``. All ids and values are checked before
+        anything changes.
+
+        Raises:
+            GovernanceError: an unknown or retired model, or a weight outside
+                [0, 1]; nothing is changed.
+        """
+        from core.lifecycle import LifecycleError
+
+        lc = self.engine.lifecycle
+        for mid, w in weights.items():
+            try:
+                rec = lc.record(mid)
+            except LifecycleError as exc:
+                raise GovernanceError(str(exc)) from None
+            if rec.stage == "retired":
+                raise GovernanceError(f"model {mid}: retired; its weight cannot be set")
+            if w is not None and (not isinstance(w, Decimal) or not w.is_finite() or not 0 <= w <= 1):
+                raise GovernanceError(f"weights.{mid}: expected a fraction in [0, 1] or null, got {w!r}")
+        for mid, w in weights.items():
+            lc.set_weight(mid, w, who, reason)
+        self.engine.flush()

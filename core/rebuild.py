@@ -60,7 +60,10 @@ from core.enums import OrderSide, OrderType, TimeInForce
 from core.events import (
     ORDER_EVENT_TYPES,
     AlertRaised,
+    CanaryPromoted,
+    CanaryRolledBack,
     FillAllocated,
+    ModelStageChanged,
     ModelStateChanged,
     OrderEvent,
     OrderFilled,
@@ -353,6 +356,17 @@ class _Replay:
             self.governance[(seq,)] = dict(zip(GOVERNANCE_COLUMNS, (
                 seq, event.ts_event, event.who, event.state, event.reason,
                 json.dumps({"previous": event.previous}, sort_keys=True))))
+        elif isinstance(event, ModelStageChanged):
+            if "paused" not in (event.stage, event.previous):  # core.lifecycle records pauses once
+                self.governance[(seq,)] = dict(zip(GOVERNANCE_COLUMNS, (
+                    seq, event.ts_event, event.who, f"MODEL_STAGE_{event.stage.upper()}", event.reason,
+                    json.dumps({"model_id": event.model_id, "weight": format(event.weight, "f"),
+                                "previous": event.previous}, sort_keys=True))))
+        elif isinstance(event, (CanaryPromoted, CanaryRolledBack)):
+            action = "CANARY_PROMOTED" if isinstance(event, CanaryPromoted) else "CANARY_ROLLED_BACK"
+            self.governance[(seq,)] = dict(zip(GOVERNANCE_COLUMNS, (
+                seq, event.ts_event, event.who, action, event.reason,
+                json.dumps({"model_id": event.model_id, **event.figures}, sort_keys=True))))
         elif isinstance(event, ModelStateChanged):
             self.governance[(seq,)] = dict(zip(GOVERNANCE_COLUMNS, (
                 seq, event.ts_event, event.who, f"MODEL_{event.state}", event.reason,

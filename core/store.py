@@ -87,6 +87,9 @@ POSITIONS_COLUMNS: tuple[str, ...] = ("model_id", "instrument_id", "quantity", "
 BALANCES_COLUMNS: tuple[str, ...] = ("asset", "total")
 GOVERNANCE_COLUMNS: tuple[str, ...] = ("seq", "ts", "who", "action", "reason", "details")
 ALERTS_COLUMNS: tuple[str, ...] = ("seq", "ts", "level", "code", "message")
+MODELS_COLUMNS: tuple[str, ...] = ("model_id", "family", "instrument_id", "version", "stage", "weight", "params",
+                                   "diagnostics", "train_start_ns", "train_end_ns", "created_seq", "updated_seq")
+ALLOCATIONS_COLUMNS: tuple[str, ...] = ("seq", "family", "ts", "weight", "budget")
 
 _V1_SCHEMA = """
 CREATE TABLE IF NOT EXISTS [meta] ([key] TEXT PRIMARY KEY, [value] TEXT);
@@ -341,6 +344,8 @@ class Store:
         self._fills: list[tuple[Any, ...]] = []
         self._gov: list[tuple[Any, ...]] = []
         self._alerts: list[tuple[Any, ...]] = []
+        self._models: dict[str, dict[str, Any]] = {}
+        self._allocs: list[tuple[Any, ...]] = []
         self._meta: dict[str, str] = {}
         self._pending_events: list[tuple[int, Event]] = []
         self._checkpoint: tuple[int, int, str] | None = None
@@ -463,6 +468,19 @@ class Store:
         """Buffer an alert (``seq`` is its journal sequence, ``ts`` UTC ns)."""
         self._alerts.append((seq, ts, level, code, message))
 
+    def upsert_model(self, row: dict[str, Any]) -> None:
+        """Buffer a ``models`` row (one model version; shape in the module
+        docstring). ``created_seq`` None keeps the stored one."""
+        prev = self._models.get(row["model_id"])
+        if row.get("created_seq") is None and prev is not None:
+            row = {**row, "created_seq": prev.get("created_seq")}
+        self._models[row["model_id"]] = row
+
+    def record_allocation(self, seq: int, family: str, ts: int, weight: str, budget: str) -> None:
+        """Buffer an ``allocations`` row (``seq`` the AllocationChanged
+        event's journal sequence; weight a fraction, budget quote, strings)."""
+        self._allocs.append((seq, family, ts, weight, budget))
+
     def set_checkpoint(self, step: int, snapshot: dict[str, Any]) -> None:
         """Buffer the resume point: the engine snapshot after ``step`` bars."""
         self._checkpoint = (1, step, json.dumps(snapshot, separators=(",", ":")))
@@ -481,7 +499,7 @@ class Store:
     def dirty(self) -> bool:
         """True when something is buffered."""
         return bool(self._journal or self._orders or self._meta or self._checkpoint
-                    or self._positions is not None)
+                    or self._positions is not None or self._models or self._allocs)
 
     def flush(self) -> list[tuple[int, Event]]:
         """Commit everything buffered in one transaction.
@@ -509,6 +527,15 @@ class Store:
                     c.executemany(_insert_sql("governance_actions", GOVERNANCE_COLUMNS), self._gov)
                 if self._alerts:
                     c.executemany(_insert_sql("alerts", ALERTS_COLUMNS), self._alerts)
+                for row in self._models.values():
+                    if row.get("created_seq") is None:
+                        old = c.execute("SELECT created_seq FROM models WHERE model_id=?",
+                                        (row["model_id"],)).fetchone()
+                        row = {**row, "created_seq": old[0] if old else row["updated_seq"]}
+                    c.execute(_insert_sql("models", MODELS_COLUMNS, "INSERT OR REPLACE"),
+                              tuple(row[k] for k in MODELS_COLUMNS))
+                if self._allocs:
+                    c.executemany(_insert_sql("allocations", ALLOCATIONS_COLUMNS, "INSERT OR REPLACE"), self._allocs)
                 if self._positions is not None and self._balances is not None:
                     c.execute("DELETE FROM positions")
                     c.executemany(_insert_sql("positions", POSITIONS_COLUMNS), self._positions)
@@ -524,6 +551,7 @@ class Store:
         if self._positions is not None and self._balances is not None:
             self._book_written = (self._positions, self._balances)
         self._journal, self._orders, self._fills, self._gov, self._alerts = [], {}, [], [], []
+        self._models, self._allocs = {}, []
         self._meta, self._pending_events, self._checkpoint = {}, [], None
         self._positions = self._balances = None
         return done
