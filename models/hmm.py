@@ -1604,6 +1604,12 @@ class HmmRegimeModel:
         return self._fp
 
     @property
+    def fit_pending(self) -> bool:
+        """True between ``fit_job`` (or loading a state saved then) and
+        ``apply_fit``/``abandon_fit``."""
+        return self._window_chosen and self._fit is None
+
+    @property
     def n_bars(self) -> int:
         """Bars observed (ignored re-deliveries not counted)."""
         return self._n_bars
@@ -1629,6 +1635,25 @@ class HmmRegimeModel:
             return None
         p = np.exp(self._log_alpha)
         return float(p @ self._fp.means_ret), float(p @ self._fp.vol_ret)
+
+    def long_states(self) -> np.ndarray | None:
+        """(K,) bool: the states whose own per-bar ratio
+        ``means_ret[k] / vol_ret[k]`` (minus the stationary baseline when
+        ``cfg.relative``) is strictly above ``cfg.threshold``, i.e. the
+        states in which the policy would be long with certainty (hysteresis
+        not applied); None while no fit is installed."""
+        if self._fp is None:
+            return None
+        return self._fp.means_ret / self._fp.vol_ret - self._baseline > self.cfg.threshold
+
+    def long_probability(self) -> float | None:
+        """Posterior mass of ``long_states()``, in [0, 1] (the model's
+        posterior-implied probability of being in a regime worth being long
+        in; what ``models.ensemble`` combines); None while not ready."""
+        if self._fp is None or self._log_alpha is None:
+            return None
+        mask = self.long_states()
+        return min(1.0, float(np.exp(self._log_alpha)[mask].sum()))
 
     def feature_history(self) -> np.ndarray:
         """(n, D) float64 copy of the kept feature rows: since the fit window
