@@ -172,3 +172,63 @@ async def test_ib_connectivity_lost_reports_disconnected_until_restored(harness)
     await h.venue.submit_order(h.order("NHD-1-0-1"))
     assert len(h.gw.placed) == 1
     assert h.of(OrderAccepted) == []
+
+
+async def test_desk_restart_finds_its_orders_by_order_ref(tmp_path):
+    from ib_async import IB
+
+    from core.clock import TestClock
+    from venues.ibkr import IbkrVenue
+    from tests.venues_ibkr.conftest import FakeGateway, Harness, es_details, make_config, stock_details
+
+    ledger = str(tmp_path / "venue-ibkr.sqlite")
+
+    async def session(setup=None):
+        ib = IB()
+        gw = FakeGateway(ib)
+        gw.add(stock_details())
+        gw.add(es_details(), last_trade="202612")
+        if setup is not None:
+            setup(gw)
+        events: list = []
+        venue = IbkrVenue(make_config(ledger_path=ledger), TestClock(T0), events.append, ib=ib,
+                          schedule=lambda d, cb: None)
+        await venue.start()
+        return Harness(venue, gw, venue.clock, events)  # type: ignore[arg-type]
+
+    first = await session()
+    a = first.order("NHD-1-0-0")
+    await first.venue.submit_order(a)
+    a_id, contract, _ = first.gw.placed[0]
+    first.gw.status(a_id, "Submitted", 0.0, 100.0, 9001)
+    first.gw.exec(contract, execution("e-1", a_id, 9001, "BOT", 40.0, 187.25, "NHD-1-0-0", 40.0, 187.25))
+    first.gw.commission(commission("e-1", 1.0))
+    await first.venue.submit_order(first.order("NHD-1-0-1", price="187.00"))  # IB never got this one
+    first.venue.close()  # the desk process ends; the orders stay at IB
+
+    def at_ib(gw):
+        ib_a = IbOrder(orderId=a_id, clientId=CLIENT_ID, permId=9001, action="BUY", totalQuantity=100.0,
+                       orderType="LMT", lmtPrice=187.25, tif="GTC", orderRef="NHD-1-0-0")
+        gw.open_orders = [(a_id, contract, ib_a, OrderState(status="Submitted"),
+                           (a_id, "Submitted", 60.0, 40.0, 187.25, 9001, 0, 187.25, CLIENT_ID, "", 0.0))]
+        gw.executions = [
+            (contract, execution("e-1", a_id, 9001, "BOT", 40.0, 187.25, "NHD-1-0-0", 40.0, 187.25),
+             commission("e-1", 1.0)),
+            (contract, execution("e-2", a_id, 9001, "BOT", 20.0, 187.20, "NHD-1-0-0", 60.0, 187.2333),
+             commission("e-2", 0.5)),
+        ]
+
+    second = await session(at_ib)
+    report = second.venue.lookup("NHD-1-0-0")
+    assert report is not None and (report.status, report.filled_qty, report.venue_order_id) == ("OPEN", D("60"),
+                                                                                                   "9001")
+    assert [(f.trade_id, f.last_qty, f.model_id, f.commission) for f in report.fills] == [
+        ("e-1", D("40"), "hmm_v1", D("1.00000000")), ("e-2", D("20"), "hmm_v1", D("0.50000000"))]
+    assert second.venue.lookup("NHD-1-0-1") is None
+    codes = [x.code for x in second.of(AlertRaised)]
+    assert "IBKR_ORDER_NOT_FOUND" in codes and "IBKR_UNKNOWN_MODEL" not in codes
+    assert second.venue.order_ids() == ["NHD-1-0-0"]
+    # the desk can cancel it: by IB's order id of the earlier session
+    await second.venue.cancel_order(a, "HALT")
+    assert second.gw.canceled == [a_id]
+    second.venue.close()

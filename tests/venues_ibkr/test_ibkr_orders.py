@@ -26,7 +26,6 @@ from core.events import (
 from core.orders import ContingencyType, TrailingOffsetType
 from core.venue_errors import DuplicateClientOrderId
 from tests.venues_ibkr.conftest import (
-    AAPL_ID,
     ES_ID,
     NANOS,
     T0,
@@ -337,3 +336,27 @@ async def test_queued_order_is_canceled_without_reaching_ib(harness):
     h.venue.pump()
     assert h.gw.placed == [] and h.gw.canceled == []
     assert [(e.reason, e.executed_qty) for e in h.of(OrderCanceled)] == [("HALT", D("0"))]
+
+
+async def test_gtd_expiry_is_sent_in_utc(harness):
+    h = harness
+    # expires 3 h after T0 (15:00 UTC): 18:00 UTC on 2 January 2024
+    await h.venue.submit_order(h.order("NHD-1-0-0", tif=TimeInForce.GTD, expire_time_ns=T0 + 3 * 3600 * NANOS))
+    o = h.gw.placed[0][2]
+    assert (o.tif, o.goodTillDate) == ("GTD", "20240102 18:00:00 UTC")
+
+
+async def test_hours_beyond_what_ib_listed_are_closed_and_asked_again(harness):
+    import asyncio
+
+    h = harness
+    h.clock.set_time(T0 + 3 * 24 * 3600 * NANOS)  # 5 January: IB listed 2 and 3 January only
+    before = h.gw.requests.count("reqContractDetails")
+    await h.venue.submit_order(h.order("NHD-1-0-0"))
+    assert h.gw.placed == []
+    (rej,) = h.of(OrderRejected)
+    assert rej.reason == ("MARKET_CLOSED: AAPL.IBKR (liquidHours, US/Eastern) has no known session at 2024-01-05 "
+                          "15:00 UTC (IB listed hours to 2024-01-04 05:00 UTC); not sent")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert h.gw.requests.count("reqContractDetails") == before + 2  # both contracts asked again

@@ -97,7 +97,7 @@ from ib_async.util import UNSET_DOUBLE
 
 from core.clock import Clock
 from core.data import Bar
-from core.enums import LiquiditySide, OrderSide, OrderStatus, OrderType, TimeInForce
+from core.enums import LiquiditySide, OrderStatus, OrderType, TimeInForce
 from core.events import (
     AlertRaised,
     Event,
@@ -295,6 +295,7 @@ class IbkrVenue:
         self.connect_attempts = 0
         self._wake_ns: int | None = None
         self._pumping = False
+        self._hours_asked_ns: int | None = None
         self.alerts: list[tuple[str, str]] = []
         self._load_ledger()
         self._hook()
@@ -387,8 +388,11 @@ class IbkrVenue:
 
     async def _connect(self) -> None:
         self.connect_attempts += 1
+        # raiseSyncErrors: a synchronisation that timed out (open orders, executions...) is a failed
+        # attempt, never a half-read account that reconciliation would trust
         await self.ib.connectAsync(self.config.host, self.config.port, clientId=self.config.client_id,
-                                   timeout=self.config.connect_timeout_s, account=self.config.account)
+                                   timeout=self.config.connect_timeout_s, account=self.config.account,
+                                   raiseSyncErrors=True)
 
     async def _qualify_all(self, refresh: bool = False) -> None:
         specs = list(self.config.contracts)
@@ -417,6 +421,14 @@ class IbkrVenue:
                 self._alert("WARNING", "IBKR_HOURS_REFRESH", "; ".join(problems))
                 return
             raise ContractError("; ".join(problems))
+
+    def _refresh_hours(self, now: int) -> None:
+        """Ask IB for the contracts' details again (new trading hours), at
+        most once an hour of engine clock."""
+        if self._hours_asked_ns is not None and now - self._hours_asked_ns < 3600 * NANOS:
+            return
+        self._hours_asked_ns = now
+        self._spawn(self._qualify_all(refresh=True))
 
     def close(self) -> None:
         """Disconnect from the gateway (no reconnect follows) and close the ledger."""
@@ -466,6 +478,8 @@ class IbkrVenue:
                 kind, reason, _ = rec.pending_close
                 rec.pending_close = None
                 self._close(rec, kind, reason)
+        if self.is_up() and any(c.hours.horizon_ns - now < 12 * 3600 * NANOS for c in self.contracts.values()):
+            self._refresh_hours(now)  # IB lists a few days ahead: ask again before they run out
         if not self._connected and not self._closing and self.next_attempt_ns is not None \
                 and now >= self.next_attempt_ns and (self.reconnecting is None or self.reconnecting.done()):
             try:
@@ -668,6 +682,7 @@ class IbkrVenue:
             return None
         where = f"{ic.instrument.id} ({ic.hours_field}, {hours.tz})"
         if not hours.covers(now):
+            self._refresh_hours(now)
             return f"MARKET_CLOSED: {where} has no known session at {utc_text(now)} (IB listed hours to " \
                    f"{utc_text(hours.horizon_ns)}); not sent"
         nxt = hours.next_open(now)
@@ -691,7 +706,7 @@ class IbkrVenue:
         o.tif = order.time_in_force.value
         if order.time_in_force == TimeInForce.GTD and order.expire_time_ns is not None:
             o.goodTillDate = datetime.fromtimestamp(order.expire_time_ns // NANOS, tz=timezone.utc) \
-                .strftime("%Y%m%d-%H:%M:%S")
+                .strftime("%Y%m%d %H:%M:%S UTC")
         if order.price is not None:
             o.lmtPrice = float(order.price)
         if order.order_type == OrderType.TRAILING_STOP_MARKET:
@@ -848,7 +863,12 @@ class IbkrVenue:
                                       kind="disconnected")
         rec.cancel_reason = reason
         ib_order = rec.ib_order or IbOrder(orderId=rec.order_id, clientId=self.config.client_id, permId=rec.perm_id)
-        self._send(_Send("cancel", 1, lambda: self.ib.cancelOrder(ib_order)))
+
+        def send_cancel() -> None:
+            if not rec.closed:  # it may have ended while the cancel waited for a token
+                self.ib.cancelOrder(ib_order)
+
+        self._send(_Send("cancel", 1, send_cancel))
         return True
 
     def cancel_all(self, reason: str) -> int:
