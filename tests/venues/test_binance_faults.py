@@ -171,3 +171,30 @@ async def test_an_unreachable_venue_is_disconnected(venue, server, clock, rec):
     assert not venue.is_connected()
     assert rec.of("VenueStateChanged")[-1].state == "DISCONNECTED"
     assert "signature" not in err.value.detail  # query strings are redacted
+
+
+async def test_an_unknown_submit_of_a_previous_process_is_not_answered_from_the_snapshot(server, clock, rec):
+    # the previous process sent NHD-j-0-0 and died before the answer; the venue accepts it only after this
+    # process took its start-up snapshot (the request was still in flight)
+    sent = clock.timestamp_ns()
+    deadline = sent + 5000 * 1_000_000 + BACKEND_TIMEOUT_NS
+    v = venue_for(server, clock, rec)
+    await v.start()
+    try:
+        v.expect_unknown({"NHD-j-0-0": deadline})
+        await v.prefetch(["NHD-j-0-0"])
+        assert v.lookup("NHD-j-0-0") is None  # not there yet; before the deadline that means "wait"
+        # now the venue accepts it (placed directly on the fake: the late request)
+        server.set_book("BTCUSDT", "60741.67", "60741.68")
+        v2 = venue_for(server, clock)
+        await v2.start()
+        await v2.submit_order(limit_buy("NHD-j-0-0"))
+        await v2.close()
+        clock.set_time(deadline)
+        with pytest.raises(TransientVenueError):
+            v.lookup("NHD-j-0-0")  # the last query predates the deadline: asked again, not "not found"
+        await v.settle()
+        rep = v.lookup("NHD-j-0-0")
+        assert rep is not None and rep.status == "OPEN"
+    finally:
+        await v.close()

@@ -130,3 +130,20 @@ async def test_start_up_lines_show_account_and_no_secret(server, clock):
     assert "balances BTC 1, USDT 10000" in text
     assert "withdrawals disabled" in text
     assert KEY not in text and SECRET not in text
+
+
+async def test_no_secret_in_the_logs_even_at_debug(server, clock, caplog):
+    import logging
+
+    from tests.venues.test_binance_orders import order
+
+    caplog.set_level(logging.DEBUG)
+    v = venue_for(server, clock)
+    await v.start()
+    await v.submit_order(order("NHD-z-0-0", "BUY", "0.001", "60741.68"))
+    server.fail_next(429, retry_after_s=5)
+    with pytest.raises(Exception):
+        await v.poll()
+    await v.close()
+    assert caplog.records  # the desk did log
+    assert KEY not in caplog.text and SECRET not in caplog.text and "signature=" not in caplog.text

@@ -274,6 +274,7 @@ class BinanceVenue:
         self._orders: dict[str, _Tracked] = {}
         self._reports: dict[str, VenueOrderReport] = {}
         self._absent: dict[str, int] = {}  # coid -> engine time the query that found nothing started
+        self._expected: dict[str, int] = {}  # unknown submits of a previous process -> acceptance deadline
         self._open_foreign: dict[str, Decimal] = {}
         self._balances: dict[str, tuple[Decimal, Decimal]] = {}
         self._pending: dict[str, asyncio.Task[Any]] = {}
@@ -880,6 +881,8 @@ class BinanceVenue:
                 self._apply(t, info, fills, ts, resp.get("status"))
             else:
                 self._reports[client_order_id] = self._report_from_raw(info, tuple(fills))
+                self._expected.pop(client_order_id, None)
+                self._absent.pop(client_order_id, None)
             return self._reports[client_order_id]
         self._absent[client_order_id] = started
         self._reports.pop(client_order_id, None)
@@ -903,31 +906,55 @@ class BinanceVenue:
         except RuntimeError:  # no running loop (a synchronous caller): the next poll looks it up
             pass
 
+    def expect_unknown(self, unknown: Mapping[str, int]) -> None:
+        """Register submits whose outcome was still unknown when the previous
+        process stopped: ClientOrderId -> the engine time after which the
+        request can no longer be accepted (``core.recovery.UnknownSubmit.
+        deadline_ns``, persisted in the store's meta). Their lookups then
+        follow the rule of this process's own unknown submits (asked at the
+        venue; "not found" only from a query started after that time), not
+        the start-up snapshot, which may predate their acceptance. Call
+        :meth:`prefetch` after it so the first reconciliation has answers."""
+        self._expected.update({c: int(d) for c, d in unknown.items()})
+
+    async def prefetch(self, client_order_ids: list[str] | tuple[str, ...]) -> None:
+        """Look these orders up now (:meth:`lookup_async`), so the
+        synchronous :meth:`lookup` of the start-up reconciliation answers
+        without deferring.
+
+        Raises:
+            TransientVenueError, VenueThrottled: a read failed.
+        """
+        for coid in client_order_ids:
+            await self.lookup_async(coid)
+
     def lookup(self, client_order_id: str) -> VenueOrderReport | None:
         """The venue's view of one order (``core.recovery``'s synchronous
         read), from what the adapter has learnt: the start-up snapshot, the
         order's answers and the polls. For an order whose submit outcome is
-        unknown the venue is asked in the background and this raises
-        ``TransientVenueError`` until the answer is in; "not found" is given
-        only from a query that started after the request could no longer be
-        accepted (send time + recvWindow + Binance's 10 s backend timeout)
-        once that time has passed.
+        unknown (sent by this process, or registered with
+        :meth:`expect_unknown`) the venue is asked in the background and this
+        raises ``TransientVenueError`` until the answer is in; "not found" is
+        given only from a query that started after the request could no
+        longer be accepted (send time + recvWindow + Binance's 10 s backend
+        timeout) once that time has passed.
 
         Raises:
             TransientVenueError: the answer is not known yet (asked now).
         """
         t = self._orders.get(client_order_id)
-        pending = t is not None and t.unknown
-        if not pending and client_order_id in self._reports:
+        deadline: int | None = None
+        if t is not None and t.unknown:
+            deadline = t.ts_sent_ns + self.config.recv_window_ms * NANOS_PER_MS + BACKEND_TIMEOUT_NS
+        elif t is None and client_order_id in self._expected:
+            deadline = self._expected[client_order_id]
+        if deadline is None and client_order_id in self._reports:
             return self._reports[client_order_id]
         absent_at = self._absent.get(client_order_id)
         if absent_at is not None:
-            if t is None or not t.unknown:
+            if deadline is None or self._now() < deadline or absent_at >= deadline:
                 return None
-            deadline = t.ts_sent_ns + self.config.recv_window_ms * NANOS_PER_MS + BACKEND_TIMEOUT_NS
-            if self._now() < deadline or absent_at >= deadline:
-                return None
-        elif t is None and self.started and self.config.snapshot_orders:
+        elif deadline is None and t is None and self.started and self.config.snapshot_orders:
             return None  # not in the start-up snapshot, never sent by this process: the venue never saw it
         self._schedule_lookup(client_order_id)
         raise TransientVenueError(self.venue, f"lookup of {client_order_id}: asked the venue; the answer comes at a "

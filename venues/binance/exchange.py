@@ -16,6 +16,8 @@ What the subclass changes (ccxt 4.5.90, ``ccxt/async_support/binance.py``):
   here they become :class:`~venues.binance.errors.BinanceRateLimited` and
   :class:`~venues.binance.errors.BinanceBanned` carrying ``retry_after_ns``.
   The ``X-MBX-USED-WEIGHT-1M`` header is handed to the weight budget.
+* ccxt's own logger (which writes request headers, so the API key, and
+  signed queries at DEBUG) is replaced by one held at WARNING.
 * The raw ``exchangeInfo`` response is kept (``exchange_info``) for its
   ``rateLimits``, which ccxt's ``fetch_markets`` drops.
 
@@ -31,6 +33,7 @@ futures, margin or ``sapi/capital`` endpoint while loading markets,
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any, Callable
 
@@ -61,6 +64,10 @@ DEFAULT_RETRY_AFTER_429_S = 60
 DEFAULT_RETRY_AFTER_418_S = 120
 
 _QUERY_RE = re.compile(r"\?\S*")
+
+#: ccxt's request/response log lines carry the API key header and signed queries: kept at WARNING
+_QUIET = logging.getLogger("desk.venues.binance.ccxt")
+_QUIET.setLevel(logging.WARNING)
 
 Gate = Callable[[str, str, str, dict], None]
 
@@ -98,6 +105,8 @@ class DeskBinance(ccxt_async.binance):
         self.exchange_info: dict[str, Any] | None = None
         self.requests: list[tuple[str, str, str]] = []
         super().__init__(config or {})
+        # ccxt logs every request's headers (X-MBX-APIKEY) and signed query at DEBUG: never let that through
+        self.logger = _QUIET
 
     def set_hooks(self, gate: Gate | None, on_used_weight: Callable[[int], None] | None) -> None:
         """Set the request gate and the used-weight hook (see the class docstring)."""
