@@ -145,3 +145,26 @@ async def test_gateway_unreachable_at_start_names_host_and_port():
         await venue.start()
     assert type(err.value).__name__ == "TransientVenueError"
     assert "cannot reach TWS/IB Gateway at 127.0.0.1:4002 (client id 17)" in str(err.value)
+
+
+def test_desk_config_model_converts():
+    from desk.config import IbkrVenueConfig
+
+    model = IbkrVenueConfig.model_validate({
+        "kind": "ibkr", "name": "IBKR", "host": "127.0.0.1", "port": 4002, "client_id": 17,
+        "contracts": [{"symbol": "AAPL", "sec_type": "STK", "exchange": "SMART", "currency": "USD"},
+                      {"symbol": "ES", "sec_type": "FUT", "exchange": "CME", "currency": "USD",
+                       "last_trade_date": "202612", "multiplier": "50"}]})
+    cfg = IbkrConfig.from_mapping(model)
+    assert (cfg.account, cfg.client_id) == ("", 17)  # account None: the login's only account
+    assert cfg.contracts == (ContractSpec("AAPL", "STK", "SMART", "USD"),
+                             ContractSpec("ES", "FUT", "CME", "USD", last_trade_date="202612", multiplier=D("50")))
+
+
+def test_configured_multiplier_must_match_ib():
+    spec = ContractSpec("ES", "FUT", "CME", "USD", last_trade_date="202612", multiplier=D("5"))
+    with pytest.raises(ContractError, match="configured multiplier 5 but IB says 50"):
+        qualify(spec, [es_details()], "IBKR")
+    ok = qualify(ContractSpec("ES", "FUT", "CME", "USD", last_trade_date="202612", multiplier=D("50")),
+                 [es_details(multiplier="")], "IBKR")
+    assert ok.multiplier == D("50")  # IB gave none: the configured one

@@ -13,7 +13,7 @@ import pytest
 from ib_async.order import Order as IbOrder
 from ib_async.order import OrderState
 
-from core.events import AlertRaised, OrderAccepted, OrderFilled, OrderRejected, VenueStateChanged
+from core.events import AlertRaised, OrderAccepted, OrderCanceled, OrderFilled, OrderRejected, VenueStateChanged
 from core.venue_errors import TransientVenueError
 from tests.venues_ibkr.conftest import (
     CLIENT_ID,
@@ -232,3 +232,24 @@ async def test_desk_restart_finds_its_orders_by_order_ref(tmp_path):
     await second.venue.cancel_order(a, "HALT")
     assert second.gw.canceled == [a_id]
     second.venue.close()
+
+
+async def test_the_venue_asks_to_be_woken_when_something_falls_due(harness):
+    h = harness
+    asked: list[tuple[float, object]] = []
+    h.venue.schedule = lambda delay, cb: asked.append((delay, cb))
+    order = h.order("NHD-1-0-0")
+    await h.venue.submit_order(order)
+    oid = h.gw.placed[0][0]
+    h.gw.status(oid, "Submitted", 0.0, 100.0, 9001)
+    await h.venue.cancel_order(order, "HALT")
+    h.gw.status(oid, "Cancelled", 0.0, 100.0, 9001)
+    assert [d for d, _ in asked] == [1.0]  # the cancel settles 1 s later
+    h.clock.advance(NANOS)  # a live clock would have moved by then; the callback runs pump
+    asked[-1][1]()
+    assert [e.reason for e in h.of(OrderCanceled)] == ["HALT"]
+    # disconnected with a cancel waiting: a reconnect attempt in 1 s, never a busy wake-up at 0 s
+    asked.clear()
+    h.gw.up = False
+    h.gw.drop()
+    assert [d for d, _ in asked] == [1.0]

@@ -265,7 +265,7 @@ class IbkrVenue:
         self.clock = clock
         self.on_event = on_event
         self.ib = ib if ib is not None else IB()
-        self._schedule = schedule or _default_schedule
+        self.schedule = schedule or _default_schedule
         self.contracts: dict[InstrumentId, IbkrContract] = {}
         self.instruments: dict[InstrumentId, Instrument] = {}
         self._by_con_id: dict[int, IbkrContract] = {}
@@ -306,6 +306,9 @@ class IbkrVenue:
         engine's ``venue_factory``)."""
         self.on_event = on_event
         return self
+
+    #: the name the other venue adapters use for :meth:`attach`
+    bind = attach
 
     def _hook(self) -> None:
         ib = self.ib
@@ -498,12 +501,13 @@ class IbkrVenue:
                 due.append(rec.inactive_since + self.config.inactive_grace_ns)
             if rec.terminal is None and rec.pending_close is not None:
                 due.append(rec.pending_close[2])
-        if self._queue:
+        if self._queue and self.is_up():
             due.append(now + self.pacing.wait_ns(self._queue[0].cost))
         if self.pacing.slow_until_ns is not None:
             due.append(self.pacing.slow_until_ns)
         if not self._connected and self.next_attempt_ns is not None:
             due.append(self.next_attempt_ns)
+        due = [t for t in due if t > now]  # what is due now and still waits, waits on something else
         if not due:
             return
         at = min(due)
@@ -515,7 +519,7 @@ class IbkrVenue:
             self._wake_ns = None
             self.pump()
 
-        self._schedule(max(0.0, (at - now) / NANOS), wake)
+        self.schedule(max(0.0, (at - now) / NANOS), wake)
 
     # ------------------------------------------------------------ connection state
     def is_up(self) -> bool:
@@ -548,6 +552,9 @@ class IbkrVenue:
         and report the venue connected, else plan the next attempt."""
         try:
             await self._connect()
+            await self._qualify_all(refresh=True)  # a new trading day: fresh hours
+            if not self.ib.isConnected():
+                raise ConnectionError("the connection dropped again during the synchronisation")
         except Exception as exc:  # noqa: BLE001 - any failure is one failed attempt
             self.reconnect_failures += 1
             now = self.clock.timestamp_ns()
@@ -556,7 +563,6 @@ class IbkrVenue:
                         self.next_attempt_ns)
             self._plan_wake(now)
             return
-        await self._qualify_all(refresh=True)  # a new trading day: fresh hours
         self._after_sync(reconnect=True)
         now = self.clock.timestamp_ns()
         self._connected = True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
+from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
 NANOS = 1_000_000_000
@@ -48,6 +49,8 @@ class ContractSpec:
         primary_exchange: IB ``primaryExchange`` to disambiguate a SMART
             stock (``NASDAQ``), optional.
         trading_class: IB ``tradingClass``, optional.
+        multiplier: the multiplier the operator expects (futures), optional:
+            qualification refuses a contract whose IB multiplier differs.
     """
 
     symbol: str
@@ -57,6 +60,7 @@ class ContractSpec:
     last_trade_date: str = ""
     primary_exchange: str = ""
     trading_class: str = ""
+    multiplier: Decimal | None = None
 
     def __post_init__(self) -> None:
         where = f"contract {self.symbol!r}"
@@ -74,6 +78,9 @@ class ContractSpec:
                                  f"got {self.last_trade_date!r}")
         elif self.last_trade_date:
             raise ValueError(f"{where}: last_trade_date applies to futures only, got {self.last_trade_date!r}")
+        if self.multiplier is not None and (not isinstance(self.multiplier, Decimal)
+                                            or not self.multiplier.is_finite() or self.multiplier <= 0):
+            raise ValueError(f"{where}: multiplier must be a positive number, got {self.multiplier!r}")
 
     @property
     def ib_sec_type(self) -> str:
@@ -89,25 +96,43 @@ class ContractSpec:
         return " ".join(parts)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], index: int = 0) -> "ContractSpec":
-        """Read one ``contracts:`` entry.
+    def from_dict(cls, data: Any, index: int = 0) -> "ContractSpec":
+        """Read one ``contracts:`` entry: a mapping, or an object with
+        attributes of the same names (the desk's config model). ``None``
+        means "not given"; a multiplier may be a number or its text.
 
         Raises:
             ValueError: naming the entry and the field for a missing or
                 unknown field or a bad value.
         """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"contracts[{index}]: expected a mapping, got {data!r}")
         known = {f.name for f in fields(cls)}
+        data = _as_mapping(data, known, f"contracts[{index}]")
         extra = sorted(set(data) - known)
         if extra:
             raise ValueError(f"contracts[{index}]: unknown field(s) {', '.join(extra)} "
                              f"(known: {', '.join(sorted(known))})")
-        missing = [k for k in ("symbol", "sec_type", "exchange", "currency") if k not in data]
+        missing = [k for k in ("symbol", "sec_type", "exchange", "currency") if data.get(k) is None]
         if missing:
             raise ValueError(f"contracts[{index}]: missing field(s) {', '.join(missing)}")
-        kw = {k: (str(v) if isinstance(v, int) and k == "last_trade_date" else v) for k, v in data.items()}
+        kw = {k: v for k, v in data.items() if v is not None}
+        if isinstance(kw.get("last_trade_date"), int):
+            kw["last_trade_date"] = str(kw["last_trade_date"])
+        if "multiplier" in kw and not isinstance(kw["multiplier"], Decimal):
+            m = kw["multiplier"]
+            try:
+                kw["multiplier"] = Decimal(repr(m)) if isinstance(m, float) else Decimal(str(m))
+            except InvalidOperation:
+                raise ValueError(f"contracts[{index}]: multiplier must be a number, got {m!r}") from None
         return cls(**kw)
+
+
+def _as_mapping(data: Any, names: set[str], where: str) -> dict[str, Any]:
+    """A mapping as a dict, or the named attributes of a config object."""
+    if isinstance(data, Mapping):
+        return dict(data)
+    if data is None or isinstance(data, (str, bytes, int, float, list, tuple)):
+        raise ValueError(f"{where}: expected a mapping, got {data!r}")
+    return {n: getattr(data, n) for n in names | {"kind"} if hasattr(data, n)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,17 +233,17 @@ class IbkrConfig:
         return min(self.reconnect_base_ns * (2 ** max(0, failures - 1)), self.reconnect_max_ns)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "IbkrConfig":
-        """Read one ``venues:`` entry of ``kind: ibkr`` (``kind`` is
-        accepted and ignored).
+    def from_dict(cls, data: Any) -> "IbkrConfig":
+        """Read one ``venues:`` entry of ``kind: ibkr``: a mapping, or the
+        desk's config model (attributes of the same names; ``None`` means
+        not given). ``kind`` is accepted and ignored.
 
         Raises:
             ValueError: naming the field and the value for an unknown field,
                 a missing ``contracts`` list or any bad value.
         """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"ibkr venue: expected a mapping, got {data!r}")
         known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in _as_mapping(data, known, "ibkr venue").items() if v is not None}
         extra = sorted(set(data) - known - {"kind"})
         if extra:
             raise ValueError(f"ibkr venue: unknown field(s) {', '.join(extra)} (known: {', '.join(sorted(known))})")
@@ -230,3 +255,5 @@ class IbkrConfig:
         kw = {k: v for k, v in data.items() if k not in ("kind", "contracts")}
         specs = tuple(c if isinstance(c, ContractSpec) else ContractSpec.from_dict(c, i) for i, c in enumerate(raw))
         return cls(contracts=specs, **kw)
+
+    from_mapping = from_dict

@@ -156,6 +156,10 @@ def qualify(spec: ContractSpec, details: Sequence[ContractDetails], venue: str,
     if tick is None:
         raise ContractError(f"{where}: IB's details give no minTick (got {cd.minTick!r})")
     multiplier = _dec(c.multiplier, "multiplier", spec)
+    if spec.multiplier is not None:
+        if multiplier is not None and multiplier != spec.multiplier:
+            raise ContractError(f"{where}: configured multiplier {spec.multiplier} but IB says {multiplier}")
+        multiplier = multiplier or spec.multiplier
     if spec.sec_type == "FUT" and multiplier is None:
         raise ContractError(f"{where}: IB's details give no multiplier for a future (got {c.multiplier!r})")
     if spec.ib_sec_type == "CASH":
