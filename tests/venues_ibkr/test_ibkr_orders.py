@@ -360,3 +360,36 @@ async def test_hours_beyond_what_ib_listed_are_closed_and_asked_again(harness):
     for _ in range(20):
         await asyncio.sleep(0)
     assert h.gw.requests.count("reqContractDetails") == before + 2  # both contracts asked again
+
+
+async def test_cancel_refused_10148_leaves_the_order_working(harness):
+    h = harness
+    order, oid = await _accepted(h, "NHD-1-0-0", 9001)
+    await h.venue.cancel_order(order, "REPRICE")
+    # TWS refuses the cancel; ib_async marks its trade Cancelled anyway (any non-warning code)
+    h.gw.error(oid, 10148, "OrderId 5 that needs to be cancelled cannot be cancelled, state: PendingCancel.")
+    assert h.venue.ib.wrapper.trades[(17, oid)].orderStatus.status == "Cancelled"
+    h.clock.advance(5 * NANOS)
+    h.venue.pump()
+    assert h.of(OrderCanceled) == []  # IB did not cancel it
+    assert "IBKR_CANCEL_REJECTED" in [a.code for a in h.of(AlertRaised)]
+    assert h.venue.open_orders() == {"NHD-1-0-0": D("0")}
+    report = h.venue.lookup("NHD-1-0-0")
+    assert report is not None and report.status == "OPEN"
+
+
+async def test_cancel_dropped_by_pacing_is_sent_again(harness):
+    h = harness
+    order, oid = await _accepted(h, "NHD-1-0-0", 9001)
+    await h.venue.cancel_order(order, "HALT")
+    assert h.gw.canceled == [oid]
+    h.gw.error(oid, 100, "Max rate of messages per second has been exceeded:max=50 rec=52 (2)")
+    assert h.of(OrderRejected) == [] and h.of(OrderCanceled) == []  # the order itself is still working
+    assert h.gw.canceled == [oid]  # the bucket is empty at the halved rate: 1 token in 1/25 s
+    h.clock.advance(40_000_000)
+    h.venue.pump()
+    assert h.gw.canceled == [oid, oid]
+    h.gw.status(oid, "Cancelled", 0.0, 100.0, 9001)
+    h.clock.advance(NANOS)
+    h.venue.pump()
+    assert [e.reason for e in h.of(OrderCanceled)] == ["HALT"]

@@ -29,7 +29,10 @@ emulator replaces an order by cancel and new.
 
 **Reports** (through the callback given to :meth:`IbkrVenue.attach`), from
 ib_async's events ``orderStatusEvent``, ``execDetailsEvent`` and
-``errorEvent``, mapped by :mod:`venues.ibkr.status`:
+``errorEvent`` plus two wrapper callbacks read before ib_async digests them
+(``commissionReport``: ib_async turns IB's unset realized PnL into 0.0;
+``orderStatus``: ib_async drops a status equal to one it set itself after an
+error), mapped by :mod:`venues.ibkr.status`:
 
 * ``OrderAccepted`` at the first ``PreSubmitted``/``Submitted`` (or the first
   fill), ``venue_order_id`` = IB's ``permId`` (its ``orderId`` when IB has
@@ -330,6 +333,19 @@ class IbkrVenue:
             self._guard(self._on_commission)(report.execId, raw_commission, report.currency, raw_realized)
 
         wrapper.commissionReport = commission_report  # type: ignore[method-assign]
+        # ib_async emits orderStatusEvent only when a status differs from the trade's: after it marked a
+        # trade Cancelled itself on an error (a refused cancel, a dropped message), IB's own "Cancelled"
+        # would pass unseen; the raw status is read here as well (applying one twice changes nothing)
+        original_status = wrapper.orderStatus
+
+        def order_status(orderId: int, status: str, filled: float, remaining: float, avgFillPrice: float,
+                         permId: int, parentId: int, lastFillPrice: float, clientId: int, whyHeld: str,
+                         mktCapPrice: float = 0.0) -> None:
+            original_status(orderId, status, filled, remaining, avgFillPrice, permId, parentId, lastFillPrice,
+                            clientId, whyHeld, mktCapPrice)
+            self._guard(self._on_raw_status)(orderId, status, filled, permId, clientId)
+
+        wrapper.orderStatus = order_status  # type: ignore[method-assign]
 
     def _guard(self, fn: Callable[..., None]) -> Callable[..., None]:
         """Run an event handler; an exception becomes a log line and an
@@ -868,6 +884,12 @@ class IbkrVenue:
             raise TransientVenueError(self.venue, f"cancel {coid}: not connected to TWS/IB Gateway",
                                       kind="disconnected")
         rec.cancel_reason = reason
+        self._resend_cancel(rec)
+        return True
+
+    def _resend_cancel(self, rec: _Rec) -> None:
+        """Queue IB's ``cancelOrder`` for ``rec`` (sent when a token is free;
+        skipped if the order ended meanwhile)."""
         ib_order = rec.ib_order or IbOrder(orderId=rec.order_id, clientId=self.config.client_id, permId=rec.perm_id)
 
         def send_cancel() -> None:
@@ -875,7 +897,6 @@ class IbkrVenue:
                 self.ib.cancelOrder(ib_order)
 
         self._send(_Send("cancel", 1, send_cancel))
-        return True
 
     def cancel_all(self, reason: str) -> int:
         """Cancel every working desk order (by ClientOrderId prefix; never
@@ -945,6 +966,19 @@ class IbkrVenue:
             f"{rec.coid}: a desk order IB lists and the adapter's ledger does not; its reports carry model UNKNOWN"))
         return rec
 
+    def _on_raw_status(self, order_id: int, status: str, filled: float, perm_id: int, client_id: int) -> None:
+        coid = self._by_order_id.get(order_id) if order_id > 0 and client_id == self.config.client_id else None
+        if coid is None and perm_id:
+            coid = self._by_perm_id.get(perm_id)
+        rec = self._recs.get(coid) if coid else None
+        if rec is None:
+            return
+        if perm_id and not rec.perm_id:
+            rec.perm_id = perm_id
+            self._by_perm_id[perm_id] = rec.coid
+        self._apply_status(rec, status, _dec(filled), None, "")
+        self.pump()
+
     def _on_trade_status(self, trade: Trade) -> None:
         rec = self._rec_for_trade(trade)
         if rec is None:
@@ -985,10 +1019,12 @@ class IbkrVenue:
         if mapped in (OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED):
             self._accept(rec)
         elif mapped == OrderStatus.CANCELED:
-            if code is not None and code != ibs.ERR_ORDER_CANCELLED:
-                self._end_by_error(rec, code, msg)  # ib_async ended the trade on an error (201, 100...)
-            else:
+            if code is None or code == ibs.ERR_ORDER_CANCELLED:
                 self._hold_close(rec, code, msg)
+            elif ibs.ends_order(code, rec.accepted):
+                self._end_by_error(rec, code, msg)  # ib_async ended the trade on an error (201, 100...)
+            # else: ib_async's reading of an error about a request (a refused cancel, a dropped
+            # message); IB itself has not ended the order (the error handler tells the operator)
 
     def _accept(self, rec: _Rec) -> None:
         if rec.accepted:
@@ -1086,8 +1122,16 @@ class IbkrVenue:
         if rec.inactive_since is not None or rec.ib_status == ibs.INACTIVE:
             rec.inactive_since = None
             self._end_by_error(rec, code, msg)
-        elif code != ibs.ERR_ORDER_CANCELLED and not rec.accepted and rec.pending_close is None:
-            self._end_by_error(rec, code, msg)  # an error ib_async did not turn into a status
+        elif ibs.ends_order(code, rec.accepted):
+            if rec.pending_close is None:
+                self._end_by_error(rec, code, msg)  # (usually done already from ib_async's Cancelled status)
+        elif code == ibs.ERR_PACING and rec.cancel_reason is not None:
+            self._alert("WARNING", "IBKR_CANCEL_RESENT", (
+                f"{rec.coid}: IB dropped the cancel (error 100); sent again at the slower rate"))
+            self._resend_cancel(rec)
+        else:
+            self._alert("WARNING", "IBKR_ORDER_ERROR", (
+                f"{rec.coid}: IB error {code}: {msg}; the working order stays as it was"))
         self.pump()
 
     def _spawn(self, coro: Any) -> None:

@@ -89,6 +89,21 @@ def is_warning(code: int) -> bool:
     return code in WARNING_CODES or 2100 <= code < 2200
 
 
+def ends_order(code: int, accepted: bool) -> bool:
+    """Whether IB error ``code`` about an order ends it. Before IB accepted
+    the order, every error but a warning and the cancel-request codes does
+    (the order was refused: 201, 103 duplicate id, 110 price off the tick,
+    200 unknown contract, 100 message dropped...). Once accepted, only 201
+    (rejected, e.g. at its trigger) and 202 (canceled) do: other codes are
+    about a request (a cancel IB could not apply, a message over the rate)
+    and the order stays working."""
+    if is_warning(code) or code in CANCEL_FAILED_CODES or code == ERR_CANCEL_NOT_FOUND:
+        return False
+    if accepted:
+        return code in (ERR_ORDER_REJECTED, ERR_ORDER_CANCELLED)
+    return True
+
+
 def map_status(ib_status: str, filled: Decimal) -> OrderStatus | None:
     """The desk status an IB status means, given the quantity IB reports
     filled (base units). ``None`` means "no change": ``ValidationError``,
