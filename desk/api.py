@@ -60,7 +60,10 @@ the engine. On connect with ``Last-Event-ID: N`` (header, or
 journal first, then live events follow with no gap and no duplicate; the
 journal outlives the process, so this works across restarts. A comment line
 ``: ping`` is sent after ``heartbeat_s`` (15 s) without events.
-``?follow=false`` replays and ends (no live part).
+``?follow=false`` replays and ends (no live part). Before stopping the
+server, ``app.state.runtime.end_streams()`` ends the open streams (a final
+``: server shutting down`` comment), so they do not hold uvicorn's graceful
+shutdown.
 
 No textual import here (the daemon is headless).
 """
@@ -99,7 +102,7 @@ from core.manual import (
 )
 from core.orders import Order
 from core.store import ORDERS_COLUMNS, order_row
-from desk.metrics import DeskMetrics, _family_weights, _model_rows, venue_clients, venue_connections
+from desk.metrics import DeskMetrics, family_weights, model_rows, venue_clients, venue_connections
 
 log = logging.getLogger("desk.api")
 
@@ -190,13 +193,14 @@ class ReasonRequest(_Body):
 
 # ---------------------------------------------------------------- the SSE hub
 class _Subscriber:
-    __slots__ = ("buffer", "maxsize", "wake", "overflowed")
+    __slots__ = ("buffer", "maxsize", "wake", "overflowed", "ended")
 
     def __init__(self, maxsize: int) -> None:
         self.buffer: deque[tuple[int, bytes]] = deque()
         self.maxsize = maxsize
         self.wake = asyncio.Event()
         self.overflowed = False
+        self.ended = False
 
 
 def format_event(seq: int, event_type: str, payload: dict[str, Any]) -> bytes:
@@ -282,6 +286,17 @@ class StreamHub:
         """Forget a client buffer (no error if it was dropped already)."""
         self.subscribers.discard(sub)
 
+    def end_all(self) -> int:
+        """End every client's stream after what it has buffered (a server
+        shutting down: the responses complete instead of holding the
+        server's graceful-shutdown wait); returns how many."""
+        self.poll()
+        subs, self.subscribers = list(self.subscribers), set()
+        for sub in subs:
+            sub.ended = True
+            sub.wake.set()
+        return len(subs)
+
     async def run(self, interval_s: float) -> None:
         """Poll forever every ``interval_s`` seconds; cancel the task to stop."""
         while True:
@@ -292,12 +307,15 @@ class StreamHub:
                 log.exception("journal poll failed")
 
 
-async def _event_stream(hub: StreamHub, after: int | None, follow: bool, heartbeat_s: float,
-                        sub: _Subscriber | None) -> AsyncIterator[bytes]:
-    """The body of one ``/stream`` response (see the module docstring)."""
+async def _event_stream(hub: StreamHub, after: int | None, follow: bool,
+                        heartbeat_s: float) -> AsyncIterator[bytes]:
+    """The body of one ``/stream`` response (see the module docstring). The
+    client's buffer is subscribed before the replay reads the journal, so
+    nothing committed in between is missed (rows seen twice are skipped)."""
+    sub = hub.subscribe() if follow else None
+    sent = hub.head if after is None else after  # without Last-Event-ID: live from the head at connect
     try:
         yield b"retry: 1000\n\n"
-        sent = hub.head if after is None else after
         if after is not None:
             while True:  # replay the committed rows after `after`, page by page
                 rows = hub.read(sent, hub.chunk)
@@ -314,6 +332,9 @@ async def _event_stream(hub: StreamHub, after: int | None, follow: bool, heartbe
                 yield b": overflow: more events than the client read; reconnect with Last-Event-ID\n\n"
                 return
             if not sub.buffer:
+                if sub.ended:
+                    yield b": server shutting down; reconnect with Last-Event-ID\n\n"
+                    return
                 sub.wake.clear()
                 try:
                     await asyncio.wait_for(sub.wake.wait(), heartbeat_s)
@@ -522,7 +543,7 @@ def allocations_json(engine: Any) -> list[dict[str, Any]]:
     rows = getattr(lc, "allocation_rows", None)
     if callable(rows):
         return list(rows())
-    return [{"family": f, "weight": format(w, "f")} for f, w in _family_weights(engine).items()]
+    return [{"family": f, "weight": format(w, "f")} for f, w in family_weights(engine).items()]
 
 
 # ---------------------------------------------------------------- errors
@@ -628,6 +649,11 @@ class ApiRuntime:
             self.tasks.append(asyncio.get_running_loop().create_task(
                 self.metrics.run_sampler(self.sample_interval_s)))
 
+    def end_streams(self) -> int:
+        """End every open ``/stream`` response (call before stopping the
+        server); returns how many were open."""
+        return self.hub.end_all()
+
     async def stop(self) -> None:
         """Cancel the background tasks and wait for them."""
         tasks, self.tasks = self.tasks, []
@@ -672,6 +698,7 @@ def create_app(engine: Any, *, token: str, metrics: DeskMetrics | None = None,
     if not isinstance(token, str) or not token or not token.isascii() or not token.isprintable():
         raise ValueError("token: expected a non-empty printable ASCII string")
     gate_token = token.encode("ascii")
+    owns_metrics = metrics is None
     if metrics is None:
         metrics = DeskMetrics(CollectorRegistry())
     metrics.attach(engine)
@@ -686,6 +713,8 @@ def create_app(engine: Any, *, token: str, metrics: DeskMetrics | None = None,
             yield
         finally:
             await rt.stop()
+            if owns_metrics:
+                metrics.detach()  # the engine's bus and store lose the app's hooks with the app
 
     app = FastAPI(
         title="nautilus-hmm desk control API",
@@ -772,7 +801,7 @@ def create_app(engine: Any, *, token: str, metrics: DeskMetrics | None = None,
             "orders": [order_json(o) for o in e.working_orders()],
             "positions": positions_json(e),
             "pnl": pnl_json(e),
-            "models": _model_rows(e),
+            "models": model_rows(e),
             "allocations": allocations_json(e),
             "alerts": alerts_json(e),
         }
@@ -811,7 +840,7 @@ def create_app(engine: Any, *, token: str, metrics: DeskMetrics | None = None,
         weight, fraction 0..1), ``manual`` (an operator pinned the weight)
         and, with the lifecycle, version, budget (quote) and the canary's
         last verdict."""
-        return {"models": _model_rows(e)}
+        return {"models": model_rows(e)}
 
     @app.get("/stream", dependencies=auth, tags=["stream"], response_class=StreamingResponse,
              responses={**_AUTH_RESPONSES, 200: {"content": {"text/event-stream": {}},
@@ -846,8 +875,7 @@ def create_app(engine: Any, *, token: str, metrics: DeskMetrics | None = None,
             raise HTTPException(409, f"Last-Event-ID {after} is ahead of this journal (committed up to {head}); "
                                      f"another store? reconnect without it")
         rt.start()
-        sub = rt.hub.subscribe() if follow else None
-        return StreamingResponse(_event_stream(rt.hub, after, follow, rt.heartbeat_s, sub),
+        return StreamingResponse(_event_stream(rt.hub, after, follow, rt.heartbeat_s),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -980,7 +1008,7 @@ def create_app(engine: Any, *, token: str, metrics: DeskMetrics | None = None,
                 raise _governance_http(exc) from None
             raise
         log.warning("model %s %s by %s: %s", model_id, action, who, reason)
-        row = next((r for r in _model_rows(e) if r["model_id"] == model_id), None)
+        row = next((r for r in model_rows(e) if r["model_id"] == model_id), None)
         return {"model_id": model_id, "action": action, "model": row}
 
     def _add_model_route(action: str, doc: str) -> None:
@@ -1027,7 +1055,7 @@ def create_app(engine: Any, *, token: str, metrics: DeskMetrics | None = None,
         log.warning("weights %s by %s: %s", {k: None if v is None else str(v) for k, v in body.weights.items()},
                     who, reason)
         return {"weights": {k: None if v is None else format(v, "f") for k, v in body.weights.items()},
-                "models": _model_rows(e)}
+                "models": model_rows(e)}
 
     # the gate holds a closure, not the token: nothing in app.user_middleware shows it
     app.add_middleware(_TokenGate, check=lambda presented: hmac.compare_digest(presented, gate_token))

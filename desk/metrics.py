@@ -7,8 +7,9 @@ never share a series). It is fed two ways:
 
 * **bus events** (``engine.bus.subscribe``; the handlers run inside the
   engine's ``emit``, so each does a dict lookup and an ``inc`` on a label
-  child bound once, ~1 µs; DESIGN.md section 7: 0.35 µs per increment with a
-  bound child vs 1.2 µs through ``.labels()``): order statuses, denials,
+  child bound once: 0.6 µs for an order status here, 2.4 µs for a submit
+  plus its acceptance with the latency histogram, vs 1.7 µs for one bare
+  ``.labels(...).inc()``; DESIGN.md section 7): order statuses, denials,
   fills, fees, the submit → accepted latency, canary phases;
 * **sampling** (:meth:`DeskMetrics.sample`, run on every scrape and by the
   periodic :meth:`DeskMetrics.run_sampler`): PnL, equity, trading state,
@@ -301,7 +302,7 @@ class DeskMetrics:
         self.trading_state.set(TRADING_STATE_VALUE.get(state, -1))
         for s in TRADING_STATE_VALUE:
             self._state_enum(s).set(1 if s == state else 0)
-        canaries = {r["model_id"]: r for r in _model_rows(e) if r["stage"] == "canary"}
+        canaries = {r["model_id"]: r for r in model_rows(e) if r["stage"] == "canary"}
         for mid in set(self._canary_w_models()) - set(canaries):
             self._canary_w(mid).set(0)
         for mid, r in canaries.items():
@@ -309,7 +310,7 @@ class DeskMetrics:
             if mid not in self.phases:  # first seen: from the registry row (its last verdict, if any)
                 phase = "manual" if r.get("manual") else _ACTION_PHASE.get(r.get("action") or "warming", "progressing")
                 self._set_phase(mid, phase)
-        for fam, w in _family_weights(e).items():
+        for fam, w in family_weights(e).items():
             self._alloc(fam).set(float(w))
         for venue, connected in venue_connections(e).items():
             self._venue(venue).set(1 if connected else 0)
@@ -343,7 +344,7 @@ class DeskMetrics:
 
 
 # ---------------------------------------------------------------- engine readers (also used by desk.api)
-def _model_rows(engine: Any) -> list[dict[str, Any]]:
+def model_rows(engine: Any) -> list[dict[str, Any]]:
     """Registry rows ``{"model_id", "family", "stage", "weight", "manual", ...}``
     from the engine's lifecycle when it has one, else from its seed specs."""
     lc = getattr(engine, "lifecycle", None)
@@ -360,7 +361,7 @@ def _model_rows(engine: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _family_weights(engine: Any) -> dict[str, Decimal]:
+def family_weights(engine: Any) -> dict[str, Decimal]:
     """The allocator's family weights (fractions), or {} before there is one."""
     lc = getattr(engine, "lifecycle", None)
     weights = getattr(lc, "family_weights", None)

@@ -141,6 +141,19 @@ async def test_a_slow_client_overflows_its_buffer_and_is_dropped_while_the_engin
     close_engine(e)
 
 
+async def test_end_streams_completes_open_responses_after_their_events(desk):
+    s = await AsgiStream(desk.app, "/stream", AUTH).start()
+    h0 = desk.head()
+    await desk.engine.run(max_bars=2)  # committed, not yet polled: end_all delivers them first
+    assert desk.head() > h0
+    assert desk.app.state.runtime.end_streams() == 1
+    await asyncio.wait_for(s.done.wait(), 5)
+    assert [ev["id"] for ev in s.events()] == list(range(h0 + 1, desk.head() + 1))
+    assert any(c.startswith("server shutting down") for c in s.comments())
+    await s.disconnect()
+    assert not desk.hub.subscribers
+
+
 async def test_follow_false_replays_and_ends(desk):
     k = desk.head() - 5
     r = await desk.client.get("/stream", params={"last_event_id": k, "follow": "false"}, headers=AUTH)
