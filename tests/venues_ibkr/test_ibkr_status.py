@@ -11,7 +11,7 @@ import pytest
 from core.clock import TestClock
 from core.enums import OrderStatus as S
 from venues.ibkr.pacing import TokenBucket
-from venues.ibkr.status import inactive_outcome, is_warning, map_status
+from venues.ibkr.status import ends_order, inactive_outcome, is_warning, map_status
 
 NANOS = 1_000_000_000
 D = Decimal
@@ -48,6 +48,16 @@ def test_unknown_status_is_named():
 ])
 def test_inactive_decided_by_its_error_code(code, accepted, ours):
     assert inactive_outcome(code, accepted) == ours
+
+
+@pytest.mark.parametrize("code, accepted, ends", [
+    (201, False, True), (201, True, True), (202, True, True), (103, False, True), (110, False, True), (110, True, False),
+    (100, False, True), (100, True, False),  # a dropped message: the order if unacknowledged, else a request
+    (10148, True, False), (161, False, False), (10147, True, False),  # a refused cancel ends nothing
+    (399, False, False), (404, True, False), (2109, True, False), (321, True, False),
+])
+def test_which_errors_end_an_order(code, accepted, ends):
+    assert ends_order(code, accepted) is ends
 
 
 def test_warnings_are_not_errors():

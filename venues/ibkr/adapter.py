@@ -1110,7 +1110,7 @@ class IbkrVenue:
             if req_id == -1 and not ibs.is_warning(code) and code != ibs.ERR_PACING:
                 log.warning("IB message %d: %s", code, msg)
             return
-        if ibs.is_warning(code):
+        if ibs.is_warning(code) and not ibs.ends_order(code, rec.accepted):
             return  # ib_async reports it as the status ValidationError (alerted there)
         if code in ibs.CANCEL_FAILED_CODES or code == ibs.ERR_CANCEL_NOT_FOUND:
             self._alert("WARNING", "IBKR_CANCEL_REJECTED", (

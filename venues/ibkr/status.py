@@ -63,6 +63,8 @@ ERR_PACING = 100
 ERR_ORDER_REJECTED = 201
 #: "Order cancelled - reason: ..."
 ERR_ORDER_CANCELLED = 202
+#: "The price does not conform to the minimum price variation for this contract"
+ERR_PRICE_TICK = 110
 #: "No security definition has been found for the request"
 ERR_NO_SECURITY = 200
 #: "Cancel attempted when order is not in a cancellable state" / "OrderId that
@@ -92,11 +94,14 @@ def is_warning(code: int) -> bool:
 def ends_order(code: int, accepted: bool) -> bool:
     """Whether IB error ``code`` about an order ends it. Before IB accepted
     the order, every error but a warning and the cancel-request codes does
-    (the order was refused: 201, 103 duplicate id, 110 price off the tick,
+    (the order was refused: 201, 103 duplicate id, 110 price off the tick
+    (IB's market rules can ask a finer or coarser increment than ``minTick``),
     200 unknown contract, 100 message dropped...). Once accepted, only 201
     (rejected, e.g. at its trigger) and 202 (canceled) do: other codes are
     about a request (a cancel IB could not apply, a message over the rate)
     and the order stays working."""
+    if code == ERR_PRICE_TICK and not accepted:
+        return True  # a new order off the price increment is refused (a warning on a live order)
     if is_warning(code) or code in CANCEL_FAILED_CODES or code == ERR_CANCEL_NOT_FOUND:
         return False
     if accepted:
