@@ -58,7 +58,9 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qsl
 
-from aiohttp import web
+import asyncio
+
+from aiohttp import WSMsgType, web
 
 from core.clock import Clock
 
@@ -254,6 +256,11 @@ class FakeBinance:
         #: (path, Binance error code) of every error answer
         self.errors: list[tuple[str, int]] = []
         self.on_request: Callable[[str, str], None] | None = None
+        # WebSocket streams (/ws/<n>): connections and their subscriptions
+        self.ws_clients: list[tuple[web.WebSocketResponse, set[str]]] = []
+        self.subscribed = asyncio.Event()
+        #: refuse WebSocket upgrades (HTTP 503): the streams are down
+        self.ws_refuse = False
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -271,7 +278,8 @@ class FakeBinance:
         return self
 
     async def close(self) -> None:
-        """Stop listening."""
+        """Stop listening (WebSocket connections are closed first)."""
+        await self.drop_ws()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -280,7 +288,8 @@ class FakeBinance:
     def urls(self) -> dict[str, str]:
         """ccxt ``urls['api']`` pointing every spot section here."""
         b = self.base_url
-        return {"public": f"{b}/api/v3", "private": f"{b}/api/v3", "v1": f"{b}/api/v1", "sapi": f"{b}/sapi/v1"}
+        return {"public": f"{b}/api/v3", "private": f"{b}/api/v3", "v1": f"{b}/api/v1", "sapi": f"{b}/sapi/v1",
+                "ws": b.replace("http://", "ws://") + "/ws"}
 
     def now_ms(self) -> int:
         """The server's time: the shared clock plus ``offset_ms``."""
@@ -314,6 +323,11 @@ class FakeBinance:
     # ------------------------------------------------------------ HTTP
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         method, path = request.method, request.path
+        if path.startswith("/ws") and request.headers.get("Upgrade", "").lower() == "websocket":
+            if self.ws_refuse:
+                self.requests.append(("WS", path))
+                return web.Response(status=503, text="streams unavailable")
+            return await self._ws(request)
         self.requests.append((method, path))
         if self.on_request is not None:
             self.on_request(method, path)
@@ -352,6 +366,64 @@ class FakeBinance:
             return web.json_response(result, headers={"X-MBX-USED-WEIGHT-1M": "1"})
         except Refuse as r:
             return self._error(method, path, r.status, r.code, r.msg)
+
+    # ------------------------------------------------------------ WebSocket streams
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        """Binance's raw streams endpoint: ``SUBSCRIBE`` requests are answered
+        ``{"result": null, "id": N}``; events are pushed by the test
+        (:meth:`push_kline`, :meth:`push_book_ticker`)."""
+        self.requests.append(("WS", request.path))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        subs: set[str] = set()
+        entry = (ws, subs)
+        self.ws_clients.append(entry)
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                req = json.loads(msg.data)
+                if req.get("method") == "SUBSCRIBE":
+                    subs.update(req.get("params", []))
+                    await ws.send_json({"result": None, "id": req.get("id")})
+                    self.subscribed.set()
+                elif req.get("method") == "UNSUBSCRIBE":
+                    subs.difference_update(req.get("params", []))
+                    await ws.send_json({"result": None, "id": req.get("id")})
+        finally:
+            if entry in self.ws_clients:
+                self.ws_clients.remove(entry)
+        return ws
+
+    async def _push(self, stream: str, payload: dict[str, Any]) -> int:
+        n = 0
+        for ws, subs in list(self.ws_clients):
+            if stream in subs and not ws.closed:
+                await ws.send_json(payload)
+                n += 1
+        return n
+
+    async def push_kline(self, symbol: str, row: list[Any], closed: bool = True, interval: str = "1m") -> int:
+        """Send a ``kline`` event built from a 12-field REST kline row to the
+        subscribers of ``<symbol>@kline_<interval>``; returns how many."""
+        k = {"t": row[0], "T": row[6], "s": symbol, "i": interval, "f": 1, "L": 2, "o": row[1], "c": row[4],
+             "h": row[2], "l": row[3], "v": row[5], "n": row[8], "x": closed, "q": row[7], "V": row[9],
+             "Q": row[10], "B": "0"}
+        return await self._push(f"{symbol.lower()}@kline_{interval}",
+                                {"e": "kline", "E": self.now_ms(), "s": symbol, "k": k})
+
+    async def push_book_ticker(self, symbol: str, bid: str, bid_qty: str, ask: str, ask_qty: str,
+                               update_id: int = 1) -> int:
+        """Send a ``bookTicker`` event (no ``e`` field, as Binance sends it)
+        to the subscribers of ``<symbol>@bookTicker``; returns how many."""
+        return await self._push(f"{symbol.lower()}@bookTicker",
+                                {"u": update_id, "s": symbol, "b": bid, "B": bid_qty, "a": ask, "A": ask_qty})
+
+    async def drop_ws(self) -> None:
+        """Close every WebSocket connection (the stream drops)."""
+        self.subscribed.clear()
+        for ws, _ in list(self.ws_clients):
+            await ws.close()
 
     def _error(self, method: str, path: str, status: int, code: int, msg: str,
                retry_after: int | None = None) -> web.Response:

@@ -282,6 +282,10 @@ class BinanceVenue:
         self.started = False
         self.account_info: dict[str, Any] = {}
         self.rate_limits: list[dict[str, Any]] = []
+        #: market data source: "ws" (streams) or "rest" (polling while the streams are down)
+        self.md_mode = "ws"
+        self._ws_retry_at = 0
+        self._last_bar_ts: dict[InstrumentId, int] = {}
 
     # ------------------------------------------------------------ wiring
     def bind(self, on_event: Callable[[Event], None]) -> "BinanceVenue":
@@ -1036,6 +1040,101 @@ class BinanceVenue:
             await self.lookup_async(coid)
         if balances:
             await self.refresh_balances()
+
+    # ------------------------------------------------------------ streams
+    def _bar_of(self, k: Mapping[str, Any], step_ns: int) -> Bar | None:
+        iid = InstrumentId(str(k["s"]), self.venue) if str(k.get("s", "")).isalnum() else None
+        if iid is None or iid not in self.instruments:
+            return None
+        ts_open = int(k["t"]) * NANOS_PER_MS
+        return Bar(iid, Decimal(str(k["o"])), Decimal(str(k["h"])), Decimal(str(k["l"])), Decimal(str(k["c"])),
+                   Decimal(str(k["v"])), ts_open, ts_open + step_ns)
+
+    def _fresh(self, bars: list[Bar]) -> list[Bar]:
+        out = []
+        for b in sorted(bars, key=lambda b: (b.ts_open, str(b.instrument_id))):
+            if b.ts_open > self._last_bar_ts.get(b.instrument_id, -1):
+                self._last_bar_ts[b.instrument_id] = b.ts_open
+                out.append(b)
+        return out
+
+    async def _rest_bars(self, interval: str, step_ns: int) -> list[Bar]:
+        bars: list[Bar] = []
+        for iid in self.instruments:
+            last = self._last_bar_ts.get(iid)
+            since = None if last is None else (last + step_ns) // NANOS_PER_MS
+            bars += await self.fetch_bars(iid, interval, since_ms=since, limit=1000 if last is not None else 2)
+        return self._fresh(bars)
+
+    def _stream_down(self, what: str, exc: BaseException, retry_ns: int) -> None:
+        self._ws_retry_at = self._now() + retry_ns
+        if self.md_mode != "rest":
+            self.md_mode = "rest"
+            self._alert("WARNING", "MARKET_DATA_REST", (
+                f"{self.venue}: the {what} stream is down ({type(exc).__name__}); polling REST instead, the stream "
+                f"is tried again every {retry_ns / NANOS_PER_SECOND:g} s"))
+
+    async def next_bars(self, interval: str = "1m", *, ws_retry_ns: int = 30 * NANOS_PER_SECOND) -> list[Bar]:
+        """The next closed bars of the venue's instruments, oldest first, each
+        bar once. From the WebSocket kline streams (ccxt.pro
+        ``watch_ohlcv_for_symbols``; the raw event's exact strings) while
+        they work: waits for the next kline event and returns the bars it
+        closed (possibly none: an update of a bar still open). When the
+        stream fails: REST klines after the last bar delivered (``GET
+        /api/v3/klines``), and the stream is tried again every
+        ``ws_retry_ns`` of clock; back on the stream, the gap is filled from
+        REST first.
+
+        Raises:
+            ValueError: an interval not in Binance's list (named).
+            TransientVenueError, VenueThrottled: the REST fallback failed too.
+        """
+        from venues.klines import INTERVALS_NS
+
+        step = INTERVALS_NS.get(interval)
+        if step is None:
+            raise ValueError(f"interval: {interval!r} is not a fixed-length Binance kline interval")
+        ex = self._exchange()
+        if self.md_mode == "ws" or self._now() >= self._ws_retry_at:
+            try:
+                gap: list[Bar] = []
+                if self.md_mode == "rest" and self._last_bar_ts:
+                    gap = await self._rest_bars(interval, step)  # the bars missed while the stream was down
+                subs = [[u, interval] for u in self.unified.values()]
+                if not ex.closed_klines or self.md_mode != "ws":  # bars received since the last call: no wait
+                    await ex.watch_ohlcv_for_symbols(subs)
+                if self.md_mode != "ws":
+                    self.md_mode = "ws"
+                closed, ex.closed_klines = ex.closed_klines, []
+                got = [b for b in (self._bar_of(k, step) for k in closed) if b is not None]
+                return gap + self._fresh(got)
+            except VenueError:
+                raise
+            except (ccxt_async.NetworkError, ccxt_async.ExchangeError) as exc:
+                self._stream_down("kline", exc, ws_retry_ns)
+        return await self._rest_bars(interval, step)
+
+    async def best_bid_ask(self, instrument_id: InstrumentId, *, ws_retry_ns: int = 30 * NANOS_PER_SECOND
+                           ) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+        """``(bid, bid_qty, ask, ask_qty)`` from the WebSocket ``bookTicker``
+        stream (ccxt.pro ``watch_bids_asks``; waits for the next update; exact
+        strings), or from ``GET /api/v3/ticker/bookTicker`` while the stream
+        is down (tried again every ``ws_retry_ns``).
+
+        Raises:
+            TransientVenueError, VenueThrottled: the REST fallback failed too.
+        """
+        ex = self._exchange()
+        if self.md_mode == "ws" or self._now() >= self._ws_retry_at:
+            try:
+                await ex.watch_bids_asks([self.unified[instrument_id]])
+                raw = ex.book_tickers[instrument_id.symbol]
+                return Decimal(raw["b"]), Decimal(raw["B"]), Decimal(raw["a"]), Decimal(raw["A"])
+            except VenueError:
+                raise
+            except (ccxt_async.NetworkError, ccxt_async.ExchangeError, KeyError) as exc:
+                self._stream_down("bookTicker", exc, ws_retry_ns)
+        return await self.fetch_best_bid_ask(instrument_id)
 
     async def fetch_bars(self, instrument_id: InstrumentId, interval: str = "1m", since_ms: int | None = None,
                          limit: int = 500) -> list[Bar]:

@@ -37,7 +37,7 @@ import logging
 import re
 from typing import Any, Callable
 
-import ccxt.async_support as ccxt_async
+import ccxt.pro as ccxt_pro
 
 from core.clock import Clock
 from core.venue_errors import DuplicateClientOrderId
@@ -78,9 +78,10 @@ def redact(text: str) -> str:
     return _QUERY_RE.sub("?…", text)
 
 
-class DeskBinance(ccxt_async.binance):
-    """ccxt's async binance with the desk's clock, request gate and typed
-    errors (see the module docstring).
+class DeskBinance(ccxt_pro.binance):
+    """ccxt's binance (the ``ccxt.pro`` class: async REST plus WebSocket
+    streams) with the desk's clock, request gate and typed errors (see the
+    module docstring).
 
     Attributes:
         clock: the injected clock (UTC ns).
@@ -94,6 +95,10 @@ class DeskBinance(ccxt_async.binance):
         exchange_info: the last raw ``GET /api/v3/exchangeInfo`` response.
         requests: requests that passed the gate and were sent, as
             ``(method, api, path)``.
+        closed_klines: the raw ``k`` objects of closed klines received on the
+            WebSocket streams (``"x": true``), exact strings, in arrival
+            order; the adapter drains it.
+        book_tickers: the last raw ``bookTicker`` event per Binance symbol.
     """
 
     def __init__(self, config: dict[str, Any] | None = None, *, clock: Clock, venue_name: str = "BINANCE",
@@ -104,6 +109,8 @@ class DeskBinance(ccxt_async.binance):
         self._on_used_weight = on_used_weight
         self.exchange_info: dict[str, Any] | None = None
         self.requests: list[tuple[str, str, str]] = []
+        self.closed_klines: list[dict[str, Any]] = []
+        self.book_tickers: dict[str, dict[str, Any]] = {}
         super().__init__(config or {})
         # ccxt logs every request's headers (X-MBX-APIKEY) and signed query at DEBUG: never let that through
         self.logger = _QUIET
@@ -140,6 +147,21 @@ class DeskBinance(ccxt_async.binance):
         if path == "exchangeInfo" and section == "public" and isinstance(response, dict):
             self.exchange_info = response
         return response
+
+    # ------------------------------------------------------------ streams
+    def handle_ohlcv(self, client: Any, message: dict) -> None:  # type: ignore[override]
+        """ccxt.pro's kline handler (floats), plus the raw closed kline kept
+        with its exact strings."""
+        super().handle_ohlcv(client, message)
+        k = message.get("k") if isinstance(message, dict) else None
+        if isinstance(k, dict) and k.get("x") is True and message.get("e") == "kline":
+            self.closed_klines.append(k)
+
+    def handle_bids_asks(self, client: Any, message: Any) -> None:  # type: ignore[override]
+        """ccxt.pro's bookTicker handler, plus the raw event kept per symbol."""
+        super().handle_bids_asks(client, message)
+        if isinstance(message, dict) and "s" in message and "b" in message:
+            self.book_tickers[str(message["s"])] = message
 
     # ------------------------------------------------------------ errors
     def handle_errors(self, code: int, reason: str, url: str, method: str, headers: dict, body: str,  # type: ignore[override]
@@ -225,7 +247,7 @@ def _client_id_of(request_body: Any, url: str) -> str:
 
 
 def make_exchange(*, clock: Clock, market: str = "spot", testnet: bool = True, recv_window_ms: int = 5000,
-                  api_key: str | None = None, secret: str | None = None, urls: dict[str, str] | None = None,
+                  api_key: str | None = None, secret: str | None = None, urls: dict[str, Any] | None = None,
                   venue_name: str = "BINANCE", gate: Gate | None = None,
                   on_used_weight: Callable[[int], None] | None = None, timeout_ms: int = 10_000) -> DeskBinance:
     """Build the desk's ccxt exchange (see the module docstring).
@@ -239,7 +261,8 @@ def make_exchange(*, clock: Clock, market: str = "spot", testnet: bool = True, r
         recv_window_ms: ``recvWindow`` sent with every signed request (1..60000).
         api_key, secret: credentials (from the environment; never logged).
         urls: replaces ``urls['api']`` entirely (tests point ccxt at a local
-            server; keys as in :data:`SPOT_API_KEYS`).
+            server; keys as in :data:`SPOT_API_KEYS`, plus ``ws``: the base
+            of the spot WebSocket streams, e.g. ``ws://127.0.0.1:9/ws``).
         gate, on_used_weight: see :class:`DeskBinance`.
         timeout_ms: ccxt's HTTP timeout.
 
@@ -270,7 +293,11 @@ def make_exchange(*, clock: Clock, market: str = "spot", testnet: bool = True, r
         config["secret"] = secret
     ex = DeskBinance(config, clock=clock, venue_name=venue_name, gate=gate, on_used_weight=on_used_weight)
     if urls is not None:
-        ex.urls["api"] = dict(urls)
+        api: dict[str, Any] = dict(urls)
+        ws = api.get("ws")
+        if isinstance(ws, str):
+            api["ws"] = {"spot": ws, "margin": ws}
+        ex.urls["api"] = api
     elif testnet and market == "spot":
         ex.set_sandbox_mode(True)
     elif testnet:
