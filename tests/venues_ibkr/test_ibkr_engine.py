@@ -58,6 +58,8 @@ async def test_error_201_through_the_engine_releases_the_reservation(harness, tm
         await eng.session.tick()
     assert len(h.gw.placed) == 1
     assert eng.session.unknown == {} and not eng.unreconciled
+    eng.store.close()
+    eng.audit.close()
 
 
 async def test_daily_restart_under_the_engine(harness, tmp_path):
@@ -100,3 +102,5 @@ async def test_daily_restart_under_the_engine(harness, tmp_path):
     states = [json.loads(p)["state"] for (p,) in eng.store.conn.execute(
         "SELECT payload FROM journal WHERE type = 'VenueStateChanged' ORDER BY seq")]
     assert states == ["DISCONNECTED", "CONNECTED"]  # journaled: the venue was reported down in between
+    eng.store.close()
+    eng.audit.close()
