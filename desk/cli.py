@@ -336,6 +336,18 @@ def _oneshot(args: Any, state_dir: Path, cfg: Any) -> int:
         client.close()
 
 
+def _print(text: str) -> None:
+    """One answer on stdout; a reader that went away (``| head -1``) is
+    not an error: the exit code still tells the state."""
+    import os
+
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _say(args: Any, text: str) -> None:
     sys.stderr.write(f"desk {args.command}: {text}\n")
 
@@ -356,12 +368,13 @@ def _cmd_status(args: Any, client: Any, token: str | None, source: str) -> int:
         return EXIT_USAGE if exc.status_code < 500 else 1
     state = str(st.get("trading_state") or st.get("state") or "") if isinstance(st, dict) else ""
     if args.json:
-        sys.stdout.write(json.dumps(st, sort_keys=True) + "\n")
+        _print(json.dumps(st, sort_keys=True))
     else:
-        sys.stdout.write(f"trading_state: {state or '?'}\n")
+        lines = [f"trading_state: {state or '?'}"]
         for k, v in sorted(st.items() if isinstance(st, dict) else []):
             if k not in ("trading_state", "state"):
-                sys.stdout.write(f"{k}: {v if isinstance(v, (str, int, float)) else json.dumps(v, sort_keys=True)}\n")
+                lines.append(f"{k}: {v if isinstance(v, (str, int, float)) else json.dumps(v, sort_keys=True)}")
+        _print("\n".join(lines))
     if state == "ACTIVE":
         return EXIT_OK
     if state in ("HALTED", "REDUCING"):
@@ -384,7 +397,7 @@ def _cmd_halt(args: Any, client: Any, token: str | None, source: str, state_dir:
     if token is not None:
         try:
             answer = client.kill(args.mode, args.reason)
-            sys.stdout.write(json.dumps(answer, sort_keys=True) + "\n")
+            _print(json.dumps(answer, sort_keys=True))
             return EXIT_OK
         except DaemonRefused as exc:
             if exc.status_code < 500:
@@ -474,7 +487,7 @@ def _cmd_resume(args: Any, client: Any, token: str | None, source: str, state_di
     except DaemonRefused as exc:
         _say(args, f"{client.url} refused the resume: {exc}")
         return EXIT_USAGE if exc.status_code < 500 else 1
-    sys.stdout.write(json.dumps(answer, sort_keys=True) + "\n")
+    _print(json.dumps(answer, sort_keys=True))
     return EXIT_OK
 
 

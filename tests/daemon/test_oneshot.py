@@ -144,3 +144,20 @@ def test_export_pnl_calls_the_exporter(monkeypatch, tmp_path, capsys):
     assert calls == [(Path(tmp_path), "2025-01-02", "Europe/Berlin"), (Path(tmp_path), None, "UTC")]
     assert desk(capsys, "export-pnl", "--date", "2025-13-01")[0] == 2
     assert desk(capsys, "export-pnl", "--tz", "Nowhere/City")[0] == 2
+
+
+def test_zz_sigterm_stops_the_sim_default_cleanly(daemon):
+    """Last in this module: the SIM default daemon (fit worker, fitted
+    models) stopped by SIGTERM exits 0 with a committed stop."""
+    import signal
+
+    from tests.daemon.test_daemon import last_journal, meta
+
+    assert daemon.stop(signal.SIGTERM) == 0, daemon.stderr[-3000:]
+    m = meta(daemon.state)
+    assert m["status"] == "stopped" and m["stopped_by"] == "SIGTERM" and m["trading_state"] == "ACTIVE"
+    assert last_journal(daemon.state)[2]["code"] == "DAEMON_STOPPED"
+    with sqlite3.connect(daemon.state / "desk.sqlite") as c:
+        step, snap = c.execute("SELECT step, snapshot FROM checkpoint").fetchone()
+    assert step == json.loads(snap)["stats"]["bars"] and json.loads(snap)["stats"]["warmup_bars"] > 1000
+    assert "Traceback" not in daemon.stderr
