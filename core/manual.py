@@ -160,11 +160,39 @@ def sellable(engine: "Engine", instrument_id: InstrumentId) -> Decimal:
     return held - selling
 
 
+#: most significant decimal places a manual quantity, price or quote may have
+MAX_PLACES = 18
+
+
+def decimal_places(value: Decimal) -> int:
+    """Significant decimal places of a finite Decimal, read from its digits
+    and exponent without any context arithmetic (trailing zeros do not
+    count; ``Decimal("3E-127978813")`` has 127978813, where ``normalize()``
+    would underflow it to 0). Zero has none."""
+    _, digits, exp = value.as_tuple()
+    if not isinstance(exp, int) or not any(digits):
+        return 0
+    zeros = 0
+    for d in reversed(digits):
+        if d != 0:
+            break
+        zeros += 1
+    return max(0, -(exp + zeros))
+
+
 def _check_number(field: str, value: object) -> Decimal:
+    """A finite, positive Decimal with at most :data:`MAX_PLACES` decimal
+    places (``1E-999999`` would be journaled as a million digits).
+
+    Raises:
+        ManualOrderError: naming ``field`` and the value.
+    """
     if not isinstance(value, Decimal) or not value.is_finite():
         raise ManualOrderError(field, value, f"{field}: expected a finite decimal number, got {value!r}")
     if value <= ZERO:
         raise ManualOrderError(field, value, f"{field}: must be positive, got {value}")
+    if decimal_places(value) > MAX_PLACES:
+        raise ManualOrderError(field, value, f"{field}: at most {MAX_PLACES} decimal places, got {value:.6E}")
     return value
 
 

@@ -89,13 +89,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
 
 from core.enums import OrderType, TradingState
 from core.governance import GovernanceError
 from core.manual import (
+    MAX_PLACES,
     ManualOrderError,
     ManualOrderUnavailable,
+    decimal_places,
     max_order_notional,
     route_signal,
     submit_manual_order,
@@ -126,10 +128,19 @@ _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 # ---------------------------------------------------------------- request bodies
 #: a decimal number as JSON: a number or a plain decimal string (never NaN or Infinity)
 DECIMAL_TEXT = r"^[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?$"
-Num = Annotated[Decimal, Field(gt=0, le=MAX_NUMBER), WithJsonSchema({"anyOf": [
+def _places(value: Decimal) -> Decimal:
+    """Refuse a decimal with more than ``core.manual.MAX_PLACES`` (18)
+    significant decimal places (``1e-999999`` would be journaled and
+    answered as a million digits)."""
+    if decimal_places(value) > MAX_PLACES:
+        raise ValueError(f"at most {MAX_PLACES} decimal places")
+    return value
+
+
+Num = Annotated[Decimal, Field(gt=0, le=MAX_NUMBER), AfterValidator(_places), WithJsonSchema({"anyOf": [
     {"type": "number", "exclusiveMinimum": 0, "maximum": float(MAX_NUMBER)},
     {"type": "string", "pattern": DECIMAL_TEXT}]})]
-Fraction = Annotated[Decimal, Field(ge=0, le=1), WithJsonSchema({"anyOf": [
+Fraction = Annotated[Decimal, Field(ge=0, le=1), AfterValidator(_places), WithJsonSchema({"anyOf": [
     {"type": "number", "minimum": 0, "maximum": 1}, {"type": "string", "pattern": DECIMAL_TEXT}]})]
 Reason = Annotated[str, Field(max_length=500, description="Free text for the audit log")]
 ModelId = Annotated[str, Path(min_length=1, max_length=64, description="A model version id, e.g. hmm_v2_canary")]
@@ -747,7 +758,8 @@ def create_app(engine: Any, *, token: str, metrics: DeskMetrics | None = None,
     caps = [max_order_notional(engine, i) for i in engine.instruments]
     cap = min(MAX_NUMBER, max(caps)) if caps and None not in caps else MAX_NUMBER
     Quote = Annotated[Decimal, Field(gt=0, le=cap, description=(  # type: ignore[valid-type]
-        f"Quote-currency amount; at most the max notional per order ({cap} here)")), WithJsonSchema({"anyOf": [
+        f"Quote-currency amount; at most the max notional per order ({cap} here)")), AfterValidator(_places),
+        WithJsonSchema({"anyOf": [
             {"type": "number", "exclusiveMinimum": 0, "maximum": float(cap)},
             {"type": "string", "pattern": DECIMAL_TEXT}]})]
 

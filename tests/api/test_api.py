@@ -157,6 +157,10 @@ BAD = [
     ("/strategy/signal", {**SIGNAL, "side": "HOLD"}, ["body", "side"]),
     ("/strategy/signal", {**SIGNAL, "leverage": 5}, ["body", "leverage"]),
     ("/strategy/signal", {"symbol": BTC, "side": "BUY"}, ["body", "quote"]),
+    ("/orders", {**ORDER, "quantity": "3e-127978813"}, ["body", "quantity"]),  # would print a huge string
+    ("/orders", {**ORDER, "price": "30000.0000000000000000001"}, ["body", "price"]),  # 19 places
+    ("/strategy/weights", {"weights": {"hmm_v2_canary": "1e-99"}}, ["body", "weights", "hmm_v2_canary"]),
+    ("/strategy/signal", {**SIGNAL, "quote": "1e-30"}, ["body", "quote"]),
     ("/orders", {**ORDER, "quantity": "NaN"}, ["body", "quantity"]),
     ("/orders", {**ORDER, "quantity": "Infinity"}, ["body", "quantity"]),
     ("/orders", {**ORDER, "quantity": -1}, ["body", "quantity"]),
