@@ -164,6 +164,7 @@ def make_parser() -> argparse.ArgumentParser:
                      help="trading capital and starting cash, quote currency (default 10000)")
     run.add_argument("--config", type=Path, metavar="FILE",
                      help="desk.yaml: venues, rails, policy, api, alerts (flags given here win)")
+    run.add_argument("--policy", type=Path, metavar="FILE", help="governance policy (YAML; examples/policy.yaml)")
     run.add_argument("--live", action="store_true", help="allow venues that trade real money (non-testnet)")
     run.add_argument("--api-host", metavar="HOST",
                      help="daemon: address of the control API (default 127.0.0.1; others need $OPS_TOKEN)")
@@ -532,8 +533,10 @@ def _options(args: Any, state_dir: Path, cfg: Any = None) -> Any:
     tz = args.tz
     risk = args.risk
     speed = args.speed
+    policy = args.policy
     if cfg is not None:
         data = data or list(cfg.data)
+        policy = policy or cfg.policy
         risk = risk or cfg.risk
         tz = tz or cfg.tz
         speed = speed if speed is not None else cfg.speed
@@ -554,10 +557,12 @@ def _options(args: Any, state_dir: Path, cfg: Any = None) -> Any:
                 if v.kind != "paper":
                     raise ConfigError(f"venues[{i}]: kind {v.kind!r} is not wired in this build yet; "
                                       f"only 'paper' is")
-        if cfg.policy is not None:
-            if "policy_file" not in known:
-                raise ConfigError(f"policy: {cfg.policy}: the governance policy is not wired in this build yet")
-            extra["policy_file"] = cfg.policy
+    if policy is not None:
+        if "policy_file" not in known:
+            raise ConfigError(f"policy: {policy}: the governance policy is not wired in this build yet")
+        if not Path(policy).is_file():
+            raise ConfigError(f"--policy: no such file: {policy}")
+        extra["policy_file"] = Path(policy)
     speed = None if speed in (None, "max") else speed
     return RunOptions(
         data=data, symbol=args.symbol.upper() if args.symbol else None,

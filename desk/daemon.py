@@ -490,6 +490,15 @@ class _Daemon:
 
     # ------------------------------------------------------------ main
     async def main(self) -> int:
+        """Serve and run until stopped; returns the exit code (0; 3 when
+        the replay ended unreconciled; 1 after a store failure or when a
+        task failed: the engine is then halted first).
+
+        Raises:
+            DeskError: the API failed to start.
+        """
+        from core.store import StoreError
+
         self._stop = asyncio.Event()
         self._install_signals()
         for name in self.early_signals:
@@ -517,13 +526,23 @@ class _Daemon:
         while not stop_wait.done():
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
-                if t is not stop_wait and t.exception() is not None:
-                    failure = t.exception()
-                    log.error("%s task failed: %s", t.get_name(), failure, exc_info=failure)
+                exc = None if t is stop_wait else t.exception()
+                if t is engine_task and isinstance(exc, StoreError):
+                    # the engine halted itself (no trading without its journal); stay up, HALTED, so the
+                    # operator sees it (/health answers 503) until stopped; then exit 1
+                    log.error("store failure: trading halted; the API keeps serving until stopped: %s", exc)
+                    self.exit_code = 1
+                    continue
+                if exc is not None:
+                    failure = exc
+                    log.error("%s task failed: %s", t.get_name(), exc, exc_info=exc)
                 if t is api_task and failure is None:
                     failure = DeskError("the control API stopped unexpectedly")
                     log.error("the control API stopped unexpectedly")
             if failure is not None:
+                if e.trading_state.value != "HALTED":  # halting is the safe direction
+                    with contextlib.suppress(Exception):
+                        await e.governance.halt("daemon", f"daemon failure: {type(failure).__name__}: {failure}"[:500])
                 break
         # stop: no more bars, model signals or API commands
         e.stop()

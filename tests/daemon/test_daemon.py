@@ -556,3 +556,50 @@ def test_systemd_unit():
     assert int(svc["TimeoutStopSec"]) >= 30 and svc["EnvironmentFile"].startswith("/etc/")
     assert svc["NoNewPrivileges"] == "yes" and svc["ProtectSystem"] == "strict" and svc["UMask"] == "0077"
     assert "OPS_TOKEN=" not in "".join(ln for ln in text.splitlines() if not ln.startswith("#"))
+
+
+async def test_a_store_failure_halts_and_keeps_serving_until_stopped(tmp_path):
+    """In-process ``_Daemon.main``: the engine's run fails with a store
+    error (it halts itself); the daemon stays up, the API answers, and a
+    stop then ends it with exit 1 (the last commit fails too: logged)."""
+    from core.store import StoreError
+    from desk.api import create_app
+    from desk.daemon import ApiOptions, _Daemon, bind_socket
+    from tests.app.engines import wired_sim
+
+    built = wired_sim(tmp_path / "s")
+    e = built.engine
+    failed = asyncio.Event()
+
+    async def no_warm_up():
+        return None
+
+    async def run_fails(max_bars=None):
+        await e.governance.halt("store", "disk full (simulated)")
+        failed.set()
+        raise StoreError("desk.sqlite: commit failed: disk I/O error (simulated)")
+
+    e.warm_up, e.run = no_warm_up, run_fails
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    token = "in-process-token-0123456789"
+    d = _Daemon(built, type("O", (), {"bars": None})(), ApiOptions(port=port), create_app(e, token=token), sock, port)
+    try:
+        main = asyncio.create_task(d.main())
+        await asyncio.wait_for(failed.wait(), 10)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                     headers={"X-OPS-TOKEN": token}) as c:
+            for _ in range(100):  # the failure is seen on the loop's next turns
+                if d.exit_code == 1:
+                    break
+                await asyncio.sleep(0.01)
+            st = (await c.get("/status")).json()
+        assert d.exit_code == 1 and not main.done()
+        assert st["trading_state"] == "HALTED"
+        d._on_stop_signal("SIGTERM")
+        assert await asyncio.wait_for(main, 10) == 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
+            asyncio.get_running_loop().remove_signal_handler(sig)
+        sock.close()
+        built.close()
