@@ -544,8 +544,14 @@ class _Daemon:
                     with contextlib.suppress(Exception):
                         await e.governance.halt("daemon", f"daemon failure: {type(failure).__name__}: {failure}"[:500])
                 break
-        # stop: no more bars, model signals or API commands
+        # stop: no more bars, model signals or API commands; open /stream responses end now
         e.stop()
+        runtime = getattr(getattr(self.app, "state", None), "runtime", None)
+        if runtime is not None and hasattr(runtime, "end_streams"):
+            with contextlib.suppress(Exception):
+                n = runtime.end_streams()
+                if n:
+                    log.info("ended %d open streams", n)
         server.should_exit = True
         for t in (engine_task, api_task):
             if not t.done():
