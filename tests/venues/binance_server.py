@@ -261,6 +261,9 @@ class FakeBinance:
         self.subscribed = asyncio.Event()
         #: refuse WebSocket upgrades (HTTP 503): the streams are down
         self.ws_refuse = False
+        # WebSocket API user-data subscribers: (connection, its outgoing queue)
+        self.user_streams: list[tuple[web.WebSocketResponse, asyncio.Queue[dict[str, Any]]]] = []
+        self.user_subscribed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -289,7 +292,7 @@ class FakeBinance:
         """ccxt ``urls['api']`` pointing every spot section here."""
         b = self.base_url
         return {"public": f"{b}/api/v3", "private": f"{b}/api/v3", "v1": f"{b}/api/v1", "sapi": f"{b}/sapi/v1",
-                "ws": b.replace("http://", "ws://") + "/ws"}
+                "ws": b.replace("http://", "ws://") + "/ws", "ws-api": b.replace("http://", "ws://") + "/ws-api/v3"}
 
     def now_ms(self) -> int:
         """The server's time: the shared clock plus ``offset_ms``."""
@@ -327,6 +330,8 @@ class FakeBinance:
             if self.ws_refuse:
                 self.requests.append(("WS", path))
                 return web.Response(status=503, text="streams unavailable")
+            if path.startswith("/ws-api"):
+                return await self._ws_api(request)
             return await self._ws(request)
         self.requests.append((method, path))
         if self.on_request is not None:
@@ -395,6 +400,92 @@ class FakeBinance:
                 self.ws_clients.remove(entry)
         return ws
 
+    async def _ws_api(self, request: web.Request) -> web.WebSocketResponse:
+        """Binance's WebSocket API (``/ws-api/v3``): ``userDataStream.subscribe.
+        signature`` with ``apiKey``, ``timestamp``, ``recvWindow`` and
+        ``signature`` = HMAC-SHA256(secret, the other params sorted by name
+        as ``key=value&...``), verified and counted like a signed REST
+        request; then every order change is sent as ``{"subscriptionId": 0,
+        "event": <executionReport>}``."""
+        self.requests.append(("WS", request.path))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        entry = None
+
+        async def writer() -> None:
+            while True:
+                payload = await queue.get()
+                if ws.closed:
+                    return
+                await ws.send_json(payload)
+
+        task = asyncio.get_running_loop().create_task(writer())
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                req = json.loads(msg.data)
+                rid = req.get("id")
+                if req.get("method") != "userDataStream.subscribe.signature":
+                    queue.put_nowait({"id": rid, "status": 400, "error": {"code": -1000, "msg": "unknown method"}})
+                    continue
+                params = {k: str(v) for k, v in (req.get("params") or {}).items()}
+                try:
+                    self._verify_ws(params)
+                except Refuse as r:
+                    self.errors.append((request.path, r.code))
+                    queue.put_nowait({"id": rid, "status": r.status, "error": {"code": r.code, "msg": r.msg}})
+                    continue
+                queue.put_nowait({"id": rid, "status": 200, "result": {"subscriptionId": 0}})
+                if entry is None:
+                    entry = (ws, queue)
+                    self.user_streams.append(entry)
+                self.user_subscribed.set()
+        finally:
+            task.cancel()
+            if entry is not None and entry in self.user_streams:
+                self.user_streams.remove(entry)
+        return ws
+
+    def _verify_ws(self, params: dict[str, str]) -> None:
+        self.signed_total += 1
+        if params.get("apiKey") != self.api_key:
+            raise Refuse(401, -2015, "Invalid API-key, IP, or permissions for action.")
+        sig = params.get("signature")
+        payload = "&".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "signature")
+        expected = hmac.new(self.secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+        if sig is None or not hmac.compare_digest(sig, expected):
+            raise Refuse(400, -1022, "Signature for this request is not valid.")
+        self.signed_ok += 1
+        now = self.now_ms()
+        ts, window = int(params.get("timestamp", "0")), int(params.get("recvWindow", "5000"))
+        if ts < now - window or ts > now + 1000:
+            raise Refuse(400, -1021, "Timestamp for this request is outside of the recvWindow.")
+
+    def _exec_report(self, o: FakeOrder, exec_type: str, trade: FakeTrade | None = None) -> None:
+        """Queue an ``executionReport`` of ``o`` to every user-data subscriber
+        (Binance's "Order Update" event; for a cancel, ``c`` is the cancel's
+        id and ``C`` the order's)."""
+        if not self.user_streams:
+            return
+        now = self.now_ms()
+        canceled = exec_type == "CANCELED"
+        ev = {
+            "e": "executionReport", "E": now, "s": o.symbol,
+            "c": f"cancel-{o.order_id}" if canceled else o.client_order_id, "S": o.side, "o": o.type,
+            "f": o.time_in_force, "q": s8(o.orig_qty), "p": s8(o.price), "P": s8(o.stop_price), "F": s8(ZERO),
+            "g": o.order_list_id, "C": o.client_order_id if canceled else "", "x": exec_type, "X": o.status,
+            "r": "NONE", "i": o.order_id, "l": s8(trade.qty if trade else ZERO),
+            "z": s8(o.executed_qty), "L": s8(trade.price if trade else ZERO),
+            "n": s8(trade.commission) if trade else "0", "N": trade.commission_asset if trade else None,
+            "T": now, "t": trade.id if trade else -1, "I": 1, "w": o.is_open, "m": trade.is_maker if trade else False,
+            "M": False, "O": o.time, "Z": s8(o.cum_quote), "Y": s8(trade.price * trade.qty if trade else ZERO),
+            "Q": s8(ZERO),
+        }
+        for _, q in self.user_streams:
+            q.put_nowait({"subscriptionId": 0, "event": ev})
+
     async def _push(self, stream: str, payload: dict[str, Any]) -> int:
         n = 0
         for ws, subs in list(self.ws_clients):
@@ -422,7 +513,8 @@ class FakeBinance:
     async def drop_ws(self) -> None:
         """Close every WebSocket connection (the stream drops)."""
         self.subscribed.clear()
-        for ws, _ in list(self.ws_clients):
+        self.user_subscribed.clear()
+        for ws, _ in list(self.ws_clients) + list(self.user_streams):
             await ws.close()
 
     def _error(self, method: str, path: str, status: int, code: int, msg: str,
@@ -601,7 +693,13 @@ class FakeBinance:
             self.drop_next_order = None
             return _DROP
         o = self._create(p, now, side=side, type_=type_, qty=qty, price=price, stop=stop, tif=tif, coid=coid)
+        status = o.status
+        o.status = "NEW"
+        self._exec_report(o, "NEW")
+        o.status = status
         fills = self._match_new(o, now)
+        if o.status == "EXPIRED":
+            self._exec_report(o, "EXPIRED")
         if self.drop_next_order == "after":
             self.drop_next_order = None
             return _DROP
@@ -651,6 +749,7 @@ class FakeBinance:
         o.status = "FILLED" if o.executed_qty == o.orig_qty else "PARTIALLY_FILLED"
         if o.status == "FILLED" and o.locked:
             self._unlock(o)
+        self._exec_report(o, "TRADE", t)
         if o.order_list_id != -1:
             for oid in self.order_lists.get(o.order_list_id, []):
                 other = self.orders[oid]
@@ -658,6 +757,7 @@ class FakeBinance:
                     other.status = "EXPIRED"
                     other.update_time = now
                     self._unlock(other)
+                    self._exec_report(other, "EXPIRED")
         return t
 
     def _match_new(self, o: FakeOrder, now: int) -> list[FakeTrade]:
@@ -729,6 +829,7 @@ class FakeBinance:
         o.status = "CANCELED"
         o.update_time = now
         self._unlock(o)
+        self._exec_report(o, "CANCELED")
         return {"symbol": o.symbol, "origClientOrderId": o.client_order_id, "orderId": o.order_id,
                 "orderListId": o.order_list_id, "clientOrderId": f"cancel-{o.order_id}", "transactTime": now,
                 "price": s8(o.price), "origQty": s8(o.orig_qty), "executedQty": s8(o.executed_qty),

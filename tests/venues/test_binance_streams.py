@@ -79,3 +79,50 @@ async def test_best_bid_ask_from_the_stream_and_from_rest_when_down(venue, serve
     server.set_book("BTCUSDT", "60000.00", "60000.01", "1", "2")
     assert await asyncio.wait_for(task, 5) == (D("60000"), D("1"), D("60000.01"), D("2"))
     assert venue.md_mode == "rest"
+
+
+async def test_order_updates_from_the_user_data_stream_with_rest_reconciliation_on_reconnect(venue, server, clock, rec):
+    from tests.venues.test_binance_orders import order
+
+    await venue.submit_order(order("NHD-s-0-0", "BUY", "0.002", "60000.00"))  # rests
+    rec.events.clear()
+    n0 = server.signed_total
+    first = asyncio.create_task(venue.next_order_updates())
+    await asyncio.wait_for(server.user_subscribed.wait(), 5)
+    mark = len(server.requests)
+    while ("GET", "/api/v3/account") not in server.requests[mark:]:  # the REST reconciliation after subscribing
+        await asyncio.sleep(0)
+    for _ in range(5):
+        await asyncio.sleep(0)  # let it reach watch_orders
+    mark = len(server.requests)
+    server.set_book("BTCUSDT", "59990.00", "59999.99", ask_qty="0.0005")  # 0.0005 fills at 60000 as maker
+    assert await asyncio.wait_for(first, 5) == 1
+    assert server.requests[mark:] == []  # the fill came on the stream, not from a REST read
+    f = rec.of("OrderFilled")[0]
+    # executionReport l/L/n/N: 0.0005 at 60000, commission 0.1 % of 0.0005 BTC = 0.0000005 BTC, maker
+    assert (f.last_qty, f.last_px, f.commission, f.commission_currency, f.liquidity_side) == (
+        D("0.0005"), D("60000"), D("0.0000005"), "BTC", "MAKER")
+    # the subscription is signed and verified like a REST request (then openOrders and account)
+    assert server.signed_total == n0 + 3 and server.signed_ok == server.signed_total
+    assert ("WS", "/ws-api/v3") in server.requests
+
+    # the stream drops; meanwhile the rest fills; reconnecting reconciles over REST first
+    await server.drop_ws()
+    server.set_book("BTCUSDT", "59990.00", "59999.99", ask_qty="1")  # the remaining 0.0015 fills while down
+    await asyncio.wait_for(venue.next_order_updates(), 5)
+    fills = rec.of("OrderFilled")
+    assert [x.last_qty for x in fills] == [D("0.0005"), D("0.0015")]  # each fill once
+    assert venue.lookup("NHD-s-0-0").status == "FILLED"
+
+    # a cancel's executionReport carries the order's id in "C"
+    await venue.submit_order(order("NHD-s-0-1", "BUY", "0.001", "50000.00"))
+    server.user_subscribed.clear()
+    task = asyncio.create_task(venue.next_order_updates())
+    await asyncio.sleep(0)
+    server._cancel(server.order_by_client_id("NHD-s-0-1"), server.now_ms())  # canceled at the venue
+    while not rec.of("OrderCanceled"):
+        await asyncio.wait_for(task, 5)
+        task = asyncio.create_task(venue.next_order_updates())
+    task.cancel()
+    c = rec.of("OrderCanceled")[0]
+    assert (c.client_order_id, c.executed_qty) == ("NHD-s-0-1", D("0"))

@@ -31,11 +31,17 @@ plus the reads of ``core.recovery.ReconcilingVenue``) the way
 * **Native OCO** (:meth:`BinanceVenue.submit_oco`, ``POST
   /api/v3/orderList/oco``); everything else is the OMS's emulation
   (``supports_oco`` says which).
-* **Polling** (:meth:`BinanceVenue.poll`): open orders per symbol, each
-  changed order by ``origClientOrderId`` and its fills (``myTrades``), then
-  the balances. Market data: :meth:`fetch_bars` (closed klines, exact
-  strings) and :meth:`fetch_best_bid_ask`. WebSocket streams are not used
-  (see the report of issue 6): REST polling is the path.
+* **Order updates** from the user data stream (:meth:`next_order_updates`:
+  ccxt.pro ``watch_orders``, on spot a signed
+  ``userDataStream.subscribe.signature`` on Binance's WebSocket API; the raw
+  ``executionReport`` strings), with a REST reconciliation (:meth:`poll`)
+  after every (re)subscription, and REST polling while the stream is down.
+  :meth:`poll`: open orders per symbol, each changed order by
+  ``origClientOrderId`` and its fills (``myTrades``), then the balances.
+* **Market data**: closed bars from the kline streams (:meth:`next_bars`)
+  and the best bid/ask from ``bookTicker`` (:meth:`best_bid_ask`) through
+  ccxt.pro, exact strings, with REST (:meth:`fetch_bars`,
+  :meth:`fetch_best_bid_ask`) as the fallback while a stream is down.
 * **Faults**: ``-1021`` -> the clock offset is measured from ``GET
   /api/v3/time`` (half round trip) and applied to the signed timestamp; a
   read is retried once; a submit is resolved by looking it up
@@ -286,6 +292,10 @@ class BinanceVenue:
         self.md_mode = "ws"
         self._ws_retry_at = 0
         self._last_bar_ts: dict[InstrumentId, int] = {}
+        #: order updates: "ws" (user data stream) or "rest" (polling while it is down)
+        self.user_mode = "ws"
+        self._user_retry_at = 0
+        self._user_subs_seen = 0
 
     # ------------------------------------------------------------ wiring
     def bind(self, on_event: Callable[[Event], None]) -> "BinanceVenue":
@@ -1135,6 +1145,69 @@ class BinanceVenue:
             except (ccxt_async.NetworkError, ccxt_async.ExchangeError, KeyError) as exc:
                 self._stream_down("bookTicker", exc, ws_retry_ns)
         return await self.fetch_best_bid_ask(instrument_id)
+
+    def _apply_exec_report(self, r: Mapping[str, Any]) -> bool:
+        """Apply one raw ``executionReport`` (Binance "Order Update") to the
+        tracked order it is about; False for another application's order."""
+        coid = str(r.get("C") or r.get("c")) if r.get("x") == "CANCELED" else str(r.get("c"))
+        t = self._orders.get(coid)
+        if t is None:
+            return False
+        ts = int(r.get("T") or r.get("E") or self._now() // NANOS_PER_MS) * NANOS_PER_MS
+        fills = []
+        if r.get("x") == "TRADE" and int(r.get("t", -1)) >= 0:
+            fills.append(OrderFilled(
+                ts_event=ts, ts_init=self._now(), client_order_id=coid, instrument_id=t.instrument_id,
+                model_id=t.model_id, venue_order_id=str(r["i"]), trade_id=str(r["t"]), side=str(r.get("S", t.side)),
+                last_qty=Decimal(str(r["l"])), last_px=Decimal(str(r["L"])), commission=Decimal(str(r.get("n") or "0")),
+                commission_currency=str(r.get("N") or self.quote),
+                liquidity_side=(LiquiditySide.MAKER if r.get("m") else LiquiditySide.TAKER).value))
+        info = {"status": r.get("X"), "orderId": r.get("i"), "executedQty": r.get("z", "0")}
+        if fills and Decimal(str(info["executedQty"])) < t.executed:
+            info["executedQty"] = dec_str(t.executed)  # an older report than what is known: keep the larger
+        reason = str(r.get("r")) if r.get("x") == "REJECTED" and r.get("r") not in (None, "NONE") else ""
+        self._apply(t, info, fills, ts, reason=reason)
+        return True
+
+    async def next_order_updates(self, *, ws_retry_ns: int = 30 * NANOS_PER_SECOND) -> int:
+        """Wait for the next order updates of the user data stream (ccxt.pro
+        ``watch_orders``: on spot a ``userDataStream.subscribe.signature``
+        request on Binance's WebSocket API, signed like a REST request) and
+        report them (``OrderAccepted``, ``OrderFilled`` with ``n``/``N`` as
+        the commission and its asset, ``OrderCanceled``, ``OrderExpired``,
+        ``OrderRejected``); returns how many execution reports were about
+        the desk's orders. After every (re)subscription the orders are
+        reconciled over REST first (:meth:`poll`), so nothing that happened
+        while the stream was down is missed. While the stream is down: one
+        REST :meth:`poll` per call, the stream tried again every
+        ``ws_retry_ns`` of clock.
+
+        Raises:
+            TransientVenueError, VenueThrottled: the REST fallback failed too.
+        """
+        ex = self._exchange()
+        if self.user_mode == "ws" or self._now() >= self._user_retry_at:
+            try:
+                await ex.authenticate({"type": "spot"})  # subscribes once per connection
+                if ex.user_subscriptions != self._user_subs_seen:
+                    self._user_subs_seen = ex.user_subscriptions
+                    self.user_mode = "ws"
+                    await self.poll()  # REST reconciliation after every (re)subscription
+                if not ex.exec_reports:
+                    await ex.watch_orders()
+                reports, ex.exec_reports = ex.exec_reports, []
+                return sum(1 for r in reports if self._apply_exec_report(r))
+            except VenueError:
+                raise
+            except (ccxt_async.NetworkError, ccxt_async.ExchangeError) as exc:
+                self._user_retry_at = self._now() + ws_retry_ns
+                if self.user_mode != "rest":
+                    self.user_mode = "rest"
+                    self._alert("WARNING", "USER_STREAM_REST", (
+                        f"{self.venue}: the user data stream is down ({type(exc).__name__}); orders are polled over "
+                        f"REST, the stream is tried again every {ws_retry_ns / NANOS_PER_SECOND:g} s"))
+        await self.poll()
+        return 0
 
     async def fetch_bars(self, instrument_id: InstrumentId, interval: str = "1m", since_ms: int | None = None,
                          limit: int = 500) -> list[Bar]:

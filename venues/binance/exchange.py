@@ -99,6 +99,10 @@ class DeskBinance(ccxt_pro.binance):
             WebSocket streams (``"x": true``), exact strings, in arrival
             order; the adapter drains it.
         book_tickers: the last raw ``bookTicker`` event per Binance symbol.
+        exec_reports: raw ``executionReport`` events of the user data stream
+            (exact strings), in arrival order; the adapter drains it.
+        user_subscriptions: confirmed user-data-stream subscriptions so far
+            (one more after every reconnect).
     """
 
     def __init__(self, config: dict[str, Any] | None = None, *, clock: Clock, venue_name: str = "BINANCE",
@@ -111,6 +115,8 @@ class DeskBinance(ccxt_pro.binance):
         self.requests: list[tuple[str, str, str]] = []
         self.closed_klines: list[dict[str, Any]] = []
         self.book_tickers: dict[str, dict[str, Any]] = {}
+        self.exec_reports: list[dict[str, Any]] = []
+        self.user_subscriptions = 0
         super().__init__(config or {})
         # ccxt logs every request's headers (X-MBX-APIKEY) and signed query at DEBUG: never let that through
         self.logger = _QUIET
@@ -162,6 +168,19 @@ class DeskBinance(ccxt_pro.binance):
         super().handle_bids_asks(client, message)
         if isinstance(message, dict) and "s" in message and "b" in message:
             self.book_tickers[str(message["s"])] = message
+
+    def handle_order_update(self, client: Any, message: dict) -> None:  # type: ignore[override]
+        """ccxt.pro's order-update handler, plus the raw spot
+        ``executionReport`` kept with its exact strings."""
+        if isinstance(message, dict) and message.get("e") == "executionReport":
+            self.exec_reports.append(message)
+        super().handle_order_update(client, message)
+
+    def handle_user_data_stream_subscribe(self, client: Any, message: dict) -> None:  # type: ignore[override]
+        """ccxt.pro's subscription acknowledgement, counted."""
+        if isinstance((message or {}).get("result"), dict) and "subscriptionId" in message["result"]:
+            self.user_subscriptions += 1
+        super().handle_user_data_stream_subscribe(client, message)
 
     # ------------------------------------------------------------ errors
     def handle_errors(self, code: int, reason: str, url: str, method: str, headers: dict, body: str,  # type: ignore[override]
@@ -262,7 +281,8 @@ def make_exchange(*, clock: Clock, market: str = "spot", testnet: bool = True, r
         api_key, secret: credentials (from the environment; never logged).
         urls: replaces ``urls['api']`` entirely (tests point ccxt at a local
             server; keys as in :data:`SPOT_API_KEYS`, plus ``ws``: the base
-            of the spot WebSocket streams, e.g. ``ws://127.0.0.1:9/ws``).
+            of the spot WebSocket streams, e.g. ``ws://127.0.0.1:9/ws``, and
+            ``ws-api``: the WebSocket API, e.g. ``ws://127.0.0.1:9/ws-api/v3``).
         gate, on_used_weight: see :class:`DeskBinance`.
         timeout_ms: ccxt's HTTP timeout.
 
@@ -294,9 +314,9 @@ def make_exchange(*, clock: Clock, market: str = "spot", testnet: bool = True, r
     ex = DeskBinance(config, clock=clock, venue_name=venue_name, gate=gate, on_used_weight=on_used_weight)
     if urls is not None:
         api: dict[str, Any] = dict(urls)
-        ws = api.get("ws")
-        if isinstance(ws, str):
-            api["ws"] = {"spot": ws, "margin": ws}
+        ws, ws_api = api.pop("ws", None), api.pop("ws-api", None)
+        if isinstance(ws, str) or isinstance(ws_api, str):
+            api["ws"] = {"spot": ws, "margin": ws, "ws-api": {"spot": ws_api}}
         ex.urls["api"] = api
     elif testnet and market == "spot":
         ex.set_sandbox_mode(True)
