@@ -410,15 +410,15 @@ def _today(engine: Any) -> str:
 def _today_baseline(engine: Any, today: str) -> tuple[dict[tuple[str, str], Decimal] | None, str]:
     """Per (model, venue), PnL (realized + unrealized, quote) at the end of
     the previous venue day, from the latest ``EndOfDayMarked`` of an earlier
-    day in the journal; ``({}, "start")`` when the whole journal is from
+    day (in the engine's ``day_tz``) in the journal; ``({}, "start")`` when the whole journal is from
     today; ``(None, "none")`` when neither is known."""
     from core.daily_pnl import venue_day
 
     c = engine.store.conn
     for (payload,) in c.execute("SELECT payload FROM journal WHERE type='EndOfDayMarked' ORDER BY seq DESC LIMIT 50"):
         ev = json.loads(payload)
-        if ev.get("day", "") >= today:
-            continue
+        if ev.get("day", "") >= today or ev.get("tz", "UTC") != engine.config.day_tz:
+            continue  # today's own mark, or a mark of another zone's days
         base: dict[tuple[str, str], Decimal] = {}
         for r in ev.get("rows", []):
             key = (r["model_id"], r["instrument_id"].rpartition(".")[2])

@@ -340,6 +340,10 @@ async def test_today_is_taken_against_the_last_end_of_day_mark(hand):
     e.emit(EndOfDayMarked(ts_event=0, ts_init=0, day="1969-12-31", tz="UTC", rows=[
         {"model_id": "m0", "instrument_id": "ETHUSDT.BINANCE", "quantity": "0", "mark": "2000",
          "unrealized": "-2.5", "realized": "12.5", "fees": "0"}]))
+    # a later mark of another zone's day is not this desk's venue day: ignored
+    e.emit(EndOfDayMarked(ts_event=0, ts_init=0, day="1969-12-31", tz="Asia/Tokyo", rows=[
+        {"model_id": "m0", "instrument_id": "ETHUSDT.BINANCE", "quantity": "0", "mark": "2000",
+         "unrealized": "0", "realized": "99", "fees": "0"}]))
     e.flush()
     body = (await hand.client.get("/dash/pnl", headers=AUTH)).json()
     assert body["today_basis"] == "eod:1969-12-31"
