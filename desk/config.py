@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -116,7 +117,7 @@ def _resolve(v: Path | None, info: ValidationInfo) -> Path | None:
     base = (info.context or {}).get("base_dir")
     if not p.is_absolute() and base is not None:
         p = Path(base) / p
-    return p
+    return Path(os.path.normpath(p))  # "examples/../var" -> "var" (as written: symlinks are not resolved)
 
 
 def _must_exist(p: Path | None) -> Path | None:

@@ -193,9 +193,13 @@ def test_defaults_and_a_full_file(tmp_path):
 
 
 def test_examples_load():
-    for name in ("desk.yaml",):
-        cfg = load_config(ROOT / "examples" / name)
-        assert cfg.api.port == 8002
+    cfg = load_config(ROOT / "examples" / "desk.yaml")
+    assert cfg.api.port == 8002 and cfg.api.host == "127.0.0.1" and [v.kind for v in cfg.venues] == ["paper"]
+    assert cfg.state_dir == ROOT / "var" / "desk"  # relative to examples/
+    binance = load_config(ROOT / "examples" / "binance-testnet.yaml")
+    assert [(v.kind, v.testnet) for v in binance.venues] == [("binance", True)] and binance.live_venues == []
+    ibkr = load_config(ROOT / "examples" / "ibkr-paper.yaml")
+    assert [v.kind for v in ibkr.venues] == ["ibkr"] and ibkr.live_venues == []
 
 
 def test_digest_is_the_sha256_of_the_bytes(tmp_path):
