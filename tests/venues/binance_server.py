@@ -127,6 +127,7 @@ class FakeOrder:
 
     @property
     def is_open(self) -> bool:
+        """NEW or PARTIALLY_FILLED."""
         return self.status in ("NEW", "PARTIALLY_FILLED")
 
 
@@ -147,6 +148,7 @@ class FakeTrade:
     is_maker: bool
 
     def to_json(self) -> dict[str, Any]:
+        """``GET /api/v3/myTrades`` row shape."""
         return {
             "symbol": self.symbol, "id": self.id, "orderId": self.order_id, "orderListId": self.order_list_id,
             "price": s8(self.price), "qty": s8(self.qty), "quoteQty": s8(self.price * self.qty),
@@ -165,6 +167,8 @@ class Refuse(Exception):
 
 @dataclass
 class Fault:
+    """An injected answer: HTTP ``status`` with ``Retry-After`` for ``count`` requests."""
+
     status: int
     retry_after_s: int
     count: int
@@ -172,6 +176,8 @@ class Fault:
 
 @dataclass
 class Book:
+    """The best bid and ask of a symbol (price, quantity shown)."""
+
     bid: Decimal
     bid_qty: Decimal
     ask: Decimal
