@@ -755,7 +755,8 @@ def allocate(returns: Mapping[str, Sequence[float]], capital: Decimal, *,
              floors: Mapping[str, Decimal] | None = None,
              caps: Mapping[str, Decimal] | None = None,
              quantum: Decimal = Decimal("0.00000001"),
-             weight_quantum: Decimal = Decimal("0.00001")) -> AllocationResult:
+             weight_quantum: Decimal = Decimal("0.00001"),
+             sharpes: Mapping[str, float] | None = None) -> AllocationResult:
     """Set each family's share of the desk's capital from its trailing
     risk-adjusted record (issue 7).
 
@@ -794,6 +795,9 @@ def allocate(returns: Mapping[str, Sequence[float]], capital: Decimal, *,
             families missing get 0 and 1.
         quantum: quote currency precision of the budgets (e.g. 1e-8 USDT).
         weight_quantum: precision of the weights.
+        sharpes: family -> its Sharpe when the caller already has it
+            (computed incrementally, e.g. by :func:`rolling_sharpe`); the
+            family's returns are then not read.
 
     Raises:
         ValueError: naming the field: a non-finite return (family and
@@ -833,7 +837,12 @@ def allocate(returns: Mapping[str, Sequence[float]], capital: Decimal, *,
 
     sharpe: dict[str, float] = {}
     for k in names:
-        sharpe[k] = sample_sharpe(_check_finite(returns[k], f"returns[{k!r}]"))
+        if sharpes is not None and k in sharpes:
+            sharpe[k] = float(sharpes[k])
+            if not math.isfinite(sharpe[k]):
+                raise ValueError(f"sharpes[{k!r}]: not a finite number: {sharpes[k]!r}")
+        else:
+            sharpe[k] = sample_sharpe(_check_finite(returns[k], f"returns[{k!r}]"))
 
     with localcontext() as ctx:
         ctx.prec = 50
@@ -870,3 +879,24 @@ def allocate(returns: Mapping[str, Sequence[float]], capital: Decimal, *,
         budgets = {k: (weights[k] * cap_total).quantize(q, rounding=ROUND_DOWN) for k in names}
         idle = 1 - sum(weights.values(), Decimal(0))
     return AllocationResult(weights=weights, budgets=budgets, sharpe=sharpe, idle=idle)
+
+
+def rolling_sharpe(returns: Sequence[float]) -> float:
+    """:func:`sample_sharpe` of a long trailing window with numpy (the same
+    rule: fewer than two returns, a constant series, or a sample standard
+    deviation at most 1e-12 times the largest absolute return give 0), for
+    the allocator's per-period call on thousands of returns. Inputs are
+    trusted finite floats (the engine produces them).
+    """
+    import numpy as np
+
+    xs = np.fromiter(returns, dtype=np.float64)
+    if xs.size < 2:
+        return 0.0
+    hi, lo = float(xs.max()), float(xs.min())
+    if hi == lo:
+        return 0.0
+    sd = float(xs.std(ddof=1))
+    if _zero_var(sd, max(abs(hi), abs(lo))):
+        return 0.0
+    return float(xs.mean()) / sd

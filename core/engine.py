@@ -58,6 +58,8 @@ from core.store import Store, StoreError
 from core.values import ZERO
 
 ONE = Decimal("1")
+#: bars a model waits after a failed fit before it is asked for another
+FIT_RETRY_BARS = 60
 
 log = logging.getLogger("desk.engine")
 
@@ -234,6 +236,8 @@ class Engine:
         self.regimes: dict[tuple[str, InstrumentId], tuple[int, float]] = {}
         self.model_bars: dict[tuple[str, InstrumentId], int] = {}
         self.pending_fits: dict[tuple[str, InstrumentId], _PendingFit] = {}
+        #: (model, instrument) -> the model bar count before which a failed fit is not asked again
+        self.fit_retry_at: dict[tuple[str, InstrumentId], int] = {}
         self.stats = RunStats()
         self.speed: float | None = None
         self.pace_clock = pace_clock or MonotonicClock()
@@ -724,6 +728,7 @@ class Engine:
                     abandon()
                 self.alert("ERROR", "FIT_FAILED", f"{key[0]} {key[1]}: {exc}")
                 self.lifecycle.on_fit_failed(key[0], key[1], str(exc))
+                self.fit_retry_at[key] = count + FIT_RETRY_BARS  # a window that keeps failing is not refit every bar
                 return
         del self.pending_fits[key]
         pf.model.apply_fit(pf.result)
@@ -753,7 +758,7 @@ class Engine:
             if model_id not in self.models:
                 continue  # its candidate fit failed and it was discarded
             model.observe(bar)
-            if key not in self.pending_fits and model.fit_due():
+            if key not in self.pending_fits and self.fit_retry_at.get(key, 0) <= count and model.fit_due():
                 self._request_fit(key, model, count)
             if trading:
                 self.lifecycle.on_model_step(model_id, iid, model)

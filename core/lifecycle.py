@@ -437,7 +437,10 @@ class Lifecycle:
                 per[i] = spawn(new_id)
             else:
                 other_due = getattr(m, "refit_due", None)
-                per[i] = m.spawn(new_id) if other_due is not None else None
+                try:
+                    per[i] = m.spawn(new_id) if other_due is not None else None
+                except RuntimeError:  # that instrument has no trailing window yet: retry at the next schedule
+                    per[i] = None
         if any(v is None for v in per.values()):
             return
         e.models[new_id] = per
@@ -487,13 +490,13 @@ class Lifecycle:
                 self.analyses.pop(family, None)
                 self.intervals.pop(family, None)
             version = int(mid.rsplit("_v", 1)[-1]) if mid.rsplit("_v", 1)[-1].isdigit() else 0
-            params = dict(getattr(first, "cfg", None).to_dict()) if hasattr(getattr(first, "cfg", None), "to_dict") \
-                else dict(prec.params)
+            params = dict(prec.params)  # a refit keeps its parent's configuration
             rec = VersionRecord(
                 mid, family, version, "canary", self.policy.step_weights[0], parent=parent,
-                params=params, diagnostics={k: v for k, v in info.items() if k not in ("train_start_ns", "train_end_ns")},
-                train_start_ns=int(info.get("train_start_ns", 0) or 0),
-                train_end_ns=int(info.get("train_end_ns", 0) or 0), created_ns=e.clock.timestamp_ns(),
+                params=params,
+                diagnostics={k: v for k, v in info.items() if k not in ("window_first_ts_ns", "window_last_ts_ns")},
+                train_start_ns=int(info.get("window_first_ts_ns") or 0),
+                train_end_ns=int(info.get("window_last_ts_ns") or 0), created_ns=e.clock.timestamp_ns(),
             )
             self._add(rec, parent=parent, who="lifecycle",
                       reason=f"refit of {parent}" + (f", replaces canary {old} (analysis restarted)" if old else ""))
@@ -687,11 +690,12 @@ class Lifecycle:
             if self.allocation_count == 0 and n == 0:
                 self._emit_allocation(now, capital)
             return
-        from core.analysis import allocate
+        from core.analysis import allocate, rolling_sharpe
 
-        res = allocate({f: list(q) for f, q in self.period_returns.items()}, capital,
+        res = allocate({f: () for f in self.period_returns}, capital,
                        floors={f: s.floor for f, s in self.families.items()},
-                       caps={f: s.cap for f, s in self.families.items()})
+                       caps={f: s.cap for f, s in self.families.items()},
+                       sharpes={f: rolling_sharpe(q) for f, q in self.period_returns.items()})
         self.sharpe = dict(res.sharpe)
         moved = any(abs(res.weights[f] - self.family_weights[f]) >= self.config.rebalance_threshold
                     for f in self.families)
@@ -791,7 +795,7 @@ class Lifecycle:
             "idle": format(self.idle, "f"),
             "analyses": {f: a.state_dict() for f, a in self.analyses.items()},
             "intervals": self.intervals,
-            "period_returns": {f: [repr(x) for x in q] for f, q in self.period_returns.items()},
+            "period_returns": {f: list(q) for f, q in self.period_returns.items()},  # JSON floats round-trip
             "period_start": self.period_start,
             "next_allocation_ns": self.next_allocation_ns,
             "last_verdict": self.last_verdict,

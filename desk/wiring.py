@@ -67,21 +67,78 @@ class RunOptions:
     volume_share: Decimal | None = None
 
 
-def default_model_specs() -> list[tuple[ModelSpec, dict[str, Any]]]:
-    """The two default models.
+#: bars between refits of a live version (1-minute bars: about 3.5 days);
+#: long enough for a canary to be judged before the next refit replaces it
+REFIT_EVERY_BARS = 5000
 
-    ``hmm_v1`` (live, weight 0.9): 3 states; long when the posterior's
+
+def default_model_specs() -> list[tuple[ModelSpec, dict[str, Any]]]:
+    """The default model versions, in two families.
+
+    Family ``hmm``: ``hmm_v1`` (live): 3 states; long when the posterior's
     expected return per unit of volatility exceeds 0.05 per bar, flat again
     when it falls to -0.05 (hysteresis against flip-flopping on fees).
-    ``hmm_v2_canary`` (canary, weight 0.1): 2 states, judged relative to its
-    fit's long-run average (``relative``), long above 0, flat at -0.01.
+    ``hmm_v2_canary`` (canary at the first step weight, 10 %): 2 states,
+    judged relative to its fit's long-run average (``relative``), long above
+    0, flat at -0.01. Family ``ens``: ``ens_v1`` (live), the weighted mean
+    of the long probabilities of a 2-state and a 3-state HMM, long above 1/2.
+    Every live version refits every :data:`REFIT_EVERY_BARS` bars; each
+    refit becomes its family's canary.
     """
+    r = REFIT_EVERY_BARS
     return [
-        (ModelSpec("hmm_v1", Decimal("0.9"), "live"),
-         {"n_states": 3, "random_state": 42, "threshold": 0.05, "exit_threshold": -0.05}),
-        (ModelSpec("hmm_v2_canary", Decimal("0.1"), "canary"),
-         {"n_states": 2, "random_state": 7, "threshold": 0.0, "exit_threshold": -0.01, "relative": True}),
+        (ModelSpec("hmm_v1", Decimal("1"), "live", "hmm"),
+         {"kind": "hmm", "n_states": 3, "random_state": 42, "threshold": 0.05, "exit_threshold": -0.05,
+          "refit_every_bars": r}),
+        (ModelSpec("hmm_v2_canary", Decimal("0.10"), "canary", "hmm"),
+         {"kind": "hmm", "n_states": 2, "random_state": 7, "threshold": 0.0, "exit_threshold": -0.01,
+          "relative": True, "refit_every_bars": r}),
+        (ModelSpec("ens_v1", Decimal("1"), "live", "ens"),
+         {"kind": "ensemble", "method": "mean", "threshold": 0.5,
+          "members": [{"n_states": 2, "random_state": 11, "threshold": 0.05, "exit_threshold": -0.05,
+                       "refit_every_bars": r},
+                      {"n_states": 3, "random_state": 13, "threshold": 0.05, "exit_threshold": -0.05,
+                       "refit_every_bars": r}]}),
     ]
+
+
+def default_lifecycle() -> Any:
+    """The default lifecycle: families ``hmm`` and ``ens``, each with a
+    floor of 25 % and a cap of 100 % of the capital; canary intervals of
+    30 minutes and the allocator every 30 s of engine clock (the defaults of
+    ``core.lifecycle.LifecycleConfig``)."""
+    from core.lifecycle import FamilySpec, LifecycleConfig
+
+    return LifecycleConfig(families=(FamilySpec("hmm"), FamilySpec("ens")))
+
+
+def make_model(model_id: str, instrument_id: InstrumentId, params: dict[str, Any]) -> RegimeModel:
+    """Build one model version for one instrument from its registry params
+    (``kind`` ``hmm``: an ``HmmConfig``; ``ensemble``: an ``EnsembleConfig``).
+
+    Raises:
+        ValueError: an unknown kind or bad configuration (naming the field).
+    """
+    from models.ensemble import EnsembleConfig, EnsembleModel
+    from models.hmm import HmmConfig, HmmRegimeModel
+
+    cfg = {k: v for k, v in params.items() if k != "kind"}
+    kind = params.get("kind", "hmm")
+    if kind == "ensemble":
+        return EnsembleModel(model_id, instrument_id, EnsembleConfig.from_dict(cfg))  # type: ignore[return-value]
+    if kind == "hmm":
+        return HmmRegimeModel(model_id, instrument_id, HmmConfig.from_dict(cfg))  # type: ignore[return-value]
+    raise ValueError(f"model {model_id}: kind: expected 'hmm' or 'ensemble', got {kind!r}")
+
+
+def _warmup_bars(params: dict[str, Any]) -> int:
+    """Bars a model needs before its first fit (the largest member's)."""
+    from models.hmm import HmmConfig
+
+    if params.get("kind") == "ensemble":
+        return max(_warmup_bars({"kind": "hmm", **m}) for m in params["members"])
+    c = HmmConfig.from_dict({k: v for k, v in params.items() if k != "kind"})
+    return c.warmup + c.vol_window + 1
 
 
 class StateDir:
@@ -209,12 +266,10 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
         StateDirError: the dir is locked or holds another setup (exit 2).
     """
     from models.executor import ProcessFitExecutor
-    from models.hmm import HmmConfig, HmmRegimeModel
     from venues.paper import PaperConfig, PaperVenue
 
-    specs = default_model_specs()
-    cfgs = {spec.model_id: HmmConfig(**kw) for spec, kw in specs}
-    warmup = max(c.warmup + c.vol_window + 1 for c in cfgs.values())
+    specs = [(ModelSpec(s.model_id, s.weight, s.stage, s.family, kw), kw) for s, kw in default_model_specs()]
+    warmup = max(_warmup_bars(kw) for _, kw in specs)
     if opts.data:
         feed, instruments, fingerprint, messages = _load_replay(opts)
         mode = "replay"
@@ -225,7 +280,7 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
     fingerprint.update({
         "capital": format(opts.capital, "f"), "order_type": opts.order_type.value, "day_tz": opts.day_tz,
         "volume_share": None if opts.volume_share is None else format(opts.volume_share, "f"),
-        "models": [[s.model_id, format(s.weight, "f"), kw] for s, kw in specs],
+        "models": [[s.model_id, s.family, s.stage, format(s.weight, "f"), kw] for s, kw in specs],
     })
     fp_text = json.dumps(fingerprint, sort_keys=True)
     state = StateDir(opts.state_dir)
@@ -267,7 +322,7 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             executor = ProcessFitExecutor()
             executor.warm()  # type: ignore[attr-defined]
         models: dict[str, dict[InstrumentId, RegimeModel]] = {
-            spec.model_id: {iid: HmmRegimeModel(spec.model_id, iid, cfgs[spec.model_id]) for iid in sorted(instruments, key=str)}
+            spec.model_id: {iid: make_model(spec.model_id, iid, spec.params) for iid in sorted(instruments, key=str)}
             for spec, _ in specs
         }
         venue_name = next(iter(instruments)).venue
@@ -283,12 +338,14 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             messages.append(f"audit log repaired from the journal: torn last line cut {fixed['torn']}, "
                             f"{fixed['appended']} missing lines appended")
         engine = Engine(
-            config=EngineConfig(router=router, day_tz=opts.day_tz), clock=clock, store=store,
+            config=EngineConfig(router=router, day_tz=opts.day_tz, lifecycle=default_lifecycle()), clock=clock,
+            store=store, model_factory=make_model,
             audit=AuditLog(audit_path), feed=feed, instruments=instruments,
             models=models, specs=[s for s, _ in specs], risk=risk, executor=executor, venue_factory=venue_factory,
         )
         engine.speed = opts.speed
         engine.halt_file = state.path / "HALT"
+        engine.lifecycle.allocations_path = state.path / "capital_allocations.json"
         plan = os.environ.get("DESK_CRASH_PLAN")  # test hook of tests/recovery: {"after_send": 3}
         if plan:
             engine.crash_plan = {str(k): int(v) for k, v in json.loads(plan).items()}

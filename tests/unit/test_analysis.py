@@ -497,3 +497,16 @@ def test_allocate_properties(rets, bounds, capital):
         assert w * capital - r.budgets[k] < D("0.00000001")
         if r.sharpe[k] <= 0:
             assert w == floors[k]
+
+
+def test_rolling_sharpe_equals_sample_sharpe_and_feeds_allocate():
+    """The allocator's numpy Sharpe (engine path) agrees with the exact
+    two-pass one, and ``allocate(sharpes=...)`` gives the issue's weights."""
+    from core.analysis import allocate, rolling_sharpe, sample_sharpe
+
+    a, b, c = [1, -1, 2, 0, 1], [1, 1, 1, 2, 1], [0, 0, 0, 0, 0]
+    for xs in (a, b, c, [0.1] * 7, [0.003, -0.001, 0.0, 0.002]):
+        assert rolling_sharpe(xs) == pytest.approx(sample_sharpe(xs), rel=1e-12, abs=1e-15)
+    res = allocate({"A": (), "B": (), "C": ()}, Decimal("1000"),
+                   sharpes={"A": rolling_sharpe(a), "B": rolling_sharpe(b), "C": rolling_sharpe(c)})
+    assert res.weights == {"A": Decimal("0.16396"), "B": Decimal("0.83604"), "C": Decimal("0")}
