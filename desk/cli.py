@@ -36,7 +36,12 @@ log = logging.getLogger("desk")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and exit status 2."""
+    """argparse with one-line errors (no usage dump) and exit status 2, and
+    no abbreviated flags (``--token`` must never be read as ``--token-file``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"desk: error: {message} (see desk --help)\n")
@@ -201,6 +206,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``desk`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--token" or a.startswith("--token=") for a in argv):
+        # refused before argparse, which would echo the value in its error
+        sys.stderr.write("desk: error: there is no --token flag: a token never goes on a command line; "
+                         "set $OPS_TOKEN or use --token-file PATH\n")
+        return EXIT_USAGE
     try:
         args = make_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed

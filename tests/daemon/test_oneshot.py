@@ -161,3 +161,13 @@ def test_zz_sigterm_stops_the_sim_default_cleanly(daemon):
         step, snap = c.execute("SELECT step, snapshot FROM checkpoint").fetchone()
     assert step == json.loads(snap)["stats"]["bars"] and json.loads(snap)["stats"]["warmup_bars"] > 1000
     assert "Traceback" not in daemon.stderr
+
+
+def test_no_token_on_the_command_line(capsys):
+    for argv in (["status", "--token", "SECRET-VALUE-42"], ["run", "--token=SECRET-VALUE-42"],
+                 ["halt", "--url", "http://127.0.0.1:1", "--token", "SECRET-VALUE-42"]):
+        code, out, err = desk(capsys, *argv)
+        assert code == 2 and "no --token flag" in err and "SECRET-VALUE-42" not in err + out
+    # abbreviations are off: --token-f is not --token-file
+    code, _, err = desk(capsys, "status", "--token-f", "x")
+    assert code == 2 and "unrecognized arguments" in err
