@@ -318,11 +318,23 @@ def run_daemon(opts: Any, api: ApiOptions, *, app_factory: Callable[..., Any] | 
             raise ConfigError(f"--api-host {api.host}: the token from {source} is {len(token)} characters; "
                               f"a non-loopback bind needs at least {MIN_TOKEN_CHARS}")
     factory = app_factory or _default_app_factory()
+    telegram = _telegram_token(api, env)  # missing credentials: exit 2 before anything is touched
     # until the loop's handlers are in place, a stop signal is remembered, not fatal
     early: list[str] = []
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(ValueError, OSError):  # not the main thread
-            signal.signal(sig, lambda signum, frame: early.append(signal.Signals(signum).name))
+            previous[sig] = signal.signal(sig, lambda signum, frame: early.append(signal.Signals(signum).name))
+    try:
+        return _run_bound(opts, api, factory, env, token, source, telegram, early, redact)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_bound(opts: Any, api: ApiOptions, factory: Callable[..., Any], env: Any, token: str | None, source: str,
+               telegram: str | None, early: list[str], redact: RedactFilter | None) -> int:
+    """Bind, build, serve (the rest of :func:`run_daemon`)."""
     sock = bind_socket(api.host, api.port)
     port = sock.getsockname()[1]
     if redact is not None:
@@ -345,7 +357,6 @@ def run_daemon(opts: Any, api: ApiOptions, *, app_factory: Callable[..., Any] | 
             redact.add(token)
         for m in built.messages:
             log.info(m)
-        telegram = _telegram_token(api, env)
         app = factory(built.engine, token=token)
         daemon = _Daemon(built, opts, api, app, sock, port)
         daemon.early_signals = early

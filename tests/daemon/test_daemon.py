@@ -237,6 +237,7 @@ def test_busy_port_and_non_loopback_without_token_exit_2_before_anything(tmp_pat
     from desk.cli import main
 
     monkeypatch.delenv("OPS_TOKEN", raising=False)
+    handlers = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
@@ -245,6 +246,7 @@ def test_busy_port_and_non_loopback_without_token_exit_2_before_anything(tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and f"127.0.0.1:{port} is already in use" in err
     assert not (tmp_path / "a" / "desk.sqlite").exists()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers  # put back
 
     code = main(["run", "--headless", "--api-host", "0.0.0.0", "--api-port", str(free_port()),
                  "--state-dir", str(tmp_path / "b")])
