@@ -11,14 +11,25 @@ Signals (the daemon owns them; uvicorn's own capture is turned off, because
 uvicorn 0.54 re-raises the captured signal once it has shut down, and the
 process would die with 143 before the store is flushed):
 
-* SIGTERM / SIGINT: stop. The engine finishes its current step and takes
-  no more bars or model signals, the API stops taking requests (at most
-  :data:`API_GRACE_S` for open streams), the desk's working orders are
-  canceled or kept per ``api.on_stop`` (default ``cancel``; see
-  desk/config.py), a ``DAEMON_STOPPED`` alert is journaled, ``meta.status``
-  becomes ``stopped``, the store is checkpointed and committed, and the
-  process exits 0 (3 when the run ended with an unreconciled difference).
-  A second signal while stopping is logged and ignored.
+* SIGTERM / SIGINT: stop. The engine finishes its current step (a fit
+  in flight during the warm-up is waited for) and takes no more bars or
+  model signals, open ``/stream`` responses are ended and the API stops
+  taking requests (at most :data:`API_GRACE_S` for the others), the desk's
+  working orders are canceled or kept per ``api.on_stop`` (default
+  ``cancel``, reduce-only protective stops stay as with a halt; see
+  desk/config.py), a ``DAEMON_STOPPED`` alert (WARNING, so it reaches
+  Telegram) and a governance row (who ``daemon``, action ``STOP``) are
+  journaled, ``meta.status`` becomes ``stopped`` (a finished replay stays
+  ``finished``) and ``meta.stopped_by`` the signal, the store is
+  checkpointed and committed, and the process exits 0 (3 when the replay
+  ended with an unreconciled difference). A second signal while stopping
+  is logged and ignored; one that arrives while the engine is being built
+  is kept and acted on as soon as the loop runs.
+
+Failures: a store failure halts the engine (it never trades without its
+journal) and the daemon stays up, HALTED, serving ``/health`` (503) until
+stopped, then exits 1; any other failure of the engine or the API halts
+trading and stops the daemon with exit 1.
 * SIGUSR1: halt (as everywhere): ``HALTED``, the desk's orders canceled.
 * SIGHUP: ignored (logged): a daemon has no terminal to lose.
 
@@ -33,6 +44,12 @@ its path is logged, never the token. A bind address other than loopback
 needs ``$OPS_TOKEN`` or ``--token-file`` (at least 16 characters). The
 socket is bound before the engine is built, so a busy port is exit 2 with
 a clear message and nothing touched.
+
+Telegram (``alerts.telegram`` in the config): alerts of WARNING and above
+go to the allow-listed chats through ``desk.alerts.AlertDispatcher``
+(de-duplicated, rate-limited) and the chats' commands are polled
+(``desk.telegram.TelegramBot``); the bot token comes from the environment
+variable the config names (exit 2 when it is not set).
 
 Logs: one line per event on stderr, ``TS LEVEL LOGGER msg="..." key=value
 ...`` (:class:`KeyValueFormatter`; TS is UTC ISO 8601 with milliseconds;
