@@ -35,6 +35,7 @@ from core.data import Bar
 from core.enums import OrderSide, OrderStatus, OrderType, TimeInForce, TradingState
 from core.events import (
     AlertRaised,
+    EndOfDayMarked,
     Event,
     FillAllocated,
     ModelFitted,
@@ -225,6 +226,10 @@ class Engine:
         #: a margin account (IBKR-style) can go short; spot is long-only
         self.margin = bool(getattr(venue_cfg, "margin_account", False))
         self.portfolio = Portfolio(config.router.capital, allow_short=self.margin)
+        for inst in instruments.values():  # the portfolio knows each instrument's quote (fees in USD, USDT, ...)
+            self.portfolio.register_instrument(inst)
+        #: called with each committed batch of ``(seq, event)`` after the audit is written (API stream, metrics)
+        self.commit_hooks: list[Callable[[list[tuple[int, Event]]], None]] = []
         self.orders: dict[str, Order] = {}
         self.working: dict[tuple[str, InstrumentId], str] = {}
         self.trading_state = TradingState.ACTIVE
@@ -390,6 +395,8 @@ class Engine:
         committed = self.store.flush()
         if committed:
             self.audit.write_events(committed)
+            for hook in self.commit_hooks:
+                hook(committed)
 
     # ------------------------------------------------------------ orders
     def _new_order(self, model_id: str, iid: InstrumentId, side: OrderSide, qty: Decimal,
@@ -546,11 +553,34 @@ class Engine:
             return
         from core.daily_pnl import day_bounds, venue_day
 
+        if self._day_end_ns > 0:
+            self._mark_end_of_day(venue_day(self._day_end_ns - 1, self.config.day_tz))
         day = venue_day(ts_ns, self.config.day_tz)
         self._day_end_ns = day_bounds(day, self.config.day_tz)[1]
         self.day_index = day.toordinal()
         self.day_start_equity = self.portfolio.equity()
         self.eod.observe(ts_ns, self.portfolio.unrealized())
+
+    def _mark_end_of_day(self, day: Any) -> None:
+        """Journal ``EndOfDayMarked`` for the local day that just ended: per
+        (model, instrument) with a position or any fill so far, its quantity
+        (base), the last mark (quote per base: the day's last close), the
+        unrealized PnL at it and the cumulative realized PnL and fees
+        (quote). Read by ``desk export-pnl`` and ``GET /dash/pnl``."""
+        rows = []
+        pf = self.portfolio
+        for (mid, iid), pos in sorted(pf.positions.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+            if pos.quantity == 0 and pos.fills == 0:
+                continue
+            mark = pf.marks.get(iid)
+            rows.append({
+                "model_id": mid, "instrument_id": str(iid), "quantity": format(pos.quantity, "f"),
+                "mark": "" if mark is None else format(mark, "f"),
+                "unrealized": format(pos.unrealized(mark), "f"), "realized": format(pos.realized, "f"),
+                "fees": format(pos.fees, "f"),
+            })
+        now = self.clock.timestamp_ns()
+        self.emit(EndOfDayMarked(ts_event=now, ts_init=now, day=day.isoformat(), tz=self.config.day_tz, rows=rows))
 
     def daily_pnl_rows(self) -> list[dict[str, str]]:
         """Daily PnL per venue day in ``config.day_tz`` (quote): realized by
@@ -1159,6 +1189,8 @@ class Engine:
         self.clock.set_time(int(snap["clock"]))
         self.feed.load_state_dict(snap["feed"])
         self.portfolio = Portfolio.from_dict(snap["portfolio"])
+        for inst in self.instruments.values():
+            self.portfolio.register_instrument(inst)
         if "lifecycle" in snap:
             lc = self.lifecycle
             lc.load_state_dict(snap["lifecycle"])
