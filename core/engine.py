@@ -61,6 +61,8 @@ from core.values import ZERO
 ONE = Decimal("1")
 #: bars a model waits after a failed fit before it is asked for another
 FIT_RETRY_BARS = 60
+#: at max speed, the longest the engine holds the event loop between yields (pace clock, ns)
+YIELD_AFTER_NS = 20_000_000
 
 log = logging.getLogger("desk.engine")
 
@@ -299,6 +301,8 @@ class Engine:
                                                     for f, w in initial.items()), allocate=False)
         #: registry, refits, canary analysis, allocator (issue 7)
         self.lifecycle = Lifecycle(self, lc_cfg, model_factory)
+        #: the governance policy (``core.policy_runtime.PolicyRuntime``), set by the wiring when configured
+        self.policy_runtime: Any = None
 
     # ------------------------------------------------------------ events
     def emit(self, event: Event) -> int:
@@ -1042,6 +1046,7 @@ class Engine:
         self.register_seeds()
         self._speed_changed = asyncio.Event()  # bound to this run's loop
         t0 = self.pace_clock.timestamp_ns()
+        last_yield_ns = t0
         steps_here = 0
         await self.check_halt_file()
         try:
@@ -1063,6 +1068,8 @@ class Engine:
                 steps_here += 1
                 self.portfolio.sample_equity(self.clock.timestamp_ns())
                 self.lifecycle.on_step()  # refits registered, canary analysis, allocator (engine clock)
+                if self.policy_runtime is not None:
+                    await self.policy_runtime.evaluate()  # governance policy rules (issue 7)
                 await self.session.tick()  # queued cancels, unknown submits, periodic reconciliation
                 if self._to_send:
                     await self.send_pending()  # commits the step, then sends
@@ -1084,8 +1091,11 @@ class Engine:
                             pass
                     else:
                         await asyncio.sleep(0)
-                elif steps_here % self.config.yield_every == 0:
+                elif steps_here % self.config.yield_every == 0 or (
+                        self.pace_clock.timestamp_ns() - last_yield_ns > YIELD_AFTER_NS):
+                    # at max speed the loop runs other tasks (UI, API, streams) at least every 20 ms
                     await asyncio.sleep(0)
+                    last_yield_ns = self.pace_clock.timestamp_ns()
         except StoreError as exc:
             await self.session.on_store_failure(exc)  # HALTED, alert, nothing sent any more
             raise
@@ -1136,6 +1146,7 @@ class Engine:
             "weights": {m: format(w, "f") for m, w in self.weights.items()},
             "working": [self._order_dict(o) for o in self.working_orders()],
             "lifecycle": self.lifecycle.state_dict(),
+            "policy": None if self.policy_runtime is None else self.policy_runtime.state_dict(),
         }
 
     def _order_dict(self, o: Order) -> dict[str, Any]:
@@ -1225,6 +1236,8 @@ class Engine:
             cls = getattr(importlib.import_module(mod), qual)
             self.pending_fits[key] = _PendingFit(model, int(pf["apply_at"]), None, cls(**pf["result"]))
         self.risk.load_state_dict(snap["risk"])
+        if self.policy_runtime is not None and snap.get("policy"):
+            self.policy_runtime.load_state_dict(snap["policy"])
         self.trading_state = TradingState(snap["trading_state"])
         from core.daily_pnl import EndOfDayMarks
 

@@ -65,6 +65,10 @@ class RunOptions:
     day_tz: str = "UTC"
     risk_file: Path | None = None
     volume_share: Decimal | None = None
+    #: the governance policy YAML (``desk run --policy`` or the config's ``policy``)
+    policy_file: Path | None = None
+    #: the parsed ``desk.yaml`` when the run came from ``--config`` (``desk.config.DeskConfig``)
+    config: Any = None
 
 
 #: bars between refits of a live version (1-minute bars: about 3.5 days);
@@ -268,6 +272,11 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
     from models.executor import ProcessFitExecutor
     from venues.paper import PaperConfig, PaperVenue
 
+    if opts.config is not None:
+        for i, v in enumerate(getattr(opts.config, "venues", [])):
+            if v.kind != "paper":  # a real venue is built by desk.live, never replaced by paper silently
+                raise ConfigError(f"venues[{i}]: kind {v.kind!r}: real venues run through desk.live, "
+                                  "not the paper wiring")
     specs = [(ModelSpec(s.model_id, s.weight, s.stage, s.family, kw), kw) for s, kw in default_model_specs()]
     warmup = max(_warmup_bars(kw) for _, kw in specs)
     if opts.data:
@@ -344,6 +353,12 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             models=models, specs=[s for s, _ in specs], risk=risk, executor=executor, venue_factory=venue_factory,
         )
         engine.speed = opts.speed
+        if opts.policy_file is not None:
+            from core.policy_runtime import PolicyRuntime
+            from desk.policy_config import load_policy_file
+
+            engine.policy_runtime = PolicyRuntime(engine, load_policy_file(opts.policy_file), opts.policy_file)
+            messages.append(f"policy {opts.policy_file}: {engine.policy_runtime.policy.summary()}")
         engine.halt_file = state.path / "HALT"
         engine.lifecycle.allocations_path = state.path / "capital_allocations.json"
         plan = os.environ.get("DESK_CRASH_PLAN")  # test hook of tests/recovery: {"after_send": 3}
