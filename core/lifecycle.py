@@ -446,6 +446,9 @@ class Lifecycle:
         e.models[new_id] = per
         e.weights[new_id] = ZERO
         e.model_index.setdefault(new_id, len(e.model_index))
+        retry = getattr(e, "fit_retry_at", None)
+        for key in [k for k in (retry or {}) if k[0] == new_id]:
+            del retry[key]  # a rejected candidate's retry pause is not this new candidate's (same name)
         self.candidates[new_id] = model_id
         self.refits += 1
         log.info("[CANARY] REFIT %s from %s: fitting on the trailing window", new_id, model_id)
@@ -804,6 +807,8 @@ class Lifecycle:
             "allocation_count": self.allocation_count,
             "refits": self.refits,
             "models": {m: {"params": r.params} for m, r in self.registry.items()},
+            # client order ids carry the model's index: a restart keeps every version's (dropped ones too)
+            "model_index": dict(self.engine.model_index),
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -828,6 +833,13 @@ class Lifecycle:
         self.inconclusive_alerted = set(d.get("inconclusive_alerted", []))
         self.allocation_count = int(d.get("allocation_count", 0))
         self.refits = int(d.get("refits", 0))
+        used = set(e.model_index.values())
+        for mid, idx in sorted(d.get("model_index", {}).items(), key=lambda kv: kv[1]):
+            if mid in e.model_index:
+                continue  # a seed of the setup keeps its place
+            idx = int(idx) if int(idx) not in used else max(used, default=-1) + 1
+            e.model_index[mid] = idx
+            used.add(idx)
 
     def ensure_models(self, model_ids: list[str], params_of: Callable[[str], dict[str, Any]]) -> None:
         """Create (through the factory) the per-instrument models of versions
