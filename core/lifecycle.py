@@ -555,8 +555,8 @@ class Lifecycle:
             crec = self.registry[canary]
             c_ret, c_fills = self._interval_return(iv, canary)
             l_ret, l_fills = self._interval_return(iv, live)
-            self._open_interval(family)
             if crec.manual or crec.stage == "paused":
+                self._open_interval(family)
                 continue  # a pinned or paused canary is not stepped (DESIGN.md section 3)
             from core.analysis import IntervalResult
 
@@ -574,7 +574,9 @@ class Lifecycle:
                 self._promote(canary, "canary-analysis", verdict.reason, figures)
             elif verdict.action == "rollback":
                 self._rollback(canary, "canary-analysis", verdict.reason, figures)
-            elif verdict.action == "inconclusive" and canary not in self.inconclusive_alerted:
+            if family in self.analyses:  # still under analysis: the next interval at the new step weight
+                self._open_interval(family)
+            if verdict.action == "inconclusive" and canary not in self.inconclusive_alerted:
                 self.inconclusive_alerted.add(canary)
                 e.alert("WARNING", "CANARY_INCONCLUSIVE",
                         f"{canary}: no decision after {analysis.n_intervals} intervals, holding at "
@@ -707,6 +709,9 @@ class Lifecycle:
         self.family_weights = {f: _q(res.weights[f]) for f in self.families}
         self.idle = _q(res.idle)
         self._apply_weights()
+        for fam in self.families:  # the next period's return is measured against the new budget
+            pnl = self.period_start[fam][0]
+            self.period_start[fam] = (pnl, format(self.family_weights[fam] * capital, "f"))
         self._emit_allocation(now, capital)
 
     def _emit_allocation(self, now: int, capital: Decimal) -> None:

@@ -135,7 +135,8 @@ TABLES: dict[str, TableSpec] = {
 
 #: the event types the rebuild reads (others, e.g. signals and fits, feed no table)
 _USED_TYPES = frozenset(ORDER_EVENT_TYPES | {"FillAllocated", "AlertRaised", "TradingStateChanged",
-                                              "ModelStateChanged"})
+                                              "ModelStateChanged", "ModelStageChanged", "CanaryPromoted",
+                                              "CanaryRolledBack"})
 _STEP_RE = re.compile(r"^NHD-([0-9a-f]+)-")
 _FLATTEN_WHO_RE = re.compile(r"^flatten by (.*?): ", re.DOTALL)
 #: alerts that record a per-venue governance action (``core.governance``'s messages)

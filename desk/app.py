@@ -709,6 +709,61 @@ class DeskApp(App[int]):
         self.sample(force=True)
         self.notify(f"{model_id} {'paused: no new exposure' if paused else 'resumed'}.", title="Model")
 
+    def confirm_lifecycle(self, action: str, model_id: str) -> None:
+        """Ask (Cancel focused), then ``promote`` or ``rollback`` the canary
+        ``model_id`` through governance (journaled and audited as ``tui``)."""
+        rows = {r["model_id"]: r for r in self.engine.lifecycle.rows()}
+        row = rows.get(model_id, {})
+        live = next((m for m, r in rows.items() if r["family"] == row.get("family") and r["stage"] == "live"), "-")
+        if action == "promote":
+            verb = "Promote"
+            body = (f"{model_id} becomes the live version of family {row.get('family')} at 100 % of the family "
+                    f"budget; {live} is retired and its position unwound (crossed internally where they overlap). "
+                    f"Analysis so far: {row.get('intervals')} intervals, PSR {row.get('psr') or '—'}.")
+        else:
+            verb = "Roll back"
+            body = (f"{model_id} is retired and its position unwound; {live} keeps trading. "
+                    f"Analysis so far: {row.get('intervals')} intervals, PSR {row.get('psr') or '—'}.")
+
+        def done(ok: bool | None) -> None:
+            if ok:
+                self.run_worker(self._apply_lifecycle(action, model_id), group="lifecycle")
+
+        self.push_screen(ConfirmScreen(f"{verb} {model_id}?", body, verb), done)
+
+    async def _apply_lifecycle(self, action: str, model_id: str) -> None:
+        gov = self.engine.governance
+        fn = gov.promote if action == "promote" else gov.rollback
+        try:
+            await fn(model_id, WHO, f"{action} from the desk")
+        except Exception as exc:  # GovernanceError: not a canary any more, unknown
+            self.notify(str(exc), title="Models", severity="error")
+            return
+        link = getattr(self, "link", None)
+        if link is not None:
+            link.drain()
+        self.sample(force=True)
+        self.notify(f"{model_id} {'promoted to live' if action == 'promote' else 'rolled back'}.", title="Models")
+
+    def action_show_policy(self) -> None:
+        """Show the governance policy in force (palette: "Show governance policy")."""
+        from desk.policy_screen import PolicyScreen
+
+        rt = getattr(self.engine, "policy_runtime", None)
+        self.push_screen(PolicyScreen(rt.policy if rt is not None else None))
+
+    def action_reload_policy(self) -> None:
+        """Re-read the policy file; a bad file keeps the policy in force."""
+        from desk.policy_config import reload_policy
+
+        rt = getattr(self.engine, "policy_runtime", None)
+        if rt is None or rt.path is None:
+            self.notify("No governance policy is configured (desk run --policy FILE).", title="Policy",
+                        severity="warning")
+            return
+        ok, message = reload_policy(rt.policy, rt.path)
+        self.notify(message, title="Policy", severity="information" if ok else "error")
+
     def action_toggle_model(self) -> None:
         """``p``: pause or resume the model selected in the models pane,
         only while that pane has the focus (elsewhere its cursor is not

@@ -6,7 +6,8 @@ focused), "Halt trading" (at once: halting is the safe direction),
 "Reduce-only (REDUCING)" (asks, Cancel focused), "Flatten all positions"
 (lists what will be closed, asks for the word FLATTEN), "Show reconciliation
 differences" (venue against store, side by side), pause or resume of each
-model, and the replay speed.
+model version, promote or roll back a canary (asks first), the governance
+policy in force and its reload, and the replay speed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from desk.widgets.models import model_rows
 
 if TYPE_CHECKING:
     from desk.app import DeskApp
@@ -36,12 +39,23 @@ def desk_commands(app: "DeskApp") -> Iterator[tuple[str, str, Callable[[], Any]]
     yield ("Show reconciliation differences",
            f"{n} unreconciled difference{'s' if n != 1 else ''} with the venue: venue against store"
            if n else "No unreconciled difference with the venue", app.action_show_reconciliation)
-    for mid in app.engine.specs:
+    for row in model_rows(app.engine):
+        mid, stage = row["model_id"], row["stage"]
+        if stage == "retired":
+            continue
         if mid in app.engine.paused:
             yield (f"Resume model {mid}", f"Let {mid} open new exposure again", lambda m=mid: app.set_model_paused(m, False))
         else:
             yield (f"Pause model {mid}", f"{mid} opens no new exposure (its sells still pass)",
                    lambda m=mid: app.set_model_paused(m, True))
+        if stage == "canary" or (stage == "paused" and row.get("intervals") is not None):
+            yield (f"Promote canary {mid}", f"{mid} becomes its family's live version (asks first)",
+                   lambda m=mid: app.confirm_lifecycle("promote", m))
+            yield (f"Roll back canary {mid}", f"{mid} is retired and unwound (asks first)",
+                   lambda m=mid: app.confirm_lifecycle("rollback", m))
+    yield ("Show governance policy", "The rules in force, their last values and firings", app.action_show_policy)
+    yield ("Reload governance policy", "Re-read the policy file; a bad file keeps the policy in force",
+           app.action_reload_policy)
     yield ("Speed up", "More bar steps per second (+)", app.action_speed_up)
     yield ("Slow down", "Fewer bar steps per second (-)", app.action_slow_down)
     yield ("Help: keys", "List every key binding (?)", app.action_help)

@@ -178,7 +178,7 @@ class EngineLink:
         self._scheduled = False
         capital = engine.config.router.capital
         self.stats: dict[str, ModelStats] = {
-            mid: ModelStats(float(engine.weights[mid] * capital)) for mid in engine.specs
+            mid: ModelStats(float(engine.weights[mid] * capital)) for mid in engine.weights
         }
         self.steps_seen = 0
         #: per instrument, the mark at the first step of the current UTC day (engine clock)
@@ -221,6 +221,9 @@ class EngineLink:
         e = self.engine
         self.steps_seen += 1
         bucket = e.clock.timestamp_ns() // self.bucket_ns
+        for mid in e.weights:
+            if mid not in self.stats:  # a refit version appeared
+                self.stats[mid] = ModelStats(float(e.weights[mid] * e.config.router.capital))
         for mid, st in self.stats.items():
             if st.last_bucket != bucket:
                 st.add(float(self.model_equity(mid)), bucket)
@@ -238,7 +241,7 @@ class EngineLink:
         """budget + realized + unrealized of one model (quote)."""
         e = self.engine
         pf = e.portfolio
-        return e.weights[model_id] * e.config.router.capital + pf.realized(model_id) + pf.unrealized(model_id)
+        return e.weights.get(model_id, 0) * e.config.router.capital + pf.realized(model_id) + pf.unrealized(model_id)
 
     def set_speed(self, speed: float | None) -> None:
         """Change the engine's speed live (steps per second, None = max)."""

@@ -196,7 +196,7 @@ async def test_p_pauses_and_resumes_the_selected_model(scripted, wall):
         assert app.models_pane.selected_model() == "hmm_v1"
         await pilot.press("p")
         assert engine.paused == {"hmm_v1"}
-        assert app.models_pane.table.get_cell("hmm_v1", "state").plain == "PAUSED"
+        assert app.models_pane.table.get_cell("hmm_v1", "stage").plain == "PAUSED"
         await pilot.press("down", "p")
         assert engine.paused == {"hmm_v1", "hmm_v2_canary"}
         await pilot.press("up", "p")
@@ -216,7 +216,7 @@ async def test_p_outside_the_models_pane_pauses_nothing_and_says_why(scripted, w
         await pilot.press("p")
         await pilot.pause()
         assert engine.paused == set()
-        assert app.models_pane.table.get_cell("hmm_v1", "state").plain == "ACTIVE"
+        assert app.models_pane.table.get_cell("hmm_v1", "stage").plain == "live"
         assert any("select a model in pane 4 first" in n.message.lower() for n in app._notifications)
         assert engine.store.conn.execute("SELECT COUNT(*) FROM governance_actions").fetchone()[0] == 0
         await pilot.press("4", "p")  # in the models pane it acts

@@ -150,8 +150,6 @@ def test_manual_rollback_retires_the_canary_and_unwinds_it(tmp_path, caplog):
     assert "c" not in eng.models
 
 
-@pytest.mark.xfail(strict=True, reason="core/rebuild.py: _USED_TYPES lacks ModelStageChanged, CanaryPromoted and "
-                                       "CanaryRolledBack, so their governance rows are not rebuilt (reported)")
 def test_the_lifecycle_governance_rows_can_be_rebuilt_from_the_journal(tmp_path):
     # a manual weight pin, a promotion (retiring the live version) and, on a second store, a rollback: every
     # governance row the lifecycle wrote must follow from the journal (core.rebuild, the store check)
@@ -187,12 +185,13 @@ def test_a_canary_beating_the_live_version_steps_up_the_ladder_and_is_promoted(t
     # Interval 4 (step 3): c's PnL 1 x (1010 - 1000) = 10 over its budget at the interval start, 1000:
     #   return 0.01; live 0. Excess [0, 0, 0, 0.01]: positive Sharpe with a variance -> pass: step 10 -> 25 %.
     #   c's target becomes floor(2500 / 1010) = 2.4752, bought (+1.4752) at step 4 at 1020, filled step 5.
-    # Interval 5 (step 4): c still holds 1.0: 1 x (1020 - 1010) = 10 over 1000 (the interval opened at
-    #   step 3's close before the step, with the 10 % budget it held through the interval) = 0.01 -> 50 %.
+    # Each interval is measured against the budget the canary has from its start, i.e. after the
+    # previous verdict's step (on 30-bar intervals the new weight applies for 29 of the 30 bars).
+    # Interval 5 (step 4): c still holds 1.0: 1 x (1020 - 1010) = 10 over the 25 % budget 2500 = 0.004 -> 50 %.
     #   target floor(5000 / 1020) = 4.9019 (+2.4267 at 1040, filled step 6).
-    # Interval 6 (step 5): 2.4752 x (1040 - 1020) = 49.504 (the 1.4752 bought at 1020), budget 2500:
-    #   0.0198016 -> 100 %.
-    # Interval 7 (step 6): 4.9019 x (1050 - 1040) = 49.019, budget 5000: 0.0098038; at the last step -> promote.
+    # Interval 6 (step 5): 2.4752 x (1040 - 1020) = 49.504 (the 1.4752 bought at 1020), budget 5000:
+    #   0.0099008 -> 100 %.
+    # Interval 7 (step 6): 4.9019 x (1050 - 1040) = 49.019, budget 10000: 0.0049019; at the last step -> promote.
     eng = build(tmp_path, RISING, [seed("l", "live", "1", ["0"]), seed("c", "canary", "0.10", ["1"])],
                 lifecycle=lc_config(FamilySpec(FAM, floor=D("0"), initial=D("1")), analysis_interval_ns=MIN,
                                     canary=EAGER))
@@ -205,9 +204,9 @@ def test_a_canary_beating_the_live_version_steps_up_the_ladder_and_is_promoted(t
     cum = [float(f["canary_pnl"]) for f in figs]  # running sums of the canary's interval returns
     assert cum[:3] == [0.0, 0.0, 0.0]
     assert cum[3] == pytest.approx(0.01, rel=1e-12)
-    assert cum[4] - cum[3] == pytest.approx(10 / 1000, rel=1e-9)
-    assert cum[5] - cum[4] == pytest.approx(49.504 / 2500, rel=1e-9)
-    assert cum[6] - cum[5] == pytest.approx(49.019 / 5000, rel=1e-9)
+    assert cum[4] - cum[3] == pytest.approx(10 / 2500, rel=1e-9)
+    assert cum[5] - cum[4] == pytest.approx(49.504 / 5000, rel=1e-9)
+    assert cum[6] - cum[5] == pytest.approx(49.019 / 10000, rel=1e-9)
     assert all(float(f["live_pnl"]) == 0.0 for f in figs)
     assert [int(f["canary_trades"]) for f in figs] == [0, 0, 0, 1, 1, 2, 3]
     steps = [(e["model_id"], e["weight"], e["who"]) for e in journal(eng, "ModelStageChanged")]
