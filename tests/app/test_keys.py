@@ -435,3 +435,50 @@ async def test_the_header_says_until_when_a_throttled_venue_is_blocked(wired, wa
 
         until = datetime.fromtimestamp((now + 90 * 10**9) / 1e9, tz=timezone.utc).strftime("%H:%M:%S")
         assert "THROTTLED until" in text and until in text, text
+
+
+# ---------------------------------------------------------------- model lifecycle
+async def test_u_promotes_the_selected_canary_after_asking_with_cancel_focused(scripted, wall):
+    engine = scripted
+    engine.register_seeds()  # hmm_v1 live, hmm_v2_canary canary at its 10 % step weight
+    app = _app(engine, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("4", "u")  # the cursor is on hmm_v1, a live version: refused, nothing asked
+        await pilot.pause()
+        assert len(app.screen_stack) == 1
+        assert engine.lifecycle.registry["hmm_v1"].stage == "live"
+        await pilot.press("down", "u")
+        await pilot.pause()
+        screen = app.screen
+        assert screen.title_text == "Promote hmm_v2_canary?"
+        assert app.focused is not None and app.focused.id == "cancel"
+        await pilot.press("enter")  # Cancel has the focus: nothing happens
+        await pilot.pause()
+        assert engine.lifecycle.registry["hmm_v2_canary"].stage == "canary"
+        await pilot.press("u")
+        await pilot.pause()
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert engine.lifecycle.registry["hmm_v2_canary"].stage == "live"
+        assert engine.weights["hmm_v2_canary"] == engine.lifecycle.family_weights["hmm_v2_canary"]
+        gov = engine.store.conn.execute("SELECT who, action FROM governance_actions ORDER BY seq").fetchall()
+        assert ("tui", "CANARY_PROMOTED") in gov
+        assert app.models_pane.table.get_cell("hmm_v2_canary", "stage").plain == "live"
+
+
+async def test_b_rolls_the_selected_canary_back(scripted, wall):
+    engine = scripted
+    engine.register_seeds()
+    app = _app(engine, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("4", "down", "b")
+        await pilot.pause()
+        assert app.screen.title_text == "Roll back hmm_v2_canary?"
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert engine.lifecycle.registry["hmm_v2_canary"].stage == "retired"
+        assert engine.weights["hmm_v2_canary"] == 0
+        gov = engine.store.conn.execute("SELECT who, action FROM governance_actions ORDER BY seq").fetchall()
+        assert ("tui", "CANARY_ROLLED_BACK") in gov
