@@ -50,8 +50,10 @@ def test_import_layers():
 
 def test_headless_modules_do_not_import_textual_or_hmmlearn_at_start():
     code = (
-        "import sys, desk.cli, desk.wiring, core.engine, venues.paper, venues.feeds, models.hmm, models.executor;"
-        "print(sorted(m for m in ('textual','hmmlearn','ccxt','sklearn') if m in sys.modules))"
+        "import sys, desk.cli, desk.wiring, desk.daemon, desk.config, desk.client, desk.api, desk.metrics, "
+        "desk.alerts, desk.telegram, desk.export, core.engine, core.lifecycle, core.policy_runtime, venues.paper, "
+        "venues.feeds, models.hmm, models.ensemble, models.executor;"
+        "print(sorted(m for m in ('textual','hmmlearn','ccxt','sklearn','ib_async') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
