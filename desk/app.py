@@ -1017,7 +1017,7 @@ def run_app(opts: Any, *, max_speed: bool = False, app_factory: Callable[..., De
     """Build the engine for ``opts`` (a ``desk.wiring.RunOptions``) and run
     the app in this terminal. Returns the exit code.
 
-    Speed: ``opts.speed`` when set; otherwise :data:`DEFAULT_SPEED` (10 bar
+    Speed: ``opts.speed`` when set; otherwise :data:`DEFAULT_SPEED` (20 bar
     steps per second), or as fast as possible when ``max_speed`` (the CLI's
     ``--speed max``, which ``RunOptions`` also spells None).
 
