@@ -1042,6 +1042,8 @@ class Engine:
         At the end of a finite feed, working orders are canceled with reason
         ``END_OF_DATA`` and the run is marked finished.
         """
+        import inspect  # a live feed's next_step is a coroutine
+
         start_bars = self.stats.bars
         self.register_seeds()
         self._speed_changed = asyncio.Event()  # bound to this run's loop
@@ -1054,6 +1056,8 @@ class Engine:
                 if max_bars is not None and self.stats.bars - start_bars >= max_bars:
                     break
                 bars = self.feed.next_step()
+                if inspect.isawaitable(bars):  # a live feed waits for the venue's next bar
+                    bars = await bars
                 if not bars:
                     if self.feed.finite:
                         await self._end_of_data()

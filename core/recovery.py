@@ -45,6 +45,7 @@ to resolve it, HTTP 429 ``Retry-After``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ from core.venue_errors import (
     TransientVenueError,
     VenueError,
     VenueThrottled,
+    is_ban,
 )
 
 if TYPE_CHECKING:
@@ -72,6 +74,62 @@ log = logging.getLogger("desk.recovery")
 NANOS = 1_000_000_000
 #: the store's meta key holding the unknown submits (survives a restart)
 UNKNOWN_META_KEY = "unknown_submits"
+#: the store's meta key holding the venue's balances before the desk's first fill (see :func:`balance_baseline`)
+BASELINE_META_KEY = "balance_baseline"
+
+
+async def _r(x: Any) -> Any:
+    """The value of a venue read that may be synchronous (the paper venue,
+    the adapters' cached reads) or a coroutine (an adapter that asks the
+    venue): ``await x`` when it is awaitable, else ``x`` itself."""
+    return await x if inspect.isawaitable(x) else x
+
+
+def _balance_assets(engine: "Engine") -> list[str]:
+    """The assets whose balances reconciliation compares: each instrument's
+    base (sorted) and the venue's quote."""
+    assets = sorted({inst.base for inst in engine.instruments.values()})
+    quote = getattr(engine.venue, "quote", "")
+    return assets + ([quote] if quote and quote not in assets else [])
+
+
+async def balance_baseline(engine: "Engine", *, capture: bool = False) -> dict[str, Decimal]:
+    """The venue's balances (total; base units, quote) before the desk
+    traded: asset -> amount. Reconciliation compares only the *changes*
+    since this baseline with the desk's book, so what a real account already
+    held does not halt the desk at start.
+
+    Read from the store's meta (``balance_baseline``: JSON of decimal
+    strings, written once per state dir). When it is absent:
+
+    * ``capture=True`` (a live desk at start, before warm-up) and the book
+      has no fill yet: the venue's current balances of every base asset and
+      of the quote become the baseline; stored (committed at the next
+      flush) and returned;
+    * otherwise the paper venue's implicit baseline is returned (not
+      stored): no base asset, and the quote at the portfolio's
+      ``equity_start`` (its starting cash), which is exactly what
+      reconciliation compared before baselines existed.
+
+    Raises:
+        TransientVenueError, VenueThrottled: when a balance read fails
+            (``capture`` only).
+    """
+    text = engine.store.meta_get(BASELINE_META_KEY)
+    if text:
+        return {a: Decimal(v) for a, v in json.loads(text).items()}
+    venue: Any = engine.venue
+    pf = engine.portfolio
+    if not capture or any(p.fills for p in pf.positions.values()):
+        base = {a: Decimal(0) for a in _balance_assets(engine)}
+        quote = getattr(venue, "quote", "")
+        if quote:
+            base[quote] = pf.equity_start
+        return base
+    baseline = {a: Decimal(await _r(venue.balance(a))) for a in _balance_assets(engine)}
+    engine.store.meta_set(BASELINE_META_KEY, json.dumps({a: format(v, "f") for a, v in baseline.items()},
+                                                        sort_keys=True))
+    return baseline
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,9 +367,16 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
     engine's working orders and look up only those that differ (orders
     queued to send, in an unknown submit, or waiting for a cancel are the
     session's), commit nothing themselves (the step's checkpoint does), and
-    run while trading. Balances are compared in every mode: the venue's base
-    balance with the book's position per instrument, the venue's cash with
-    ``equity_start + realized - cost of positions`` (quote currency).
+    run while trading. Balances are compared in every mode against what the
+    venue should hold: its balance before the desk traded
+    (:func:`balance_baseline`) plus the book's change, i.e. per base asset
+    baseline + the book's position (summed over the instruments with that
+    base), and for the quote baseline + ``realized - cost of positions``
+    (quote currency). A difference reads ``<item>: the venue holds <venue>
+    <asset>, the store <expected>``. A venue whose attribute
+    ``reconcile_cash`` is False (IBKR: several currencies, a future's cost
+    is not cash) has its cash left out.
+    Venue reads may be synchronous or coroutines (:func:`_r`).
 
     Raises:
         TransientVenueError, VenueThrottled: when a read fails (the session
@@ -327,7 +392,7 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
     queued = {o.client_order_id for o in engine._to_send}
     open_now: dict[str, Decimal] | None = None
     if not startup and hasattr(venue, "open_orders"):
-        open_now = venue.open_orders()
+        open_now = await _r(venue.open_orders())
     to_resend = []
     for order in list(engine.working_orders()):
         coid = order.client_order_id
@@ -341,7 +406,7 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
                     and order.status != OrderStatus.SUBMITTED
                     and (order.status != OrderStatus.PENDING_CANCEL or cancel_queued)):
                 continue  # the venue agrees (a queued cancel is the session's)
-        known = venue.lookup(coid)
+        known = await _r(venue.lookup(coid))
         u = unknown.get(coid)
         if known is None:
             if u is not None and now < u.deadline_ns:
@@ -374,7 +439,7 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
     if startup:
         engine.flush()
         stored = {r[0] for r in engine.store.conn.execute("SELECT client_order_id FROM orders")}
-        ids = venue.order_ids()
+        ids = await _r(venue.order_ids())
     else:
         stored = set()
         ids = list(open_now) if open_now is not None else []
@@ -392,7 +457,7 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
             order = engine.orders.get(coid)
             if order is not None and order.venue_executed_qty is not None \
                     and order.filled_qty < order.venue_executed_qty:
-                known = venue.lookup(coid)
+                known = await _r(venue.lookup(coid))
                 if known is not None:
                     apply_venue_report(engine, order, known, now, report)
                 if order.filled_qty < order.venue_executed_qty:
@@ -405,16 +470,24 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
             await session.submit(order)
         else:
             await venue.submit_order(order)
-    for iid, inst in engine.instruments.items():
-        venue_qty = venue.balance(inst.base)
-        book_qty = engine.portfolio.quantity(iid)
-        if venue_qty != book_qty:
-            report.differences.append(f"{iid}: the venue holds {venue_qty} {inst.base}, the store {book_qty}")
+    baseline = await balance_baseline(engine)
     pf = engine.portfolio
-    book_cash = pf.equity_start + pf.realized() - sum((p.cost for p in pf.positions.values()), Decimal(0))
-    venue_cash = venue.balance(venue.quote)
-    if venue_cash != book_cash:
-        report.differences.append(f"cash: the venue holds {venue_cash} {venue.quote}, the store {book_cash}")
+    by_base: dict[str, list[Any]] = {}
+    for iid, inst in sorted(engine.instruments.items(), key=lambda kv: str(kv[0])):
+        by_base.setdefault(inst.base, []).append(iid)
+    for asset, iids in by_base.items():
+        # what the venue should hold: its balance before the desk traded plus the book's position
+        venue_qty = Decimal(await _r(venue.balance(asset)))
+        expected = baseline.get(asset, Decimal(0)) + sum((pf.quantity(i) for i in iids), Decimal(0))
+        if venue_qty != expected:
+            where = str(iids[0]) if len(iids) == 1 else f"{asset} ({', '.join(str(i) for i in iids)})"
+            report.differences.append(f"{where}: the venue holds {venue_qty} {asset}, the store {expected}")
+    if getattr(venue, "reconcile_cash", True):
+        book_cash = pf.equity_start + pf.realized() - sum((p.cost for p in pf.positions.values()), Decimal(0))
+        expected_cash = baseline.get(venue.quote, pf.equity_start) + (book_cash - pf.equity_start)
+        venue_cash = Decimal(await _r(venue.balance(venue.quote)))
+        if venue_cash != expected_cash:
+            report.differences.append(f"cash: the venue holds {venue_cash} {venue.quote}, the store {expected_cash}")
     if session is not None:
         session.last_reconcile_ns = now
         session.reconciles += 1
@@ -440,7 +513,9 @@ class VenueSession:
             venue is throttled or down, after a cancel timeout, or until an
             unknown submit is resolved).
         throttled_until_ns: engine time until which nothing is sent (HTTP
-            429 ``Retry-After``), or None.
+            429 ``Retry-After``, or an HTTP 418 ban), or None.
+        banned: True when that block is a ban (:class:`~core.venue_errors.
+            VenueBanned`, HTTP 418), not a rate limit.
         down: True after a disconnect, until a read succeeds again.
         reconciles, reconnects: counters.
         store_failed: True once the store failed: nothing is sent any more.
@@ -452,6 +527,7 @@ class VenueSession:
         self.unknown: dict[str, UnknownSubmit] = {}
         self.cancels: dict[str, CancelRequest] = {}
         self.throttled_until_ns: int | None = None
+        self.banned = False
         self.down = False
         self.down_since_ns: int | None = None
         self.read_failures = 0
@@ -501,18 +577,62 @@ class VenueSession:
         t = self.throttled_until_ns
         return t if t is not None and self._now() < t else None
 
+    def venue_state(self) -> tuple[str, int | None]:
+        """The venue's connection state as the header shows it, and the
+        engine time it refers to (until when for a throttle or a ban, since
+        when for a disconnect; None otherwise):
+
+        * ``BANNED`` / ``THROTTLED``: nothing is sent until then (the
+          session's block, or the adapter's own ``state`` with its
+          ``banned_until_ns`` / ``throttled_until_ns``);
+        * ``DISCONNECTED``: the session saw it go down (or the adapter says so);
+        * ``DEGRADED``: it answers, but reads are failing and retried, a
+          submit's outcome is unknown, or the adapter's market data or order
+          updates fell back from their streams to REST polling;
+        * ``CONNECTED``: the adapter says so and none of the above;
+        * ``""``: a venue without a connection state of its own (the paper
+          venue) that is neither blocked nor down.
+        """
+        v: Any = self.engine.venue
+        until = self.blocked_until_ns
+        if until is not None:
+            return ("BANNED" if self.banned else "THROTTLED"), until
+        if self.down:
+            return "DISCONNECTED", self.down_since_ns
+        state = getattr(v, "state", None)
+        if not isinstance(state, str) or not state:
+            return "", None
+        if state in ("BANNED", "THROTTLED"):
+            t = getattr(v, "banned_until_ns" if state == "BANNED" else "throttled_until_ns", None)
+            if isinstance(t, int) and t > self._now():
+                return state, t
+            state = "CONNECTED"
+        if state == "DISCONNECTED":
+            return state, getattr(v, "down_since_ns", None)
+        streams_down = getattr(v, "md_mode", "ws") == "rest" or getattr(v, "user_mode", "ws") == "rest"
+        if state == "CONNECTED" and (self.read_failures or self.unknown or streams_down):
+            return "DEGRADED", None
+        return state, None
+
     def status(self) -> str:
-        """One line for the TUI header: ``""`` when all is well, else what
-        blocks the venue and until when (engine-clock ns), the unknown
-        submits and the queued cancels."""
+        """One line for the TUI header: ``""`` when all is well on a venue
+        without a connection state (paper), else ``"; "``-separated parts:
+        ``STORE FAILED``, the venue's state (:meth:`venue_state`: ``BINANCE
+        CONNECTED``, ``BINANCE DEGRADED``, ``BINANCE THROTTLED until
+        2025-01-01 00:01:00 UTC``, ``BINANCE BANNED until …``, ``IBKR
+        DISCONNECTED since …``), the unknown submits and the queued cancels
+        (engine clock, UTC)."""
         parts = []
         if self.store_failed:
             parts.append("STORE FAILED")
-        until = self.blocked_until_ns
-        if until is not None:
-            parts.append(f"{self.engine.venue.venue} THROTTLED until {_hms(until)}")
-        if self.down:
-            parts.append(f"{self.engine.venue.venue} DISCONNECTED since {_hms(self.down_since_ns)}")
+        name = self.engine.venue.venue
+        state, ts = self.venue_state()
+        if state in ("BANNED", "THROTTLED"):
+            parts.append(f"{name} {state} until {_hms(ts)}")
+        elif state == "DISCONNECTED":
+            parts.append(f"{name} DISCONNECTED since {_hms(ts)}")
+        elif state:
+            parts.append(f"{name} {state}")
         if self.unknown:
             parts.append(f"{len(self.unknown)} unknown")
         if self.cancels:
@@ -586,7 +706,7 @@ class VenueSession:
 
     async def _resolve_one(self, order: "Order", now: int) -> bool:
         """Look an unknown order up; True when the venue knew it (applied)."""
-        known = self.engine.venue.lookup(order.client_order_id)
+        known = await _r(self.engine.venue.lookup(order.client_order_id))
         if known is None:
             return False
         apply_venue_report(self.engine, order, known, now)
@@ -681,7 +801,7 @@ class VenueSession:
                 del self.cancels[coid]
                 continue
             if req.lookup_first and self._reconciling():
-                known = e.venue.lookup(coid)  # raises to tick(): retried with backoff
+                known = await _r(e.venue.lookup(coid))  # raises to tick(): retried with backoff
                 if known is None:
                     del self.cancels[coid]
                     close_unplaced(e, order, "NOT_SENT: canceled before it reached the venue", now)
@@ -696,12 +816,15 @@ class VenueSession:
     # ------------------------------------------------------------ throttle, disconnect
     def _throttle(self, now: int, exc: VenueThrottled) -> None:
         until = now + exc.retry_after_ns
-        if self.throttled_until_ns is None or until > self.throttled_until_ns:
-            fresh = self.blocked_until_ns is None
-            self.throttled_until_ns = until
-            if fresh:
+        ban = is_ban(exc)
+        if self.throttled_until_ns is None or until > self.throttled_until_ns or (ban and not self.banned):
+            fresh = self.blocked_until_ns is None or (ban and not self.banned)
+            self.throttled_until_ns = max(until, self.throttled_until_ns or until)
+            self.banned = ban or (self.banned and not fresh)
+            if fresh:  # one code for both (policy rules count it); the text says BANNED for a ban
                 self.engine.alert("WARNING", "VENUE_THROTTLED", (
-                    f"{self.engine.venue.venue}: {exc.detail}; nothing is sent until {until} ns, cancels queue"))
+                    f"{self.engine.venue.venue}: {'BANNED: ' if ban else ''}{exc.detail}; nothing is sent until "
+                    f"{until} ns ({_hms(until)}), cancels queue"))
 
     def _went_down(self, now: int, detail: str) -> None:
         if not self.down:
@@ -776,9 +899,9 @@ class VenueSession:
             reconnect = self.down
             if reconnect:
                 if hasattr(v, "open_orders"):
-                    v.open_orders()
+                    await _r(v.open_orders())
                 else:
-                    v.order_ids()
+                    await _r(v.order_ids())
                 self.down = False
                 self.reconnects += 1
                 self.engine.alert("WARNING", "VENUE_RECONNECTED", (

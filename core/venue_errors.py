@@ -20,6 +20,10 @@ How the engine treats each (``core.recovery.VenueSession``):
   HTTP 429 with ``Retry-After``; a repeat while throttled earns HTTP 418 and
   an IP ban). The engine sends nothing to that venue until the retry-after
   has passed on the engine clock; cancels queue meanwhile.
+* :class:`VenueBanned` (a ``VenueThrottled``): the venue has banned the
+  desk for a while (Binance HTTP 418, an IP ban after repeated 429s). Treated
+  like a throttle (nothing sent until it has passed), but the session and
+  the header say ``BANNED``.
 * :class:`InsufficientFunds`, :class:`VenueRejected`: a definite refusal; the
   order is ``REJECTED`` with the venue's reason.
 * :class:`OrderNotFound`: the venue does not know the order (Binance
@@ -109,8 +113,40 @@ class VenueThrottled(VenueError):
             ``Retry-After`` header is in seconds).
     """
 
+    #: True for a ban (:class:`VenueBanned`); adapters whose own ban error
+    #: cannot subclass ``VenueBanned`` may set it on their class instead
+    banned = False
+
     def __init__(self, venue: str, retry_after_ns: int, detail: str = "rate limited (HTTP 429)") -> None:
         if retry_after_ns < 0:
             raise ValueError(f"retry_after_ns: must be >= 0, got {retry_after_ns}")
         self.retry_after_ns = int(retry_after_ns)
         super().__init__(venue, f"{detail}; retry after {retry_after_ns / 1e9:g} s")
+
+
+class VenueBanned(VenueThrottled):
+    """The venue banned the desk for ``retry_after_ns`` (Binance HTTP 418 "Way
+    too many requests; IP banned", sent to a client that keeps sending while
+    rate limited; ``Retry-After`` in seconds, bans start at 2 minutes and
+    grow up to 3 days). Nothing was executed; the engine sends nothing to the
+    venue until it has passed, exactly as for :class:`VenueThrottled`, and
+    reports the venue ``BANNED`` (``VenueSession.status``).
+
+    Raises:
+        ValueError: a negative ``retry_after_ns`` (from ``VenueThrottled``).
+    """
+
+    banned = True
+
+    def __init__(self, venue: str, retry_after_ns: int, detail: str = "IP banned (HTTP 418)") -> None:
+        super().__init__(venue, retry_after_ns, detail)
+
+
+def is_ban(exc: BaseException) -> bool:
+    """True when ``exc`` is a venue ban: a :class:`VenueBanned`, or a
+    :class:`VenueThrottled` whose class says ``banned = True`` or that carries
+    HTTP status 418 (an adapter's own subclass of the 429 error, such as
+    ``venues.binance.errors.BinanceBanned``)."""
+    if not isinstance(exc, VenueThrottled):
+        return False
+    return bool(getattr(exc, "banned", False)) or getattr(exc, "status", None) == 418

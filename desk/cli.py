@@ -256,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return download_main(list(args.rest))
         if args.command == "run":
+            if cfg is not None and any(v.kind in ("binance", "ibkr") for v in cfg.venues):
+                from desk.live import run_live_main  # a real venue: desk/live.py builds and runs it
+
+                return run_live_main(cfg, args, state_dir)
             opts = _options(args, state_dir, cfg)
             if cfg is not None:
                 from desk.config import config_digest

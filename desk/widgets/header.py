@@ -1,8 +1,12 @@
 """The header line and the kill-switch banner.
 
-The header shows PAPER/LIVE, the market, the engine clock as UTC (replay
-time, never wall time), the speed, the trading state, the engine's status
-and a few counters. The banner is a full-width line under it: red while
+The header shows PAPER/LIVE (LIVE in red: a venue that trades real money),
+the market, the engine clock as UTC (replay time, never wall time), the
+speed, the trading state, the engine's status, a few counters and each
+venue's connection state (``core.recovery.VenueSession.status``), coloured
+by what it means: ``CONNECTED`` green, ``DEGRADED``/``THROTTLED until`` and
+unknown submits or queued cancels yellow, ``DISCONNECTED``/``BANNED until``
+and ``STORE FAILED`` red. The banner is a full-width line under it: red while
 ``HALTED``, dark yellow while ``REDUCING`` (reduce-only), and solid yellow
 "press ctrl+k again to halt" while the kill switch is armed.
 """
@@ -31,8 +35,10 @@ class HeaderInfo:
         status: the engine's status (``warming up``, ``running``, …).
         bars: bars processed.
         working: working orders.
-        venue: what blocks the venue and until when (throttled, disconnected,
-            unknown submits, queued cancels), empty when all is well.
+        venue: the venues' connection states and what blocks them, until
+            when (``BINANCE CONNECTED``, ``BINANCE THROTTLED until …``,
+            ``IBKR DISCONNECTED since …``, unknown submits, queued cancels),
+            ``"; "``-separated; empty for the paper venue when all is well.
     """
 
     mode: str
@@ -44,6 +50,26 @@ class HeaderInfo:
     bars: int
     working: int
     venue: str = ""
+
+
+#: words of a venue status part and the tone they give it (the first found wins)
+_VENUE_TONES: tuple[tuple[str, str], ...] = (
+    ("STORE FAILED", "halted"), ("BANNED", "halted"), ("DISCONNECTED", "halted"),
+    ("THROTTLED", "reducing"), ("DEGRADED", "reducing"), ("unknown", "reducing"), ("queued", "reducing"),
+    ("CONNECTED", "active"),
+)
+
+
+def venue_tone(part: str) -> str:
+    """The header tone of one ``"; "``-separated part of the venue status:
+    ``halted`` (red) for ``STORE FAILED``, ``BANNED`` and ``DISCONNECTED``;
+    ``reducing`` (yellow) for ``THROTTLED``, ``DEGRADED``, unknown submits and
+    queued cancels; ``active`` (green) for ``CONNECTED``; ``reducing`` for
+    anything else (a state the header does not know is worth a look)."""
+    for word, tone in _VENUE_TONES:
+        if word in part:
+            return tone
+    return "reducing"
 
 
 class DeskHeader(Toned, Static):
@@ -90,7 +116,7 @@ class DeskHeader(Toned, Static):
                 (f" {i.state} ", self.tone_style(state_tone)), sep,
                 (i.status, self.tone_style("muted")), sep,
                 (f"w {i.working}", self.tone_style(None)),
-                *((sep, (i.venue, self.tone_style("reducing"))) if i.venue else ()),
+                *((sep, *self._venue_parts(i.venue, compact=True)) if i.venue else ()),
                 no_wrap=True, overflow="ellipsis",
             )
         sep = (" │ ", self.tone_style("muted"))
@@ -104,9 +130,19 @@ class DeskHeader(Toned, Static):
             ("bars ", self.tone_style("muted")), (f"{i.bars:,}", self.tone_style(None)), sep,
             ("working ", self.tone_style("muted")), (str(i.working), self.tone_style(None)),
         ]
-        if i.venue:  # a throttled or disconnected venue, and until when
-            parts += [sep, (f" {i.venue} ", self.tone_style("reducing"))]
+        if i.venue:  # each venue's connection state, and what blocks it until when
+            parts += [sep, *self._venue_parts(i.venue, compact=False)]
         return Text.assemble(*parts, no_wrap=True, overflow="ellipsis")  # type: ignore[arg-type]
+
+    def _venue_parts(self, venue: str, compact: bool) -> list[tuple[str, object]]:
+        """The venue status split at ``"; "``, each part in its tone
+        (:func:`venue_tone`), separated by a muted ``·``."""
+        out: list[tuple[str, object]] = []
+        for n, part in enumerate(p for p in venue.split("; ") if p):
+            if n:
+                out.append(("·" if compact else " · ", self.tone_style("muted")))
+            out.append((part if compact else f" {part} ", self.tone_style(venue_tone(part))))
+        return out
 
 
 class HaltBanner(Static):

@@ -1,0 +1,693 @@
+"""The desk on a real venue: ``desk run --config FILE [--live]`` with one
+Binance or IBKR venue (issue 6).
+
+:func:`build_live` is the composition root of a live desk, the counterpart
+of ``desk.wiring.build`` for a replay or the SIM market, and reuses its
+parts (``StateDir``, the store, the audit log, the default models and
+lifecycle, the rails, the ``HALT`` file, ``capital_allocations.json``):
+
+1. the state dir is locked and its setup checked first (the fingerprint
+   holds the mode ``live``, the config file's sha256, the venue's settings,
+   capital, order type, day zone and models), so a second desk or another
+   setup is refused before the venue is touched;
+2. the venue is built from its config entry (``BinanceVenue(BinanceConfig.
+   from_mapping(vc), clock, live=live)`` or ``IbkrVenue(IbkrConfig.
+   from_mapping(vc), clock)``) and started (``await venue.start()``): a
+   non-testnet venue without ``--live``, missing credentials (the message
+   names the environment variable), a key that can withdraw, an unknown
+   contract or symbol, or a venue that cannot be reached ends the start with
+   exit 2 (:class:`LiveStartError`);
+3. the instruments are the venue's (exchange filters; an IB future's
+   multiplier); the engine gets a real-time clock (:class:`LiveEngineClock`:
+   the engine's ``set_time`` from bar times is a no-op on it) and the venue
+   as ``venue_factory=venue.bind``;
+4. a continued run restores its checkpoint (the live feed continues after
+   its last bar); a new run stores the venue's balances as the
+   reconciliation baseline (``core.recovery.balance_baseline``: a real
+   account already holds coins); unknown submits of the previous process are
+   registered with the adapter (``expect_unknown``) and looked up with the
+   working orders (``prefetch``) so the start-up reconciliation has answers;
+5. the live feed fetches its warm-up bars over REST (``prepare``).
+
+:func:`run_live` runs it headless: warm-up (new run) or reconciliation then
+catch-up (continued run), the engine on the live feed, and beside it the
+order updates (Binance's user data stream, ``next_order_updates``), a
+commit of venue reports that arrive between bars, and the ``HALT`` file
+check, every second. SIGINT/SIGTERM stop it; SIGUSR1 halts. At the end the
+desk's working orders are cancelled (``api.on_stop: cancel``, the default)
+or left working (``keep``), the books are reconciled once more, and one JSON
+summary goes to stdout. Exit 0, or 3 when it ended halted by an unreconciled
+difference. Without ``--headless`` the Textual app runs the same engine
+(the header shows a red ``LIVE`` for a venue that trades real money,
+``PAPER`` for a testnet or paper account, and the venue's connection state).
+
+The control API (``--api-port``/``api.port``) is not served with a live
+venue in this build (refused, exit 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from core.audit import AuditLog, repair_audit
+from core.clock import LiveClock
+from core.engine import Engine, EngineConfig, ModelSpec
+from core.enums import OrderType, TradingState
+from core.errors import EXIT_OK, EXIT_UNRECONCILED, ConfigError, DeskError, StateDirError
+from core.identifiers import InstrumentId, is_desk_order
+from core.instruments import Instrument
+from core.ports import FitExecutor, RegimeModel
+from core.risk import RiskConfig, RiskEngine
+from core.router import RouterConfig
+from core.store import Store, StoreError
+from core.venue_errors import VenueError
+
+log = logging.getLogger("desk.live")
+
+NANOS = 1_000_000_000
+#: seconds between REST polls of the order updates while the user data stream is down
+#: (Binance: open orders per symbol + the account, ~26 weight; 6 a minute stay far under 1,200)
+ORDER_POLL_S = 10.0
+
+
+class LiveStartError(ConfigError):
+    """The live venue could not be started (exit 2): unreachable, refused
+    the credentials, or answered an error at start. The message names the
+    venue and what it said, never a secret."""
+
+
+class LiveEngineClock(LiveClock):
+    """The real UTC clock for a live engine (``time.time_ns``).
+
+    The engine moves a replay clock to each bar's close time
+    (``clock.set_time(max(bar.ts_event, now))``) and back to a checkpoint's
+    time on restore; a live clock cannot be moved, and a closed bar is
+    always in its past, so :meth:`set_time` and :meth:`advance` do nothing
+    here. Every rule on the engine clock (throttles, Retry-After, the daily
+    loss, the allocator, canary intervals) then runs on real time."""
+
+    def set_time(self, ts_ns: int) -> None:
+        """Ignored: real time moves by itself (see the class docstring)."""
+
+    def advance(self, delta_ns: int) -> None:
+        """Ignored: real time moves by itself."""
+
+
+def default_executor() -> FitExecutor:
+    """The fit executor of a live desk: one worker process with one BLAS
+    thread (DESIGN.md section 7), started now so the first fit does not wait
+    for it."""
+    from models.executor import ProcessFitExecutor
+
+    ex = ProcessFitExecutor()
+    ex.warm()  # type: ignore[attr-defined]
+    return ex
+
+
+def live_venue(cfg: Any) -> tuple[int, Any]:
+    """The one Binance or IBKR venue of ``cfg`` (a ``desk.config.DeskConfig``)
+    and its index in ``venues``.
+
+    Raises:
+        ConfigError: no such venue, several of them, or one beside a paper
+            venue (one venue per desk in this build), naming them.
+    """
+    real = [(i, v) for i, v in enumerate(cfg.venues) if v.kind in ("binance", "ibkr")]
+    if not real:
+        raise ConfigError("venues: no binance or ibkr venue to run live")
+    if len(cfg.venues) > 1:
+        names = ", ".join(f"{v.name} ({v.kind})" for v in cfg.venues)
+        raise ConfigError(f"venues: {names}: this build runs one venue per desk; keep one entry")
+    return real[0]
+
+
+def _venue_is_live(vc: Any) -> bool:
+    """True when the venue config trades real money (``desk.config``'s
+    ``live``: Binance ``testnet: false``; IBKR a live port or account)."""
+    return bool(getattr(vc, "live", False))
+
+
+@dataclass(slots=True)
+class LiveBuilt:
+    """A live engine ready to run, and what runs beside it.
+
+    Attributes:
+        engine: the engine (its venue is started).
+        venue: the started venue adapter.
+        feed: the live feed (warm-up bars prepared).
+        state: the locked state dir (``desk.wiring.StateDir``).
+        executor: the fit executor.
+        continued: True when a checkpoint was restored.
+        live: the venue trades real money (not a testnet or paper account).
+        lines: the start-up lines (venue, account, limits, config hash).
+        on_stop: ``cancel`` or ``keep`` the working orders at the end.
+        venue_lines: how many of ``lines`` (after the first) the venue
+            returned from its start (and logged itself).
+        mode: ``live`` (``desk.wiring.Built`` compatibility).
+        finished_summary: always None (a live run never finishes).
+        messages: ``lines`` (``desk.wiring.Built`` compatibility).
+    """
+
+    engine: Engine
+    venue: Any
+    feed: Any
+    state: Any
+    executor: FitExecutor
+    continued: bool
+    live: bool
+    lines: list[str]
+    on_stop: str = "cancel"
+    venue_lines: int = 0
+    mode: str = "live"
+    finished_summary: dict[str, Any] | None = None
+    messages: list[str] = field(default_factory=list)
+    _closed: bool = False
+
+    async def aclose(self) -> None:
+        """Close the venue (its HTTP/WebSocket sessions or the gateway
+        connection), then the fit worker, the store, the audit log and the
+        lock. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self.venue, "close", None)
+            if close is not None:
+                r = close()
+                if asyncio.iscoroutine(r):
+                    await r
+        except Exception as exc:  # noqa: BLE001 - the rest must still be closed
+            log.warning("closing the venue: %s", exc)
+        finally:
+            try:
+                self.executor.shutdown()
+            finally:
+                try:
+                    self.engine.audit.close()
+                    self.engine.store.close()
+                finally:
+                    self.state.release()
+
+
+def _fingerprint(cfg: Any, vc: Any, digest: str, capital: Decimal, order_type: OrderType, day_tz: str,
+                 specs: list[tuple[ModelSpec, dict[str, Any]]]) -> str:
+    """The setup of a live state dir (JSON): another setup is refused."""
+    venue = vc.model_dump(mode="json", exclude={"urls"})
+    return json.dumps({
+        "mode": "live", "config_sha256": digest, "venue": venue, "capital": format(capital, "f"),
+        "order_type": order_type.value, "day_tz": day_tz,
+        "models": [[s.model_id, s.family, s.stage, format(s.weight, "f"), kw] for s, kw in specs],
+    }, sort_keys=True)
+
+
+def _make_venue(vc: Any, clock: LiveEngineClock, *, live: bool, state_dir: Path,
+                env: Mapping[str, str] | None) -> Any:
+    """The venue adapter of a config entry (not started).
+
+    Raises:
+        ConfigError: a bad venue setting, or a non-testnet venue without
+            ``--live`` (the adapters' own start-up errors are ConfigErrors).
+    """
+    if vc.kind == "binance":
+        from venues.binance.adapter import BinanceConfig, BinanceVenue
+
+        return BinanceVenue(BinanceConfig.from_mapping(vc), clock, live=live, env=env)
+    from venues.ibkr.adapter import IbkrVenue
+    from venues.ibkr.config import IbkrConfig
+
+    try:
+        icfg = IbkrConfig.from_mapping(vc)
+    except ValueError as exc:
+        raise ConfigError(f"venues[{vc.name}]: {exc}") from None
+    icfg = dataclasses.replace(icfg, ledger_path=str(state_dir / f"venue-{vc.name.lower()}.sqlite"))
+    venue = IbkrVenue(icfg, clock)
+    venue.reconcile_cash = False  # several currencies; a future's cost is margin, not cash
+    return venue
+
+
+def _with_multipliers(venue: Any) -> dict[InstrumentId, Instrument]:
+    """The venue's instruments; an IB future carries its contract
+    multiplier (``Instrument.multiplier``: notional = price x quantity x
+    multiplier) when ``core.instruments.Instrument`` has the field."""
+    out = dict(venue.instruments)
+    contracts = getattr(venue, "contracts", None) or {}
+    names = {f.name for f in dataclasses.fields(Instrument)}
+    if "multiplier" not in names:
+        return out
+    for iid, qc in contracts.items():
+        mult = getattr(qc, "multiplier", None)
+        if iid in out and isinstance(mult, Decimal) and mult != out[iid].multiplier:  # type: ignore[attr-defined]
+            out[iid] = dataclasses.replace(out[iid], multiplier=mult)  # type: ignore[call-arg]
+    return out
+
+
+def _risk(cfg: Any, risk_file: Path | None, instruments: dict[InstrumentId, Instrument], capital: Decimal,
+          model_ids: list[str]) -> RiskEngine:
+    """The rails: the risk file's limits (checked against this run's
+    instruments, venues and models), or the defaults with the capital as the
+    largest order notional.
+
+    Raises:
+        ConfigError: a bad risk file or a scope not in this run (named).
+    """
+    allowed = frozenset(str(i) for i in instruments)
+    if risk_file is None:
+        return RiskEngine(RiskConfig(allowed_symbols=allowed, max_order_notional=capital))
+    from desk.risk_config import load_risk_config
+
+    rc = load_risk_config(risk_file, allowed_symbols=allowed, max_order_notional=capital)
+    for scope, names, known in (
+        ("instruments", rc.per_instrument, {str(i) for i in instruments}),
+        ("venues", rc.per_venue, {i.venue for i in instruments}),
+        ("models", rc.per_model, set(model_ids)),
+    ):
+        for name in names:
+            if name not in known:
+                raise ConfigError(f"--risk: {risk_file}: {scope}.{name}: not in this run; "
+                                  f"known {scope}: {', '.join(sorted(known))}")
+    return RiskEngine(rc)
+
+
+async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path,
+                     executor: FitExecutor | None = None, env: Mapping[str, str] | None = None,
+                     capital: Decimal | None = None, order_type: OrderType = OrderType.LIMIT,
+                     day_tz: str | None = None, risk_file: Path | None = None, interval: str = "1m",
+                     on_stop: str | None = None) -> LiveBuilt:
+    """Build a live engine from ``cfg`` (module docstring, steps 1-5).
+
+    Args:
+        cfg: the ``desk.config.DeskConfig`` (one binance or ibkr venue).
+        config_path: the config file (its sha256 goes into the setup and the
+            start-up lines).
+        live: the operator's ``--live`` (required for a venue trading real money).
+        state_dir: the state directory.
+        executor: the fit executor (default :func:`default_executor`).
+        env: where credentials are read (default ``os.environ``).
+        capital: trading capital (quote; default ``cfg.capital`` or 10,000).
+        order_type, day_tz, risk_file: as ``desk run`` (``day_tz`` and
+            ``risk_file`` default to the config's ``tz`` and ``risk``).
+        interval: the bar interval of the live feed (Binance kline interval).
+        on_stop: ``cancel`` or ``keep`` (default the config's ``api.on_stop``).
+
+    Must be awaited in the event loop the engine will run in (the venue's
+    sessions belong to it).
+
+    Raises:
+        ConfigError: bad config, a non-testnet venue without ``--live``,
+            missing credentials (naming the environment variable), a key that
+            can withdraw, an unknown symbol or contract (exit 2).
+        LiveStartError: the venue could not be reached or refused at start (exit 2).
+        StateDirError: the state dir is locked or holds another setup (exit 2).
+    """
+    from desk.config import config_digest
+    from desk.wiring import (
+        DEFAULT_CAPITAL,
+        StateDir,
+        _warmup_bars,
+        default_lifecycle,
+        default_model_specs,
+        make_model,
+    )
+
+    index, vc = live_venue(cfg)
+    is_live = _venue_is_live(vc)
+    if is_live and not live:
+        what = "testnet is false" if vc.kind == "binance" else f"port {vc.port} / account {vc.account} is live"
+        raise ConfigError(f"venues[{index}] {vc.name}: {what}, so it trades real money; add --live to run it")
+    capital = capital if capital is not None else (cfg.capital if cfg.capital is not None else DEFAULT_CAPITAL)
+    day_tz = day_tz or cfg.tz or "UTC"
+    risk_file = risk_file if risk_file is not None else cfg.risk
+    on_stop = on_stop or cfg.api.on_stop
+    digest = config_digest(config_path)
+    specs = [(ModelSpec(s.model_id, s.weight, s.stage, s.family, kw), kw) for s, kw in default_model_specs()]
+    warmup = max(_warmup_bars(kw) for _, kw in specs)
+    fp_text = _fingerprint(cfg, vc, digest, capital, order_type, day_tz, specs)
+    clock = LiveEngineClock()
+    state = StateDir(state_dir)
+    venue = None
+    try:
+        try:
+            store = Store(state.path / "desk.sqlite")
+        except StoreError as exc:
+            raise StateDirError(str(exc)) from exc
+        existing = store.meta_get("setup")
+        if existing is not None and existing != fp_text:
+            from desk.wiring import _differing
+
+            store.close()
+            raise StateDirError(
+                f"state dir {state.path} holds another setup (it differs in {_differing(existing, fp_text)}); "
+                f"use another --state-dir or remove it")
+        try:
+            venue = _make_venue(vc, clock, live=live, state_dir=state.path, env=env)
+            started = await venue.start()
+        except DeskError:
+            store.close()
+            raise
+        except VenueError as exc:
+            store.close()
+            raise LiveStartError(f"venue {vc.name} at start: {exc}") from None
+        except (OSError, asyncio.TimeoutError) as exc:
+            store.close()
+            raise LiveStartError(f"venue {vc.name} at start: cannot connect: {exc!r}") from None
+        lines = [str(x) for x in (started or [])]
+        n_venue_lines = len(lines)
+        instruments = _with_multipliers(venue)
+        if not instruments:
+            store.close()
+            raise ConfigError(f"venues[{index}] {vc.name}: no instrument to trade")
+        model_ids = [s.model_id for s, _ in specs]
+        risk = _risk(cfg, risk_file, instruments, capital, model_ids)
+        if executor is None:
+            executor = default_executor()
+        models: dict[str, dict[InstrumentId, RegimeModel]] = {
+            spec.model_id: {iid: make_model(spec.model_id, iid, spec.params) for iid in sorted(instruments, key=str)}
+            for spec, _ in specs
+        }
+        if vc.kind == "binance":
+            from venues.binance.feed import BinanceLiveFeed
+
+            feed: Any = BinanceLiveFeed(venue, sorted(instruments, key=str), interval=interval, warmup_bars=warmup)
+        else:
+            from venues.ibkr.feed import IbkrLiveFeed
+
+            feed = IbkrLiveFeed(venue, sorted(instruments, key=str), interval=interval, warmup_bars=warmup)
+        audit_path = state.path / "audit" / "orders.jsonl"
+        fixed = repair_audit(audit_path, store.iter_journal)
+        if fixed["torn"] or (fixed["appended"] and store.load_checkpoint() is not None):
+            lines.append(f"audit log repaired from the journal: torn last line cut {fixed['torn']}, "
+                         f"{fixed['appended']} missing lines appended")
+        router = RouterConfig(capital=capital, order_type=order_type, max_order_notional=capital)
+        engine = Engine(
+            config=EngineConfig(router=router, day_tz=day_tz, lifecycle=default_lifecycle()), clock=clock,  # type: ignore[arg-type]
+            store=store, model_factory=make_model, audit=AuditLog(audit_path), feed=feed, instruments=instruments,
+            models=models, specs=[s for s, _ in specs], risk=risk, executor=executor, venue_factory=venue.bind,
+        )
+        engine.speed = None  # the venue paces the bars
+        engine.config.yield_every = 1  # the HALT file and the loop are looked at every bar
+        engine.halt_file = state.path / "HALT"
+        engine.lifecycle.allocations_path = state.path / "capital_allocations.json"
+        cp = store.load_checkpoint()
+        continued = cp is not None
+        if cp is not None:
+            engine.restore(cp[1])
+        elif existing is None:
+            store.meta_set("setup", fp_text)
+            store.meta_set("status", "running")
+        halted = store.meta_get("halted_venues")
+        if halted:
+            engine.halted_venues = set(halted.split(","))
+        persisted = store.meta_get("trading_state")
+        if persisted is not None:
+            engine.trading_state = TradingState(persisted)  # the kill switch survives a restart
+        from core.recovery import BASELINE_META_KEY, balance_baseline
+
+        try:
+            if not continued:
+                await balance_baseline(engine, capture=True)
+            engine.flush()  # the setup and the baseline are committed before anything is traded
+            baseline = json.loads(store.meta_get(BASELINE_META_KEY) or "{}")
+            unknown = {c: u.deadline_ns for c, u in engine.session.unknown.items()}
+            if unknown and hasattr(venue, "expect_unknown"):
+                venue.expect_unknown(unknown)
+            if hasattr(venue, "prefetch"):
+                await venue.prefetch(sorted({o.client_order_id for o in engine.working_orders()} | set(unknown)))
+            n_warm = await feed.prepare()
+        except VenueError as exc:
+            raise LiveStartError(f"venue {vc.name} at start: {exc}") from None
+        env_word = "LIVE (real money)" if is_live else ("testnet" if vc.kind == "binance" else "paper account")
+        lines.insert(0, f"desk: {vc.name} ({vc.kind}, {env_word}); config {config_path} sha256={digest}")
+        rc = risk.config
+        lines.append(
+            f"desk: capital {capital} {venue.quote}, order type {order_type.value}, max order notional "
+            f"{rc.limit('max_order_notional')} {venue.quote}, {rc.max_submits} submits per "
+            f"{rc.window_ns // NANOS} s per venue, rails {'from ' + str(risk_file) if risk_file else 'default'}")
+        if baseline:
+            lines.append("desk: reconciliation baseline (the account before the desk traded): "
+                         + ", ".join(f"{a} {v}" for a, v in sorted(baseline.items())))
+        cash = venue.balance(venue.quote)
+        if getattr(venue, "reconcile_cash", True) and cash < capital and not continued:
+            lines.append(f"desk: WARNING: the account holds {cash} {venue.quote}, less than the capital {capital}: "
+                         f"buys beyond it will be refused by the venue")
+        foreign_open = [c for c in (venue.open_orders() if hasattr(venue, "open_orders") else {})
+                        if is_desk_order(c) and c not in engine.orders]
+        if foreign_open:
+            lines.append(f"desk: WARNING: the venue has open desk orders this state dir does not know: "
+                         f"{', '.join(sorted(foreign_open))} (the first reconciliation halts on them)")
+        what = "catch-up bars since the last one processed" if continued else "warm-up bars"
+        lines.append(f"desk: {n_warm} {what} of {', '.join(str(i) for i in sorted(instruments, key=str))} "
+                     f"({interval}); {'continuing after bar ' + str(engine.stats.bars) if continued else 'a new run'}")
+        built = LiveBuilt(engine, venue, feed, state, executor, continued, is_live, lines, on_stop=on_stop,
+                          messages=lines)
+        built.venue_lines = n_venue_lines
+        return built
+    except BaseException:
+        if venue is not None:
+            try:
+                close = getattr(venue, "close", None)
+                r = close() if close is not None else None
+                if asyncio.iscoroutine(r):
+                    await r
+            except Exception:  # noqa: BLE001
+                pass
+        try:
+            if "store" in locals():
+                locals()["store"].close()
+        except Exception:  # noqa: BLE001
+            pass
+        state.release()
+        raise
+
+
+# ---------------------------------------------------------------- running
+async def _pump_order_updates(built: LiveBuilt, sleep: Callable[[float], Any]) -> None:
+    """Forever: the venue's order updates (Binance user data stream; its REST
+    poll every :data:`ORDER_POLL_S` while the stream is down); a failed read
+    is retried after ``min(2**n, 60)`` s. The reports reach the engine
+    through its venue callback."""
+    venue = built.venue
+    failures = 0
+    while True:
+        try:
+            await venue.next_order_updates()
+            failures = 0
+        except VenueError as exc:
+            failures += 1
+            built.engine.session.note_error(exc)
+            wait = min(2 ** (failures - 1), 60)
+            log.warning("%s order updates: %s; trying again in %d s", venue.venue, exc, wait)
+            await sleep(wait)
+            continue
+        if getattr(venue, "user_mode", "ws") == "rest":
+            await sleep(ORDER_POLL_S)
+
+
+async def _housekeeping(built: LiveBuilt, sleep: Callable[[float], Any]) -> None:
+    """Every second: commit what the venue reported between bars (fills,
+    cancels: the journal and the audit log, so an acknowledged fill is never
+    lost while the next bar is a minute away) and look for the ``HALT`` file."""
+    engine = built.engine
+    while True:
+        await sleep(1.0)
+        try:
+            if engine.store.has_journal_pending:
+                engine.checkpoint()
+            await engine.check_halt_file()
+        except StoreError as exc:
+            await engine.session.on_store_failure(exc)
+            return
+
+
+def _install_signals(engine: Engine, feed: Any) -> list[int]:
+    loop = asyncio.get_running_loop()
+    done = []
+
+    def stop() -> None:
+        engine.stop()
+        feed.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop)
+            done.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    try:
+        loop.add_signal_handler(
+            signal.SIGUSR1, lambda: engine.spawn(engine.governance.halt("SIGUSR1", "out-of-band halt signal")))
+        done.append(signal.SIGUSR1)
+    except (NotImplementedError, RuntimeError, ValueError):
+        pass
+    return done
+
+
+async def start_engine(built: LiveBuilt) -> None:
+    """Before the first live bar: a new run warms its models up on the
+    prepared bars; a continued run reconciles with the venue first
+    (``engine.recover``), then lets the models observe the bars closed while
+    it was down (no trading on them)."""
+    engine = built.engine
+    if built.continued:
+        for line in await engine.recover():
+            log.warning("reconciliation: %s", line)
+    log.info("warming the models up on %s bars", "the missed" if built.continued else "the last")
+    await engine.warm_up()
+    engine.flush()
+
+
+async def finish(built: LiveBuilt) -> list[str]:
+    """The end of a live run: cancel the desk's working orders (unless
+    ``on_stop`` is ``keep``), read the venue once more and reconcile (mode
+    ``periodic``), commit. Returns the differences (engine.unreconciled
+    included)."""
+    engine, venue = built.engine, built.venue
+    if built.on_stop == "cancel":
+        for o in list(engine.working_orders()):
+            if is_desk_order(o.client_order_id):
+                try:
+                    await engine.cancel(o, "STOP")
+                except Exception as exc:  # noqa: BLE001 - best effort, reconciled next start
+                    log.warning("cancel %s at stop: %s", o.client_order_id, exc)
+    try:
+        poll = getattr(venue, "poll", None)
+        if poll is not None:
+            await poll()
+        await engine.session.reconcile("periodic")
+    except VenueError as exc:
+        log.warning("the final reconciliation could not read the venue: %s", exc)
+    settle = getattr(venue, "settle", None)
+    if settle is not None:
+        await settle()
+    engine.checkpoint()
+    return list(engine.unreconciled)
+
+
+async def run_live(built: LiveBuilt, *, max_bars: int | None = None,
+                   sleep: Callable[[float], Any] = asyncio.sleep) -> int:
+    """Run a built live desk headless until ``max_bars`` bars (this process),
+    a stop signal, or the feed's stop; write the JSON summary to stdout.
+    Returns the exit code (0, or 3 when it ended with an unreconciled
+    difference)."""
+    engine = built.engine
+    sigs = _install_signals(engine, built.feed)
+    tasks = [asyncio.ensure_future(_housekeeping(built, sleep))]
+    if hasattr(built.venue, "next_order_updates"):
+        tasks.append(asyncio.ensure_future(_pump_order_updates(built, sleep)))
+    t0 = time.perf_counter()
+    bars0 = engine.stats.bars
+    try:
+        await start_engine(built)
+        await engine.run(max_bars=max_bars)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for sig in sigs:
+            asyncio.get_running_loop().remove_signal_handler(sig)
+    problems = await finish(built)
+    summary = engine.summary(time.perf_counter() - t0, engine.stats.bars - bars0)
+    summary["venue"] = built.venue.venue
+    summary["live"] = built.live
+    summary["venue_state"] = engine.session.status()
+    code = EXIT_OK
+    if problems:
+        for p in problems:
+            log.error("UNRECONCILED: %s", p)
+        summary["unreconciled"] = problems
+        code = EXIT_UNRECONCILED
+    sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+    sys.stdout.flush()
+    return code
+
+
+# ---------------------------------------------------------------- the command
+def _arg(args: Any, name: str) -> Any:
+    return getattr(args, name, None)
+
+
+def run_live_main(cfg: Any, args: Any, state_dir: Path) -> int:
+    """``desk run --config FILE`` with a Binance or IBKR venue (from
+    ``desk.cli``): builds, prints the start-up lines (stderr, and the log)
+    and runs headless or in the TUI. Returns the exit code.
+
+    Raises:
+        DeskError: refused configuration or start (exit 2), printed by the CLI.
+    """
+    if _arg(args, "data"):
+        raise ConfigError("--data: a replay runs on the paper venue; a config with a live venue takes no --data")
+    if _arg(args, "api_port") is not None or cfg.api.port is not None:
+        raise ConfigError("api.port / --api-port: the control API is not served with a live venue in this build; "
+                          "remove it from the config")
+    kwargs = dict(live=bool(_arg(args, "live")), state_dir=state_dir, capital=_arg(args, "capital"),
+                  order_type=OrderType(_arg(args, "order_type") or "LIMIT"), day_tz=_arg(args, "tz"),
+                  risk_file=_arg(args, "risk"), on_stop=_arg(args, "on_stop"))
+    config_path = Path(args.config)
+    bars = _arg(args, "bars")
+    if _arg(args, "headless"):
+        return asyncio.run(_headless(cfg, config_path, bars, kwargs))
+    return _tui(cfg, config_path, bars, kwargs)
+
+
+async def _headless(cfg: Any, config_path: Path, bars: int | None, kwargs: dict[str, Any]) -> int:
+    built = await build_live(cfg, config_path, **kwargs)
+    try:
+        for i, line in enumerate(built.lines):
+            if not 1 <= i <= built.venue_lines:  # the venue logged its own lines
+                log.info(line)  # stderr (the CLI's log handler)
+        max_bars = None if bars is None else max(0, bars - built.engine.stats.bars)  # the whole run, as replays
+        return await run_live(built, max_bars=max_bars)
+    finally:
+        await built.aclose()
+
+
+def _tui(cfg: Any, config_path: Path, bars: int | None, kwargs: dict[str, Any]) -> int:
+    """The Textual app on a live engine, everything in one event loop (the
+    venue's sessions belong to it)."""
+    from desk.app import DeskApp, _log_to_file
+
+    _log_to_file(Path(kwargs["state_dir"]))
+
+    async def main() -> int:
+        built = await build_live(cfg, config_path, **kwargs)
+        try:
+            for line in built.lines:
+                log.info(line)
+                sys.stderr.write(line + "\n")
+            engine = built.engine
+            if built.continued:
+                await start_engine(built)
+            remaining = None if bars is None else max(0, bars - engine.stats.bars)
+            market = f"{built.venue.venue} " + ", ".join(i.symbol for i in sorted(engine.instruments, key=str))
+            app = DeskApp(engine, speed=None, warm_up=not built.continued, mode="LIVE" if built.live else "PAPER",
+                          market=market, max_bars=remaining)
+            app.reconciled = built.continued
+            tasks = [asyncio.ensure_future(_housekeeping(built, asyncio.sleep))]
+            if hasattr(built.venue, "next_order_updates"):
+                tasks.append(asyncio.ensure_future(_pump_order_updates(built, asyncio.sleep)))
+            try:
+                code = await app.run_async()
+            finally:
+                built.feed.stop()
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            problems = await finish(built)
+            for p in problems:
+                sys.stderr.write(f"UNRECONCILED: {p}\n")
+            if problems:
+                return EXIT_UNRECONCILED
+            return EXIT_OK if code is None else int(code)
+        finally:
+            await built.aclose()
+
+    return asyncio.run(main())

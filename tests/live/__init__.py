@@ -1,0 +1,1 @@
+"""Tests of desk/live.py: the desk on a real venue from its config (issue 6)."""

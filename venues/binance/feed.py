@@ -1,0 +1,302 @@
+"""The live bar feed of a Binance venue: ``core.engine.Feed`` over the
+adapter's REST klines and kline streams (issue 6).
+
+* **Warm-up** (:meth:`BinanceLiveFeed.prepare`, then ``warmup()``): on a new
+  run, the last ``warmup_bars`` closed bars of each instrument from ``GET
+  /api/v3/klines`` (:meth:`~venues.binance.adapter.BinanceVenue.fetch_bars`,
+  exact strings), asked from an explicit ``startTime`` = the open of the
+  N-th closed bar before the venue's time, in pages of 1,000 (Binance's
+  largest ``limit``). On a continued run (after ``load_state_dict``) the
+  bars closed since the last bar the engine processed, at most
+  ``warmup_bars`` of them: the models observe them without trading (the
+  engine's ``warm_up``), so a restart never trades a bar twice and never
+  trades on bars that closed while the desk was down.
+* **Steps** (``await next_step()``): the next closed bars from
+  :meth:`~venues.binance.adapter.BinanceVenue.next_bars` (the kline
+  streams through ccxt.pro, REST polling while they are down), grouped by
+  close time, one group per step, oldest first, each bar once. Bars the
+  stream skipped (a bar that closed between the warm-up and the
+  subscription, or during a reconnect) are fetched over REST before the
+  bar that revealed the gap. While the venue polls REST and has no new bar,
+  the feed waits until the next bar should have closed (``poll_grace_ns``
+  after it, at least ``poll_min_ns``). A failed read (``VenueError``) is
+  logged and retried after ``min(2**n, 60)`` s. :meth:`stop` ends a pending
+  step at once with ``[]``, which ends the engine's run (``finite`` is
+  False, so no end-of-data cancel).
+* **State** (``state_dict``): the open time of the last bar handed to the
+  engine per instrument; the engine checkpoints it with each step.
+
+Waits use the injected ``sleep`` (default ``asyncio.sleep``; wall seconds) and
+the venue's clock (``venue.clock``, plus the measured ``clock_offset_ms``) for
+what "now" is at Binance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Awaitable, Callable, Iterable
+
+from core.data import Bar
+from core.identifiers import InstrumentId
+from core.venue_errors import VenueError
+from venues.klines import INTERVALS_NS
+
+log = logging.getLogger("desk.venues.binance.feed")
+
+NANOS_PER_MS = 1_000_000
+NANOS_PER_SECOND = 1_000_000_000
+#: Binance's largest ``limit`` of ``GET /api/v3/klines``
+KLINES_PAGE = 1000
+
+
+class BinanceLiveFeed:
+    """Closed bars of a started :class:`~venues.binance.adapter.BinanceVenue`
+    (see the module docstring).
+
+    Args:
+        venue: the started venue (its ``instruments``, ``clock``,
+            ``fetch_bars`` and ``next_bars`` are used).
+        instruments: the instrument ids fed (default: every instrument of the
+            venue).
+        interval: Binance's kline interval (``1m``; fixed-length intervals
+            only, ``venues.klines.INTERVALS_NS``).
+        warmup_bars: closed bars per instrument the models observe before
+            trading on a new run (at most this many on a continued run).
+        sleep: ``await sleep(seconds)`` (tests pass a fake).
+        poll_grace_ns: how long after a bar's close the REST poll asks for it
+            (Binance publishes the closed kline within a second or two).
+        poll_min_ns: the shortest wait between two REST polls.
+        ws_retry_ns: how often the venue tries its kline stream again while
+            polling REST (passed to ``next_bars``).
+
+    Raises:
+        ValueError: an unknown interval, a negative ``warmup_bars``, or an
+            instrument the venue does not trade (named).
+    """
+
+    finite = False
+
+    def __init__(self, venue: Any, instruments: Iterable[InstrumentId] | None = None, interval: str = "1m",
+                 warmup_bars: int = 0, *, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 poll_grace_ns: int = 2 * NANOS_PER_SECOND, poll_min_ns: int = NANOS_PER_SECOND,
+                 ws_retry_ns: int = 30 * NANOS_PER_SECOND) -> None:
+        step = INTERVALS_NS.get(interval)
+        if step is None:
+            raise ValueError(f"interval: {interval!r} is not a fixed-length Binance kline interval")
+        if warmup_bars < 0:
+            raise ValueError(f"warmup_bars: must be >= 0, got {warmup_bars}")
+        self.venue = venue
+        self.instruments = sorted(instruments if instruments is not None else venue.instruments, key=str)
+        for iid in self.instruments:
+            if iid not in venue.instruments:
+                raise ValueError(f"instruments: {iid} is not traded by venue {venue.venue}")
+        self.interval = interval
+        self.step_ns = step
+        self.warmup_bars = int(warmup_bars)
+        self.sleep = sleep
+        self.poll_grace_ns = int(poll_grace_ns)
+        self.poll_min_ns = int(poll_min_ns)
+        self.ws_retry_ns = int(ws_retry_ns)
+        #: open time (ns) of the last bar handed to the engine, per instrument (the resume point)
+        self.last: dict[InstrumentId, int] = {}
+        #: open time of the last bar fetched (handed over or waiting in the buffer), per instrument
+        self._seen: dict[InstrumentId, int] = {}
+        self._buffer: list[Bar] = []
+        self._warm: list[Bar] = []
+        self._prepared = False
+        self._stop: asyncio.Event | None = None
+        self._stopped = False
+        self.failures = 0
+        #: bars fetched over REST to fill a gap the stream left
+        self.gap_bars = 0
+
+    # ------------------------------------------------------------ time
+    def _venue_now_ns(self) -> int:
+        return int(self.venue.clock.timestamp_ns()) + int(getattr(self.venue, "clock_offset_ms", 0)) * NANOS_PER_MS
+
+    def _last_closed_open_ns(self) -> int:
+        """Open time of the last bar closed at the venue's time."""
+        return (self._venue_now_ns() // self.step_ns) * self.step_ns - self.step_ns
+
+    def _seed_venue(self, iid: InstrumentId, ts_open: int) -> None:
+        """Tell the adapter which bar was delivered last, so its stream and
+        its REST fallback continue after it (``BinanceVenue._last_bar_ts``,
+        the adapter's own dedup; same package)."""
+        last = getattr(self.venue, "_last_bar_ts", None)
+        if isinstance(last, dict) and ts_open > last.get(iid, -1):
+            last[iid] = ts_open
+
+    # ------------------------------------------------------------ REST
+    async def _fetch_range(self, iid: InstrumentId, start_ns: int, end_open_ns: int) -> list[Bar]:
+        """Closed bars of ``iid`` opened in ``[start_ns, end_open_ns]``,
+        oldest first, in pages of 1,000 from ``startTime``.
+
+        Raises:
+            TransientVenueError, VenueThrottled: a read failed.
+        """
+        out: list[Bar] = []
+        since = start_ns
+        while since <= end_open_ns:
+            page = await self.venue.fetch_bars(iid, self.interval, since_ms=since // NANOS_PER_MS, limit=KLINES_PAGE)
+            page = [b for b in page if since <= b.ts_open <= end_open_ns]
+            if not page:
+                break
+            out += page
+            since = page[-1].ts_open + self.step_ns
+        return out
+
+    async def prepare(self) -> int:
+        """Fetch the warm-up bars over REST (module docstring): the last
+        ``warmup_bars`` closed bars per instrument on a new run, the bars
+        closed since the last one processed on a continued run. Returns how
+        many; ``warmup()`` hands them over.
+
+        Raises:
+            TransientVenueError, VenueThrottled: a read failed (the venue is
+                unreachable at start: exit 2).
+        """
+        last_closed = self._last_closed_open_ns()
+        bars: list[Bar] = []
+        for iid in self.instruments:
+            if iid in self.last:
+                start = max(self.last[iid] + self.step_ns, last_closed - (self.warmup_bars - 1) * self.step_ns)
+            else:
+                start = last_closed - (self.warmup_bars - 1) * self.step_ns
+            got = await self._fetch_range(iid, start, last_closed) if self.warmup_bars > 0 else []
+            got = got[-self.warmup_bars:] if self.warmup_bars else []
+            if got:
+                self._seen[iid] = got[-1].ts_open
+                self.last[iid] = got[-1].ts_open
+                self._seed_venue(iid, got[-1].ts_open)
+            bars += got
+        self._warm = sorted(bars, key=lambda b: (b.ts_event, str(b.instrument_id)))
+        self._prepared = True
+        if self._warm:
+            log.info("%s: %d warm-up bar(s) of %s over REST, the last closing at %d ns", self.venue.venue,
+                     len(self._warm), ", ".join(str(i) for i in self.instruments), self._warm[-1].ts_event)
+        return len(self._warm)
+
+    def warmup(self) -> list[Bar]:
+        """The bars fetched by :meth:`prepare` (then forgotten); ``[]`` when
+        it was not called."""
+        bars, self._warm = self._warm, []
+        return bars
+
+    # ------------------------------------------------------------ steps
+    def stop(self) -> None:
+        """End a pending or the next :meth:`next_step` with ``[]``."""
+        self._stopped = True
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _until_stopped(self, aw: Awaitable[Any]) -> tuple[bool, Any]:
+        """Await ``aw`` unless :meth:`stop` comes first (then it is
+        cancelled): ``(True, result)`` or ``(False, None)``."""
+        if self._stop is None:
+            self._stop = asyncio.Event()
+            if self._stopped:
+                self._stop.set()
+        task = asyncio.ensure_future(aw)
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the caller was cancelled (the app quit): nothing is left running
+            task.cancel()
+            raise
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            return False, None
+        return True, task.result()
+
+    async def _accept(self, bars: list[Bar]) -> None:
+        """Buffer the bars not seen yet; a bar that reveals a gap after the
+        last one seen first has the gap fetched over REST."""
+        for b in sorted(bars, key=lambda b: (b.ts_open, str(b.instrument_id))):
+            iid = b.instrument_id
+            if iid not in self.instruments:
+                continue
+            seen = self._seen.get(iid)
+            if seen is not None and b.ts_open <= seen:
+                continue
+            if seen is not None and b.ts_open > seen + self.step_ns:
+                gap = await self._fetch_range(iid, seen + self.step_ns, b.ts_open - self.step_ns)
+                if gap:
+                    log.warning("%s: %d bar(s) the stream skipped fetched over REST (%d..%d ns)", iid, len(gap),
+                                gap[0].ts_open, gap[-1].ts_open)
+                    self.gap_bars += len(gap)
+                self._buffer += gap
+            self._buffer.append(b)
+            self._seen[iid] = b.ts_open
+
+    def _pop_step(self) -> list[Bar]:
+        """The buffered bars of the earliest close time (one per
+        instrument), ordered by instrument id."""
+        self._buffer.sort(key=lambda b: (b.ts_event, str(b.instrument_id)))
+        ts = self._buffer[0].ts_event
+        step = [b for b in self._buffer if b.ts_event == ts]
+        self._buffer = [b for b in self._buffer if b.ts_event != ts]
+        for b in step:
+            self.last[b.instrument_id] = max(self.last.get(b.instrument_id, -1), b.ts_open)
+        return step
+
+    def _poll_wait_ns(self) -> int:
+        """While polling REST: how long until the next bar should be
+        published (its close + the grace), at least ``poll_min_ns``."""
+        if self._seen:
+            next_close = min(self._seen.get(i, self._last_closed_open_ns()) for i in self.instruments) \
+                + 2 * self.step_ns
+        else:
+            next_close = self._last_closed_open_ns() + 2 * self.step_ns
+        return max(next_close + self.poll_grace_ns - self._venue_now_ns(), self.poll_min_ns)
+
+    async def next_step(self) -> list[Bar]:
+        """The bars of the next close time (module docstring); ``[]`` once
+        :meth:`stop` was called. Venue errors are retried, never raised."""
+        while True:
+            if self._buffer:
+                return self._pop_step()
+            if self._stopped:
+                return []
+            try:
+                ok, bars = await self._until_stopped(
+                    self.venue.next_bars(self.interval, ws_retry_ns=self.ws_retry_ns))
+                if not ok:
+                    return []
+                await self._accept(bars)
+                self.failures = 0
+            except VenueError as exc:
+                self.failures += 1
+                wait_s = min(2 ** (self.failures - 1), 60)
+                log.warning("%s: bars could not be read (%s); trying again in %d s", self.venue.venue, exc, wait_s)
+                if not (await self._until_stopped(self.sleep(wait_s)))[0]:
+                    return []
+                continue
+            if not self._buffer and getattr(self.venue, "md_mode", "ws") == "rest":
+                if not (await self._until_stopped(self.sleep(self._poll_wait_ns() / NANOS_PER_SECOND)))[0]:
+                    return []
+
+    # ------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """``{"interval": "1m", "last": {"BTCUSDT.BINANCE": <open ns>}}``:
+        the last bar handed to the engine per instrument."""
+        return {"interval": self.interval, "last": {str(i): t for i, t in sorted(self.last.items(), key=str)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after the bars of ``state`` (call :meth:`prepare` after
+        it for the catch-up bars).
+
+        Raises:
+            ValueError: a state of another interval (named).
+        """
+        if state.get("interval", self.interval) != self.interval:
+            raise ValueError(f"feed state: interval {state.get('interval')!r} differs from {self.interval!r}")
+        self.last = {InstrumentId.parse(i): int(t) for i, t in state.get("last", {}).items()}
+        self._seen = dict(self.last)
+        for iid, t in self.last.items():
+            self._seed_venue(iid, t)
