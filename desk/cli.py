@@ -191,6 +191,11 @@ def make_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", parents=[common], help="resume trading on the running daemon")
     _oneshot_args(resume)
     resume.add_argument("--reason", type=_reason, required=True, help="why (audited)")
+    attach = sub.add_parser("attach", parents=[common], help="the TUI driven by a running daemon (REST + SSE)")
+    attach.add_argument("url", nargs="?", default="http://127.0.0.1:8002",
+                        help="the daemon's API (default http://127.0.0.1:8002)")
+    attach.add_argument("--token-file", type=Path, metavar="PATH",
+                        help="file holding the token (default: $OPS_TOKEN, else <state-dir>/ops_token)")
     status = sub.add_parser("status", parents=[common],
                             help="the daemon's trading state (exit 0 ACTIVE, 3 HALTED/REDUCING, 1 unreachable)")
     _oneshot_args(status)
@@ -228,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     state_dir = getattr(args, "state_dir", None) or (cfg.state_dir if cfg is not None else None) or Path("var")
     if args.command in ("halt", "resume", "status"):
         return _oneshot(args, state_dir, cfg)
+    if args.command == "attach":
+        from desk.attach import attach_main  # textual is imported only for the UI
+
+        return attach_main(args.url, args.token_file, state_dir)
     _halt_on_usr1_during_startup(state_dir)
     daemon = args.command == "run" and _api_port(args, cfg) is not None
     redact = None
