@@ -745,6 +745,21 @@ class DeskApp(App[int]):
         self.sample(force=True)
         self.notify(f"{model_id} {'promoted to live' if action == 'promote' else 'rolled back'}.", title="Models")
 
+    def set_model_weight(self, model_id: str, weight: Any) -> None:
+        """Pin ``model_id``'s stage weight (a Decimal fraction) or clear the
+        pin (None) through governance; refusals are shown, nothing changes."""
+        try:
+            self.engine.governance.set_weights({model_id: weight}, WHO, "weight set from the desk")
+        except Exception as exc:  # GovernanceError: unknown, retired, out of range
+            self.notify(str(exc), title="Models", severity="error")
+            return
+        link = getattr(self, "link", None)
+        if link is not None:
+            link.drain()
+        self.sample(force=True)
+        self.notify(f"{model_id}: stage weight {'pinned at ' + format(weight, 'f') if weight is not None else 'unpinned'}.",
+                    title="Models")
+
     def action_show_policy(self) -> None:
         """Show the governance policy in force (palette: "Show governance policy")."""
         from desk.policy_screen import PolicyScreen

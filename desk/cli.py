@@ -202,7 +202,8 @@ def make_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
     export = sub.add_parser("export-pnl", parents=[common], help="write exports/pnl_YYYY-MM-DD.csv from the store")
     export.add_argument("--date", type=_date, help="the day (default: the last complete day on the engine clock)")
-    export.add_argument("--tz", type=_tz, default="UTC", metavar="ZONE", help="IANA zone of the day (default UTC)")
+    export.add_argument("--tz", type=_tz, default=None, metavar="ZONE",
+                        help="IANA zone of the day (default: the run's venue-day zone, --tz of desk run)")
     data = sub.add_parser("data", parents=[common], help="market data tools: desk data download SYMBOL INTERVAL ...")
     data.add_argument("action", choices=["download"])
     data.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the action (desk data download --help)")

@@ -360,3 +360,86 @@ class ReconcileScreen(ModalScreen[None]):
     def action_close(self) -> None:
         """Close the differences."""
         self.dismiss(None)
+
+
+class WeightScreen(ModalScreen["str | None"]):
+    """Pin a model version's stage weight by hand (DESIGN.md section 3: a
+    manual weight pins the stage weight and pauses canary stepping until
+    cleared). The input takes a fraction 0..1 (``0.25``) or a percent
+    (``25%``); an empty input clears the pin. Dismisses with the text typed
+    (validated: the Set button stays disabled while it is not a weight), or
+    None on Cancel / ``escape``. Cancel has the focus first.
+
+    Args:
+        model_id: the version.
+        current: its stage weight now (text, fraction) and whether pinned.
+    """
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="weight-cancel")]
+    AUTO_FOCUS = "#weight-input"
+
+    def __init__(self, model_id: str, current: str, pinned: bool) -> None:
+        super().__init__(classes="dialog-screen")
+        self.model_id = model_id
+        self.current = current
+        self.pinned = pinned
+
+    def compose(self) -> ComposeResult:
+        """Title, what happens, the input, Cancel then Set."""
+        with Vertical(classes="dialog"):
+            yield Static(f"Stage weight of {self.model_id}", classes="dialog-title")
+            yield Static(
+                f"Now {self.current}{' (pinned by hand)' if self.pinned else ''}. A weight pins this version's "
+                "budget at family budget × weight and pauses canary stepping until cleared; leave it empty "
+                "to clear the pin.", classes="dialog-body")
+            yield Input(placeholder="0.25, 25% or empty", id="weight-input")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Cancel", id="cancel", variant="primary")
+                yield Button("Set", id="confirm", variant="warning", disabled=not self.pinned)
+
+    @staticmethod
+    def parse(text: str) -> Decimal | None:
+        """The weight as a fraction: ``"0.25"`` and ``"25%"`` give 0.25; an
+        empty text gives None (clear).
+
+        Raises:
+            ValueError: naming the text when it is not a fraction in [0, 1].
+        """
+        t = text.strip()
+        if not t:
+            return None
+        try:
+            v = Decimal(t[:-1].strip()) / 100 if t.endswith("%") else Decimal(t)
+        except InvalidOperation:
+            raise ValueError(f"weight: not a number: {text!r}") from None
+        if not v.is_finite() or not 0 <= v <= 1:
+            raise ValueError(f"weight: expected a fraction in [0, 1] or a percent, got {text!r}")
+        return v
+
+    def _valid(self, text: str) -> bool:
+        try:
+            v = self.parse(text)
+        except ValueError:
+            return False
+        return v is not None or self.pinned
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        """Enable Set only for a valid weight (or empty, to clear a pin)."""
+        event.stop()
+        self.query_one("#confirm", Button).disabled = not self._valid(event.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """``enter`` sets a valid weight."""
+        event.stop()
+        if self._valid(event.value):
+            self.dismiss(event.value)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        """Dismiss with the text on Set, None on Cancel."""
+        event.stop()
+        text = self.query_one("#weight-input", Input).value
+        self.dismiss(text if event.button.id == "confirm" and self._valid(text) else None)
+
+    def action_cancel(self) -> None:
+        """Dismiss with None."""
+        self.dismiss(None)

@@ -10,7 +10,7 @@ The Sharpe ratio is computed from the model's own equity series by
 with √8760; see ``desk.link`` for the formula); "—" until there are two
 returns. The row under the cursor is the model that ``p`` pauses or
 resumes, ``u`` promotes and ``b`` rolls back (both ask first, Cancel
-focused). A retired version leaves the table once its position is flat.
+focused) and ``w`` pins the stage weight of (an input; empty clears). A retired version leaves the table once its position is flat.
 Sampled at most 10 times a second; a pause shows at once.
 """
 
@@ -69,10 +69,11 @@ class ModelsPane(Vertical):
 
     BORDER_TITLE = "4 Models & canary"
     ALLOW_MAXIMIZE = True
-    BORDER_SUBTITLE = "p pause · u promote · b roll back"
+    BORDER_SUBTITLE = "p pause · u promote · b roll back · w weight"
     BINDINGS = [
         Binding("u", "promote", "Promote", show=False),
         Binding("b", "rollback", "Roll back", show=False),
+        Binding("w", "weight", "Pin weight", show=False),
     ]
 
     def __init__(self, *, id: str | None = "models-pane") -> None:
@@ -148,3 +149,22 @@ class ModelsPane(Vertical):
         mid = self._selected_canary("roll back")
         if mid is not None:
             self.app.confirm_lifecycle("rollback", mid)  # type: ignore[attr-defined]
+
+    def action_weight(self) -> None:
+        """``w``: pin (or clear) the selected version's stage weight."""
+        from desk.screens import WeightScreen
+
+        mid = self.selected_model()
+        rows = {r["model_id"]: r for r in model_rows(self.app.engine)}  # type: ignore[attr-defined]
+        row = rows.get(mid or "")
+        if row is None or row["stage"] == "retired":
+            self.app.notify("Select a model version in pane 4 first.", title="Models", severity="warning")
+            return
+        current = f"{float(row['weight']):.0%}"
+
+        def done(text: str | None) -> None:
+            if text is None:
+                return
+            self.app.set_model_weight(mid, WeightScreen.parse(text))  # type: ignore[attr-defined]
+
+        self.app.push_screen(WeightScreen(mid, current, bool(row.get("manual"))), done)

@@ -6,6 +6,7 @@ filter and order, the engine failing, SIGHUP, SIGUSR1, the layouts at
 
 from __future__ import annotations
 
+from decimal import Decimal
 import os
 import signal
 import subprocess
@@ -482,3 +483,32 @@ async def test_b_rolls_the_selected_canary_back(scripted, wall):
         assert engine.weights["hmm_v2_canary"] == 0
         gov = engine.store.conn.execute("SELECT who, action FROM governance_actions ORDER BY seq").fetchall()
         assert ("tui", "CANARY_ROLLED_BACK") in gov
+
+
+async def test_w_pins_a_stage_weight_and_empty_clears_it(scripted, wall):
+    engine = scripted
+    engine.register_seeds()  # family hmm_v2_canary weight 1 (no live seed in it), canary stage weight 0.10
+    app = _app(engine, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("4", "down", "w")
+        await pilot.pause()
+        assert app.screen.query_one("#confirm").disabled  # nothing typed, nothing pinned: Set disabled
+        await pilot.press("2", "5", "%")
+        await pilot.pause()
+        assert not app.screen.query_one("#confirm").disabled
+        await pilot.press("enter")
+        await pilot.pause()
+        rec = engine.lifecycle.registry["hmm_v2_canary"]
+        assert (rec.weight, rec.manual) == (Decimal("0.25"), True)
+        assert engine.weights["hmm_v2_canary"] == Decimal("0.25")  # family weight 1 x 0.25
+        assert app.models_pane.table.get_cell("hmm_v2_canary", "weight").plain == "pin"
+        await pilot.press("w")
+        await pilot.pause()
+        await pilot.press("1", ".", "5")  # 1.5 is not a weight: Set stays disabled, enter does nothing
+        await pilot.pause()
+        assert app.screen.query_one("#confirm").disabled
+        await pilot.press("backspace", "backspace", "backspace", "enter")  # empty: clear the pin
+        await pilot.pause()
+        assert (rec.weight, rec.manual) == (Decimal("0.10"), False)
+        gov = engine.store.conn.execute("SELECT who, action FROM governance_actions ORDER BY seq").fetchall()
+        assert gov == [("tui", "MODEL_STAGE_CANARY"), ("tui", "MODEL_STAGE_CANARY")]

@@ -141,7 +141,7 @@ def test_export_pnl_calls_the_exporter(monkeypatch, tmp_path, capsys):
     assert desk(capsys, "export-pnl", "--date", "2025-01-02", "--tz", "Europe/Berlin",
                 "--state-dir", str(tmp_path))[0] == 0
     assert desk(capsys, "export-pnl", "--state-dir", str(tmp_path))[0] == 0
-    assert calls == [(Path(tmp_path), "2025-01-02", "Europe/Berlin"), (Path(tmp_path), None, "UTC")]
+    assert calls == [(Path(tmp_path), "2025-01-02", "Europe/Berlin"), (Path(tmp_path), None, None)]  # the run's zone
     assert desk(capsys, "export-pnl", "--date", "2025-13-01")[0] == 2
     assert desk(capsys, "export-pnl", "--tz", "Nowhere/City")[0] == 2
 
