@@ -68,7 +68,7 @@ from themes import DEFAULT_THEME, DESK_TCSS, THEMES, VARIABLE_DEFAULTS
 log = logging.getLogger("desk.app")
 
 #: bar steps per second when the app opens without --speed
-DEFAULT_SPEED = 10.0
+DEFAULT_SPEED = 20.0
 #: the speeds ``+`` and ``-`` step through (None = as fast as possible)
 SPEED_LADDER: tuple[float | None, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, None)
 #: how often the survivors of the young GC generations are frozen
