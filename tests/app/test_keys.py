@@ -277,12 +277,12 @@ def test_speed_ladder():
 async def test_plus_and_minus_change_the_speed_live(scripted, wall):
     app = _app(scripted, wall)
     async with app.run_test(size=(160, 48)) as pilot:
-        assert scripted.speed == DEFAULT_SPEED
+        assert scripted.speed == DEFAULT_SPEED == 20.0
         await pilot.press("plus")
-        assert scripted.speed == 20.0
+        assert scripted.speed == 50.0
         await pilot.press("minus", "minus")
-        assert scripted.speed == 5.0
-        assert app.header.info is not None and app.header.info.speed == 5.0
+        assert scripted.speed == 10.0
+        assert app.header.info is not None and app.header.info.speed == 10.0
 
 
 async def test_orders_newest_first_and_filter(scripted, wall):
