@@ -360,6 +360,9 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
         except (OSError, asyncio.TimeoutError) as exc:
             store.close()
             raise LiveStartError(f"venue {vc.name} at start: cannot connect: {exc!r}") from None
+        except ValueError as exc:  # IBKR's ContractError: a contract IB does not know (named)
+            store.close()
+            raise ConfigError(f"venues[{index}] {vc.name}: {exc}") from None
         lines = [str(x) for x in (started or [])]
         n_venue_lines = len(lines)
         instruments = _with_multipliers(venue)

@@ -137,6 +137,17 @@ def write_config(tmp_path: Path, srv: FakeBinance, **venue: Any) -> Path:
     return p
 
 
+@pytest.fixture(autouse=True)
+def _root_log_handlers():
+    """desk.cli.main points the root logger at this test's stderr: put the
+    handlers back afterwards (the captured stream is closed then)."""
+    import logging
+
+    saved = logging.root.handlers[:]
+    yield
+    logging.root.handlers[:] = saved
+
+
 @pytest.fixture
 def creds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
@@ -268,3 +279,213 @@ def test_a_restart_continues_after_its_last_bar_and_keeps_its_baseline(tmp_path,
     want = f"BTCUSDT.BINANCE: the venue holds {now_held + D('0.5')} BTC, the store {D(1) + book}"
     assert summary["unreconciled"] == [want], summary["unreconciled"]
     assert summary["trading_state"] == "HALTED"
+
+
+# ---------------------------------------------------------------- the feed alone (a stub venue, a test clock)
+from core.clock import TestClock  # noqa: E402
+from core.data import Bar  # noqa: E402
+from core.identifiers import InstrumentId  # noqa: E402
+from venues.binance.feed import BinanceLiveFeed  # noqa: E402
+
+BTC = InstrumentId("BTCUSDT", "BINANCE")
+ETH = InstrumentId("ETHUSDT", "BINANCE")
+M = 60_000_000_000  # one minute in ns
+T = 1_700_000_000 * 1_000_000_000 // M * M  # 2023-11-14 22:13:00 UTC, a minute boundary
+
+
+class StubVenue:
+    """What the feed uses of BinanceVenue: REST klines from a table (closed
+    ones only, ``startTime`` and ``limit`` like Binance), scripted stream
+    answers, the adapter's own last-bar table."""
+
+    venue = "BINANCE"
+    md_mode = "ws"
+    clock_offset_ms = 0
+
+    def __init__(self, clock: TestClock, table: dict[InstrumentId, list[Bar]]) -> None:
+        self.clock = clock
+        self.instruments = {i: object() for i in table}
+        self.table = table
+        self.rest_calls: list[tuple[InstrumentId, int | None, int]] = []
+        self.stream: asyncio.Queue[list[Bar]] = asyncio.Queue()
+        self._last_bar_ts: dict[InstrumentId, int] = {}
+
+    async def fetch_bars(self, iid, interval="1m", since_ms=None, limit=500):
+        self.rest_calls.append((iid, since_ms, limit))
+        now = self.clock.timestamp_ns()
+        rows = [b for b in self.table[iid] if b.ts_event <= now and (since_ms is None or b.ts_open >= since_ms * 10**6)]
+        return rows[:limit]
+
+    async def next_bars(self, interval="1m", *, ws_retry_ns=0):
+        return await self.stream.get()
+
+
+def minute_bars(iid: InstrumentId, first_open: int, n: int) -> list[Bar]:
+    return [Bar(iid, D(100 + k), D(101 + k), D(99 + k), D(100 + k), D(1), first_open + k * M,
+                first_open + (k + 1) * M) for k in range(n)]
+
+
+async def test_feed_warm_up_pages_of_1000_from_an_explicit_start_time():
+    # now = T + 30 s: the last closed bar opened at T - 1 min; 1,500 bars: opens T - 1500 min ... T - 1 min
+    clock = TestClock(T + 30 * 10**9)
+    v = StubVenue(clock, {BTC: minute_bars(BTC, T - 3000 * M, 3001)})  # the last one (open T) is still open
+    feed = BinanceLiveFeed(v, warmup_bars=1500)
+    assert await feed.prepare() == 1500
+    bars = feed.warmup()
+    assert [bars[0].ts_open, bars[-1].ts_open] == [T - 1500 * M, T - M]
+    # two requests: startTime = T - 1500 min, then after the 1,000th bar (T - 500 min)
+    assert v.rest_calls == [(BTC, (T - 1500 * M) // 10**6, 1000), (BTC, (T - 500 * M) // 10**6, 1000)]
+    assert feed.state_dict() == {"interval": "1m", "last": {"BTCUSDT.BINANCE": T - M}}
+    assert v._last_bar_ts == {BTC: T - M}  # the adapter's stream and REST fallback continue after it
+    assert feed.warmup() == []  # handed over once
+
+
+async def test_feed_steps_group_by_close_time_and_fill_a_gap_from_rest():
+    clock = TestClock(T + 30 * 10**9)
+    table = {BTC: minute_bars(BTC, T - 10 * M, 20), ETH: minute_bars(ETH, T - 10 * M, 20)}
+    v = StubVenue(clock, table)
+    feed = BinanceLiveFeed(v, warmup_bars=3)
+    assert await feed.prepare() == 6  # 3 bars of each, opens T-3..T-1 min
+    clock.set_time(T + 4 * M)
+    # the stream's first bars: ETH opened at T (no gap) and BTC opened at T + 2 min (T and T + 1 min missed)
+    v.stream.put_nowait([table[ETH][10], table[BTC][12]])
+    steps = [await feed.next_step() for _ in range(3)]
+    assert [[(str(b.instrument_id), (b.ts_open - T) // M) for b in s] for s in steps] == [
+        [("BTCUSDT.BINANCE", 0), ("ETHUSDT.BINANCE", 0)],  # one step: both closed at T + 1 min
+        [("BTCUSDT.BINANCE", 1)],
+        [("BTCUSDT.BINANCE", 2)],
+    ]
+    assert feed.gap_bars == 2 and v.rest_calls[-1] == (BTC, T // 10**6, 1000)
+    # a bar the stream repeats is not handed over twice
+    v.stream.put_nowait([table[BTC][12], table[ETH][11]])
+    assert [(str(b.instrument_id), (b.ts_open - T) // M) for b in await feed.next_step()] == [("ETHUSDT.BINANCE", 1)]
+    assert feed.state_dict()["last"] == {"BTCUSDT.BINANCE": T + 2 * M, "ETHUSDT.BINANCE": T + M}
+
+
+async def test_feed_stop_ends_a_pending_step_with_no_bars():
+    clock = TestClock(T)
+    feed = BinanceLiveFeed(StubVenue(clock, {BTC: []}), warmup_bars=0)
+    task = asyncio.ensure_future(feed.next_step())
+    await asyncio.sleep(0)
+    assert not task.done()  # waiting for the stream
+    feed.stop()
+    assert await asyncio.wait_for(task, 1) == []
+    assert await feed.next_step() == []
+
+
+async def test_feed_restart_catches_up_only_after_its_last_bar():
+    clock = TestClock(T + 30 * 10**9)
+    v = StubVenue(clock, {BTC: minute_bars(BTC, T - 100 * M, 101)})
+    feed = BinanceLiveFeed(v, warmup_bars=50)
+    feed.load_state_dict({"interval": "1m", "last": {"BTCUSDT.BINANCE": T - 5 * M}})
+    assert v._last_bar_ts == {BTC: T - 5 * M}
+    assert await feed.prepare() == 4  # opens T-4 .. T-1 min: closed while the desk was down
+    assert [b.ts_open for b in feed.warmup()] == [T - 4 * M, T - 3 * M, T - 2 * M, T - M]
+    with pytest.raises(ValueError, match="interval '5m' differs"):
+        feed.load_state_dict({"interval": "5m", "last": {}})
+
+
+def test_feed_refuses_an_unknown_interval_and_instrument():
+    v = StubVenue(TestClock(T), {BTC: []})
+    with pytest.raises(ValueError, match="'1M'"):
+        BinanceLiveFeed(v, interval="1M")
+    with pytest.raises(ValueError, match="ETHUSDT.BINANCE is not traded"):
+        BinanceLiveFeed(v, [ETH])
+
+
+def test_header_tones_of_venue_states():
+    from desk.widgets.header import venue_tone
+
+    assert [venue_tone(p) for p in ("BINANCE CONNECTED", "BINANCE DEGRADED", "BINANCE THROTTLED until x",
+                                    "BINANCE BANNED until x", "IBKR DISCONNECTED since x", "STORE FAILED",
+                                    "1 unknown", "2 cancels queued")] == [
+        "active", "reducing", "reducing", "halted", "halted", "halted", "reducing", "reducing"]
+
+
+# ---------------------------------------------------------------- the session against the fake, in the test's loop
+async def _engine_on_fake(tmp_path: Path, clock: TestClock, balances: dict[str, Decimal]):
+    from core.audit import AuditLog
+    from core.engine import Engine, EngineConfig, ModelSpec
+    from core.risk import RiskConfig, RiskEngine
+    from core.router import RouterConfig
+    from core.store import Store
+    from tests.helpers.scripted import ScriptedModel
+    from venues.binance.adapter import BinanceConfig, BinanceVenue
+    from venues.feeds import ReplayFeed
+
+    srv = await FakeBinance(clock, EXCHANGE_INFO, api_key=KEY, secret=SECRET, balances=balances).start()
+    venue = BinanceVenue(BinanceConfig(symbols=("ETHUSDT",), urls=srv.urls), clock,
+                         env={"BINANCE_API_KEY": KEY, "BINANCE_API_SECRET": SECRET})
+    await venue.start()
+    iid = InstrumentId("ETHUSDT", "BINANCE")
+    eng = Engine(config=EngineConfig(router=RouterConfig(capital=D("1000"))), clock=clock,
+                 store=Store(tmp_path / "desk.sqlite"), audit=AuditLog(tmp_path / "audit.jsonl"),
+                 feed=ReplayFeed([]), instruments=dict(venue.instruments),
+                 models={"m0": {iid: ScriptedModel("m0", iid, ["1"])}}, specs=[ModelSpec("m0", D("1"))],
+                 risk=RiskEngine(RiskConfig()), executor=InlineExecutor(), venue_factory=venue.bind)
+    return srv, venue, eng
+
+
+async def test_reconciliation_compares_changes_since_the_baseline(tmp_path):
+    from core.recovery import balance_baseline, reconcile
+
+    if not EXCHANGE_INFO.is_file():
+        pytest.skip("../shared/data is absent")
+    clock = TestClock(T)
+    srv, venue, eng = await _engine_on_fake(tmp_path, clock, {"USDT": D("250.5"), "ETH": D("3")})
+    try:
+        # without a baseline (the paper venue's rule): the account's own coins are differences
+        report = await reconcile(eng, 0)
+        # (the fake writes Binance's 8-decimal strings; the adapter keeps them exact)
+        assert report.differences == ["ETHUSDT.BINANCE: the venue holds 3.00000000 ETH, the store 0",
+                                      "cash: the venue holds 250.50000000 USDT, the store 1000"]
+        assert await balance_baseline(eng, capture=True) == {"ETH": D("3"), "USDT": D("250.5")}
+        assert (await reconcile(eng, 0)).differences == []
+        # 0.5 ETH arrive on the account from elsewhere: the venue holds 3.5, the book explains 3 + 0
+        srv.free["ETH"] += D("0.5")
+        await venue.refresh_balances()
+        want = ["ETHUSDT.BINANCE: the venue holds 3.50000000 ETH, the store 3.00000000"]
+        assert (await reconcile(eng, 0)).differences == want
+        # a venue that opts out of cash (IBKR) is compared on its positions only
+        venue.reconcile_cash = False
+        srv.free["USDT"] -= D("100")
+        await venue.refresh_balances()
+        assert (await reconcile(eng, 0)).differences == want
+    finally:
+        eng.store.close()
+        eng.audit.close()
+        await venue.close()
+        await srv.close()
+
+
+async def test_a_418_ban_reads_BANNED_until_in_the_session_status(tmp_path):
+    from core.venue_errors import VenueBanned, VenueThrottled, is_ban
+    from venues.binance.errors import BinanceBanned, BinanceRateLimited
+
+    assert is_ban(VenueBanned("X", 1)) and is_ban(BinanceBanned("X", 1)) and not is_ban(BinanceRateLimited("X", 1))
+    assert isinstance(VenueBanned("X", 1), VenueThrottled) and not is_ban(ValueError())
+    if not EXCHANGE_INFO.is_file():
+        pytest.skip("../shared/data is absent")
+    clock = TestClock(T)
+    srv, venue, eng = await _engine_on_fake(tmp_path, clock, {"USDT": D("1000")})
+    try:
+        assert eng.session.status() == "BINANCE CONNECTED"
+        from core.enums import OrderSide, OrderType
+
+        srv.set_book("ETHUSDT", "1999.99", "2000.00")
+        srv.fail_next(418, retry_after_s=120)
+        eng.submit("m0", InstrumentId("ETHUSDT", "BINANCE"), OrderSide.BUY, D("0.01"), D("1990"), D("1990"),
+                   OrderType.LIMIT)
+        await eng.send_pending()
+        # T = 2023-11-14 22:13:00 UTC; banned for 120 s
+        assert eng.session.status() == "BINANCE BANNED until 2023-11-14 22:15:00 UTC"
+        assert eng.session.venue_state() == ("BANNED", T + 120 * 10**9)
+        clock.advance(120 * 10**9)
+        assert eng.session.status() == "BINANCE CONNECTED"
+        venue.md_mode = "rest"  # the kline stream fell back to REST polling
+        assert eng.session.status() == "BINANCE DEGRADED"
+    finally:
+        eng.store.close()
+        eng.audit.close()
+        await venue.close()
+        await srv.close()
