@@ -397,7 +397,10 @@ class RemoteEngine:
         retry_initial, retry_max: the reconnection backoff's first and
             largest wait, seconds (an undelivered halt waits at most
             ``min(retry_max, HALT_RETRY_MAX_S)``).
-        timeout: seconds for connect and each read of a request.
+        timeout: seconds for connect and each read of a request (3 s: a
+            snapshot of a daemon replaying at full speed took 0.2-0.3 s; a
+            silently dropped link is then noticed within the refresh period
+            plus this, ~4-5 s measured through a proxy that stops forwarding).
         stream_read_timeout: seconds of silence after which the stream is
             taken for dead (the daemon pings every 15 s).
 
@@ -410,7 +413,7 @@ class RemoteEngine:
     def __init__(self, url: str, token: str, *, transport: httpx.AsyncBaseTransport | None = None,
                  wall_clock: Clock | None = None, sleep: Callable[[float], Awaitable[Any]] | None = None,
                  refresh_interval: float | None = REFRESH_INTERVAL_S, retry_initial: float = RETRY_INITIAL_S,
-                 retry_max: float = RETRY_MAX_S, timeout: float = 5.0,
+                 retry_max: float = RETRY_MAX_S, timeout: float = 3.0,
                  stream_read_timeout: float = STREAM_READ_TIMEOUT_S) -> None:
         if not token:
             raise ValueError("token: empty")
