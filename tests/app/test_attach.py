@@ -333,6 +333,7 @@ async def test_a_drop_shows_at_once_greys_the_panes_and_a_halt_waits_for_the_rec
             assert app.link_text == "DISCONNECTED — reconnecting (last state at 03:04:05 UTC)"
             assert app.link_banner.has_class("-down")
             assert app.query_one("#panes").has_class("-stale")
+            assert app.query_one("#panes").styles.opacity == 0.45  # greyed (AttachedApp.CSS)
             assert str(app.link_banner.render()) == app.link_text
             shown = list(app.orders_pane.shown_ids())
             assert set(d.coids) <= set(shown)  # the last state stays on screen
