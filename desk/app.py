@@ -1097,5 +1097,8 @@ def _log_to_file(state_dir: Path) -> None:
         return
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
+    for h in list(root.handlers):  # a terminal handler (the CLI's basicConfig) would draw over the screen
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(logging.INFO)
