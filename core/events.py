@@ -279,14 +279,15 @@ class FillAllocated(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelVersionRegistered(Event):
     """A model version entered the registry (a seed version at start, or a
-    refit). ``stage`` its first stage, ``parent`` the version it was refit
+    refit). ``model_version`` its number in the family (not the event's
+    schema version ``v``), ``stage`` its first stage, ``parent`` the version it was refit
     from ("" for a seed), ``train_start_ns``/``train_end_ns`` the training
     window (bar times, UTC ns; 0 when not fitted yet), ``diagnostics`` fit
     figures (iterations, log-likelihood, converged; strings)."""
 
     model_id: str
     family: str
-    version: int
+    model_version: int
     stage: str
     parent: str
     who: str
@@ -455,6 +456,9 @@ def event_from_dict(data: dict[str, Any]) -> Event:
     data = dict(data)
     name = data.pop("type", None)
     version = data.pop("v", SCHEMA_VERSION)
+    if name == "ModelVersionRegistered" and "version" in data:
+        # rows written before the field was renamed: their "v" was the model's version number
+        data["model_version"], version = data.pop("version"), SCHEMA_VERSION
     cls = EVENT_TYPES.get(str(name))
     if cls is None:
         raise ValueError(f"event type: unknown {name!r}")

@@ -238,7 +238,7 @@ def test_seeds_enter_the_registry_with_stage_weights_and_budgets_family_weight_t
     # a canary analysis runs for the family from the first step of the ladder (10 %)
     assert lc.analyses[FAM].weight == D("0.10") and lc.analyses[FAM].n_intervals == 0
     ev = journal(eng, "ModelVersionRegistered")
-    assert [(e["model_id"], e["family"], e["version"], e["stage"], e["parent"], e["who"]) for e in ev] == [
+    assert [(e["model_id"], e["family"], e["model_version"], e["stage"], e["parent"], e["who"]) for e in ev] == [
         ("l", FAM, 1, "live", "", "setup"), ("c", FAM, 2, "canary", "", "setup")]
     assert ev[0]["params"] == {"targets": ["1"]}
     seqs = {m: s for s, m in eng.store.conn.execute(
@@ -444,3 +444,18 @@ def test_a_paused_canary_can_be_promoted_and_leaves_the_paused_set(tmp_path, cap
     assert registry_view(eng)["c"] == ("live", D("1"), False)
     assert "c" not in eng.paused
     assert "[CANARY] PROMOTED c" in caplog.text
+
+
+def test_the_registration_event_round_trips_with_its_schema_version():
+    """``ModelVersionRegistered.model_version`` is the model's number; the
+    event's schema version ``v`` stays 1, so journal readers accept it."""
+    from core.events import ModelVersionRegistered, event_from_dict
+
+    ev = ModelVersionRegistered(ts_event=1, ts_init=1, model_id="hmm_v3", family="hmm", model_version=3,
+                                stage="canary", parent="hmm_v1", who="lifecycle", reason="refit")
+    d = ev.to_dict()
+    assert d["v"] == 1 and d["model_version"] == 3
+    assert event_from_dict(d) == ev
+    # a row written before the rename: "version" was the model's number and "v" carried it by mistake
+    old = {k: v for k, v in d.items() if k != "model_version"} | {"version": 3, "v": 3}
+    assert event_from_dict(old) == ev

@@ -302,7 +302,7 @@ def test_a_refit_becomes_the_canary_replacing_the_one_under_analysis(tmp_path, c
                                   "hmm_v3": ("canary", D("0.10"), False)}
     assert eng.weights["hmm_v3"] == D("0.1") and eng.target_qty[("hmm_v3", IID)] == D("0.5")
     reg = journal(eng, "ModelVersionRegistered")[-1]
-    assert (reg["model_id"], reg["version"], reg["stage"], reg["parent"], reg["who"]) == \
+    assert (reg["model_id"], reg["model_version"], reg["stage"], reg["parent"], reg["who"]) == \
         ("hmm_v3", 3, "canary", "l", "lifecycle")
     assert reg["reason"] == "refit of l, replaces canary c (analysis restarted)"
     assert (reg["train_start_ns"], reg["train_end_ns"]) == (5 * MIN, 7 * MIN)  # the window the job was cut at
