@@ -497,6 +497,8 @@ def status_json(engine: Any) -> dict[str, Any]:
             "bars": engine.stats.bars,
         },
         "finished": engine.stats.finished,
+        "speed": engine.speed,
+        "mode": "LIVE" if getattr(engine, "live", False) else "PAPER",
     }
 
 
@@ -816,6 +818,14 @@ def create_app(engine: Any, *, token: str, metrics: DeskMetrics | None = None,
             "models": model_rows(e),
             "allocations": allocations_json(e),
             "alerts": alerts_json(e),
+            "instruments": [
+                {"instrument_id": str(i.id), "base": i.base, "quote": i.quote,
+                 "tick_size": format(i.tick_size, "f"), "step_size": format(i.step_size, "f"),
+                 "min_qty": format(i.min_qty, "f"), "min_notional": format(i.min_notional, "f"),
+                 "max_qty": None if i.max_qty is None else format(i.max_qty, "f"),
+                 "max_notional": None if i.max_notional is None else format(i.max_notional, "f")}
+                for i in sorted(e.instruments.values(), key=lambda i: str(i.id))],
+            "marks": {str(i): format(px, "f") for i, px in e.portfolio.marks.items()},
         }
 
     @app.get("/orders", dependencies=auth, responses=_AUTH_RESPONSES, tags=["orders"])

@@ -478,7 +478,11 @@ async def test_status_and_snapshot(desk):
     assert s["journal_seq"] == desk.head() and s["quote"] == "USDT"
     assert s["counts"]["bars"] == 6 and s["counts"]["orders_working"] >= 2 and s["counts"]["models"] == 2
     snap = (await desk.client.get("/snapshot", headers=AUTH)).json()
-    assert set(snap) == {"journal_seq", "status", "orders", "positions", "pnl", "models", "allocations", "alerts"}
+    assert set(snap) == {"journal_seq", "status", "orders", "positions", "pnl", "models", "allocations", "alerts",
+                         "instruments", "marks"}
+    assert {i["instrument_id"]: (i["tick_size"], i["step_size"]) for i in snap["instruments"]} == {
+        str(i.id): (format(i.tick_size, "f"), format(i.step_size, "f")) for i in e.instruments.values()}
+    assert s["mode"] == "PAPER" and "speed" in s
     assert snap["journal_seq"] == desk.head()
     assert {o["client_order_id"] for o in snap["orders"]} == {o.client_order_id for o in e.working_orders()}
     assert {(p["model_id"], p["instrument_id"]) for p in snap["positions"]} == {
