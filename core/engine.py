@@ -1153,6 +1153,10 @@ class Engine:
             "policy": None if self.policy_runtime is None else self.policy_runtime.state_dict(),
         }
 
+    def _model_order(self, model_id: str) -> tuple[int, str]:
+        """Models in the order they entered the engine (seeds first)."""
+        return (self.model_index.get(model_id, len(self.model_index)), model_id)
+
     def _order_dict(self, o: Order) -> dict[str, Any]:
         """A working order, JSON-ready, for the checkpoint."""
         return {
@@ -1303,7 +1307,8 @@ class Engine:
                 "fees": format(pf.fees(mid), "f"),
                 "fills": pf.fills(mid),
             }
-            for mid in self.models
+            # every model with a record: versions still trading and retired ones the engine has dropped
+            for mid in sorted(set(self.models) | {m for (m, _) in pf.positions}, key=self._model_order)
         }
         quote = self.venue.quote
         return {
