@@ -558,12 +558,14 @@ class Engine:
         from core.daily_pnl import day_bounds, venue_day
 
         if self._day_end_ns > 0:
+            # the book is still at the day that ended (this bar is not marked yet): its end-of-day mark,
+            # observed at the day's last nanosecond so it closes that day, not the new one
+            self.eod.observe(self._day_end_ns - 1, self.portfolio.unrealized())
             self._mark_end_of_day(venue_day(self._day_end_ns - 1, self.config.day_tz))
         day = venue_day(ts_ns, self.config.day_tz)
         self._day_end_ns = day_bounds(day, self.config.day_tz)[1]
         self.day_index = day.toordinal()
         self.day_start_equity = self.portfolio.equity()
-        self.eod.observe(ts_ns, self.portfolio.unrealized())
 
     def _mark_end_of_day(self, day: Any) -> None:
         """Journal ``EndOfDayMarked`` for the local day that just ended: per

@@ -76,6 +76,18 @@ def test_btc_1h_replay_reconciles_and_repeats(tmp_path, klines_dir):
     total = sum(Decimal(d["pnl"]) for d in days)
     assert total == Decimal(s1["equity_end"]) - Decimal(s1["equity_start"])
     assert sum(Decimal(d["realized"]) for d in days) == Decimal(s1["realized_pnl"])
+    # a second method: desk export-pnl reads the journal's fills and EndOfDayMarked rows, not the engine's
+    # daily figures; every day's TOTAL row equals the summary's daily row (realized and unrealized change)
+    from desk.export import export_pnl
+
+    checked = 0
+    for d in days[30:200:17]:
+        res = export_pnl(tmp_path / "a", d["date"], "UTC")
+        rows = {r.split(",")[1]: r.split(",") for r in Path(res.path).read_text().splitlines()[1:]}
+        total = rows["TOTAL"]  # date, TOTAL, instrument, realized, unrealized, fees, pnl, trades, volume
+        assert (Decimal(total[3]), Decimal(total[4])) == (Decimal(d["realized"]), Decimal(d["unrealized_change"])), d
+        checked += 1
+    assert checked >= 10
 
     s2, _ = run_desk(tmp_path / "b", data)
     for s in (s1, s2):
