@@ -32,6 +32,11 @@ class Instrument:
         max_notional: largest price × quantity (quote), or ``None``.
         filters_source: where the filters came from (``exchange-info``,
             ``builtin``, ``inferred``), shown to the operator.
+        multiplier: units of the underlying per unit of quantity (quote per
+            price point per contract): 1 for spot, stocks and FX; a future's
+            contract multiplier (CME ES: 50, so one contract at 5000.25 is
+            worth 250,012.50 USD). Notional, cost and PnL scale by it
+            (:meth:`notional`).
     """
 
     id: InstrumentId
@@ -44,6 +49,7 @@ class Instrument:
     min_notional: Decimal = ZERO
     max_notional: Decimal | None = None
     filters_source: str = "builtin"
+    multiplier: Decimal = Decimal(1)
 
     def __post_init__(self) -> None:
         for name in ("tick_size", "step_size"):
@@ -52,6 +58,16 @@ class Instrument:
                 raise ValueError(f"{self.id} {name}: must be a positive Decimal, got {v!r}")
         if self.min_qty < 0 or self.min_notional < 0:
             raise ValueError(f"{self.id}: min_qty/min_notional must be >= 0")
+        if not isinstance(self.multiplier, Decimal) or not self.multiplier.is_finite() or self.multiplier <= 0:
+            raise ValueError(f"{self.id} multiplier: must be a positive Decimal, got {self.multiplier!r}")
+
+    def notional(self, price: Decimal, quantity: Decimal) -> Decimal:
+        """The value of ``quantity`` at ``price`` in the quote currency:
+        ``price x quantity x multiplier`` (exact, not quantized; with a
+        multiplier of 1 exactly ``price x quantity``). CME's E-mini S&P 500
+        (multiplier 50): 2 contracts at 5000.25 are 500,025.00 USD."""
+        value = price * quantity
+        return value if self.multiplier == 1 else value * self.multiplier
 
     def round_qty_down(self, qty: Decimal | float | str) -> Decimal:
         """Round a quantity *down* to the step (float via shortest repr).

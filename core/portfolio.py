@@ -55,6 +55,13 @@ Fee assets (``OrderFilled.commission_currency``):
   :class:`MissingPriceError` names the asset. (The BNB balance itself is
   outside this book: the fee is treated as quote spent at fill time.)
 
+Futures (a contract multiplier, ``Instrument.multiplier``, registered with
+:meth:`Portfolio.register_instrument`): a fill's cash flow is ``qty * px *
+multiplier`` and a position's mark value ``quantity * mark * multiplier``, so
+cost, realized and unrealized PnL are in quote money (CME ES, multiplier 50:
+buy 1 at 5000.00, sell 1 at 5001.25, no fees -> realized +62.50 USD).
+Instruments with a multiplier of 1 (spot, stocks) are unchanged.
+
 Which asset is the base or the quote comes from
 :meth:`Portfolio.register_instrument`; for an unregistered instrument it is
 read from the symbol (``BASE/QUOTE``, or Binance's concatenated
@@ -176,15 +183,23 @@ class Portfolio:
     asset_prices: dict[str, Decimal] = field(default_factory=dict)
     instrument_assets: dict[InstrumentId, tuple[str, str]] = field(default_factory=dict)
     short_by_instrument: dict[InstrumentId, bool] = field(default_factory=dict)
+    #: contract multipliers other than 1 (futures), by instrument
+    multipliers: dict[InstrumentId, Decimal] = field(default_factory=dict)
 
     # ---------------------------------------------------------- setup
     def register_instrument(self, instrument: Instrument, allow_short: bool | None = None) -> None:
         """Declare an instrument's base and quote assets (so a fill's
         ``commission_currency`` is classified without guessing from the
-        symbol) and, optionally, whether it may go short (``None`` keeps the
+        symbol), its contract multiplier (``Instrument.multiplier``, 1 when it
+        has none) and, optionally, whether it may go short (``None`` keeps the
         portfolio-wide ``allow_short``). Idempotent; registering again
         replaces the earlier values."""
         self.instrument_assets[instrument.id] = (instrument.base, instrument.quote)
+        mult = getattr(instrument, "multiplier", None)
+        if isinstance(mult, Decimal) and mult != 1:
+            self.multipliers[instrument.id] = mult
+        else:
+            self.multipliers.pop(instrument.id, None)
         if allow_short is None:
             self.short_by_instrument.pop(instrument.id, None)
         else:
@@ -278,7 +293,8 @@ class Portfolio:
                 f"{fill.model_id} {iid} {fill.trade_id}: need qty > 0, px >= 0, fee >= 0; got {qty}, {px}, {fee}"
             )
         buy = fill.side == OrderSide.BUY.value
-        notional = quantize_money(qty * px)
+        mult = self.multipliers.get(iid)
+        notional = quantize_money(qty * px if mult is None else qty * px * mult)
         delta = qty if buy else -qty  # signed base change
         cash = -notional if buy else notional  # signed quote cash flow
         fee_value = ZERO  # the fee in quote (informational ``fees``)
@@ -358,7 +374,15 @@ class Portfolio:
     def unrealized(self, model_id: str | None = None, venue: str | None = None) -> Decimal:
         """Sum of unrealized PnL at the marks (quote, exact, not quantized),
         for one model and/or venue, or all."""
-        return sum((p.unrealized(self.marks.get(i)) for _, i, p in self.select(model_id, venue)), ZERO)
+        return sum((p.unrealized(self.mark_value(i)) for _, i, p in self.select(model_id, venue)), ZERO)
+
+    def mark_value(self, instrument_id: InstrumentId) -> Decimal | None:
+        """The value of one unit of quantity at the mark (quote): the mark
+        times the instrument's multiplier (the mark itself for spot); None
+        without a mark. ``Position.unrealized`` takes this."""
+        mark = self.marks.get(instrument_id)
+        mult = self.multipliers.get(instrument_id)
+        return mark if mark is None or mult is None else mark * mult
 
     def fees(self, model_id: str | None = None, venue: str | None = None) -> Decimal:
         """Sum of fees valued in the quote at fill time, for one model and/or
@@ -402,7 +426,9 @@ class Portfolio:
             "allow_short": self.allow_short,
             "asset_prices": {a: format(px, "f") for a, px in self.asset_prices.items()},
             "instruments": {
-                str(i): [b, q, self.short_by_instrument.get(i)] for i, (b, q) in self.instrument_assets.items()
+                str(i): [b, q, self.short_by_instrument.get(i)]
+                + ([format(self.multipliers[i], "f")] if i in self.multipliers else [])
+                for i, (b, q) in self.instrument_assets.items()
             },
         }
 
@@ -413,11 +439,14 @@ class Portfolio:
         with empty registries)."""
         pf = cls(Decimal(d["equity_start"]), allow_short=bool(d.get("allow_short", False)))
         pf.asset_prices = {a: Decimal(px) for a, px in d.get("asset_prices", {}).items()}
-        for i, (b, q, short) in d.get("instruments", {}).items():
+        for i, row in d.get("instruments", {}).items():
+            b, q, short = row[0], row[1], row[2]
             iid = InstrumentId.parse(i)
             pf.instrument_assets[iid] = (b, q)
             if short is not None:
                 pf.short_by_instrument[iid] = bool(short)
+            if len(row) > 3:
+                pf.multipliers[iid] = Decimal(row[3])
         for m, i, p in d["positions"]:
             pf.positions[(m, InstrumentId.parse(i))] = Position.from_dict(p)
         pf.marks = {InstrumentId.parse(i): Decimal(px) for i, px in d["marks"].items()}

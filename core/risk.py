@@ -43,7 +43,8 @@ class Limits:
     scope, or no limit).
 
     Attributes:
-        max_order_notional: largest price × quantity per order (quote).
+        max_order_notional: largest price × quantity (× the multiplier of a
+            future, ``Instrument.notional``) per order (quote).
         max_order_qty: largest quantity per order (base units).
         collar_pct: a limit price more than this fraction away from the last
             price is denied (0.05 = 5 %).
@@ -146,6 +147,15 @@ class RiskContext(Protocol):
         """The desk's PnL since the venue day's start (quote; realized +
         unrealized)."""
         ...
+
+
+def _notional(instrument: Instrument, price: Decimal, quantity: Decimal) -> Decimal:
+    """``price x quantity x multiplier`` (quote) of ``instrument``
+    (``Instrument.notional``; an instrument-like object without a
+    multiplier counts 1)."""
+    value = price * quantity
+    mult = getattr(instrument, "multiplier", 1)
+    return value if mult == 1 else value * mult
 
 
 class Denied(Exception):
@@ -281,7 +291,7 @@ class RiskEngine:
             raise Denied(DenialReason.MIN_QUANTITY, f"quantity {quantity} < min qty {instrument.min_qty}")
         if instrument.max_qty is not None and quantity > instrument.max_qty:
             raise Denied(DenialReason.MAX_QUANTITY, f"quantity {quantity} > max qty {instrument.max_qty}")
-        notional = quantity * price
+        notional = _notional(instrument, price, quantity)
         if notional < instrument.min_notional:
             raise Denied(
                 DenialReason.MIN_NOTIONAL,
@@ -289,7 +299,7 @@ class RiskEngine:
             )
         if entry and instrument.min_notional > 0:
             sellable = sellable_after_fee(quantity, cfg.entry_fee_rate, instrument.step_size)
-            worth = sellable * price
+            worth = _notional(instrument, price, sellable)
             if worth < instrument.min_notional:
                 raise Denied(
                     DenialReason.UNSELLABLE_POSITION,

@@ -41,8 +41,9 @@ difference. Without ``--headless`` the Textual app runs the same engine
 (the header shows a red ``LIVE`` for a venue that trades real money,
 ``PAPER`` for a testnet or paper account, and the venue's connection state).
 
-The control API (``--api-port``/``api.port``) is not served with a live
-venue in this build (refused, exit 2).
+The control API (``--api-port``/``api.port``) and the governance policy
+(``policy``/``--policy``) are not wired with a live venue in this build
+(refused, exit 2); alerts go to the log and the TUI.
 """
 
 from __future__ import annotations
@@ -628,6 +629,9 @@ def run_live_main(cfg: Any, args: Any, state_dir: Path) -> int:
     """
     if _arg(args, "data"):
         raise ConfigError("--data: a replay runs on the paper venue; a config with a live venue takes no --data")
+    if _arg(args, "policy") is not None or cfg.policy is not None:
+        raise ConfigError("policy: the governance policy is not wired with a live venue in this build; remove it "
+                          "from the config (or --policy)")
     if _arg(args, "api_port") is not None or cfg.api.port is not None:
         raise ConfigError("api.port / --api-port: the control API is not served with a live venue in this build; "
                           "remove it from the config")

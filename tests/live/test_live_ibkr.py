@@ -217,3 +217,61 @@ def test_an_unknown_contract_exit_2_naming_it(tmp_path, gateway, capsys):
     code = main(["run", "--config", str(cfg), "--headless", "--bars", "5", "--state-dir", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert code == 2 and "ZZZZ STK SMART USD" in err and "unknown to IB" in err
+
+
+# ---------------------------------------------------------------- a future's multiplier (CME ES: 50 USD per point)
+def _es(**kw: Any):
+    from core.identifiers import InstrumentId
+    from core.instruments import Instrument
+
+    return Instrument(InstrumentId("ES-202612", "IBKR"), "ES-202612", "USD", D("0.25"), D("1"), D("1"),
+                      multiplier=D("50"), **kw)
+
+
+def _fill(side: str, px: str, fee: str, trade: str):
+    from core.events import OrderFilled
+
+    es = _es()
+    return OrderFilled(ts_event=T0, ts_init=T0, client_order_id="NHD-1-0-0", instrument_id=es.id, model_id="m",
+                       venue_order_id="1", trade_id=trade, side=side, last_qty=D("1"), last_px=D(px),
+                       commission=D(fee), commission_currency="USD", liquidity_side="TAKER")
+
+
+def test_future_notional_rails_and_books_scale_by_the_multiplier():
+    from core.enums import DenialReason, OrderSide, TradingState
+    from core.portfolio import Portfolio
+    from core.risk import Denied, RiskConfig, RiskEngine
+
+    es = _es()
+    # 2 contracts at 5000.25: 5000.25 x 2 x 50 = 500,025.00 USD; a stock (multiplier 1) stays price x quantity
+    assert es.notional(D("5000.25"), D("2")) == D("500025.00")
+    with pytest.raises(ValueError, match="ES-202612.IBKR multiplier: must be a positive Decimal"):
+        type(es)(es.id, "ES", "USD", D("0.25"), D("1"), D("1"), multiplier=D("0"))
+    risk = RiskEngine(RiskConfig(max_order_notional=D("400000")))
+    with pytest.raises(Denied) as d:
+        risk.check(instrument=es, side=OrderSide.BUY, quantity=D("2"), price=D("5000.25"),
+                   trading_state=TradingState.ACTIVE, model_paused=False, now_ns=T0)
+    assert d.value.code == DenialReason.MAX_NOTIONAL and d.value.message == "notional 500025.00000000 > max notional 400000"
+    risk.check(instrument=es, side=OrderSide.BUY, quantity=D("1"), price=D("5000.25"),
+               trading_state=TradingState.ACTIVE, model_paused=False, now_ns=T0)  # 250,012.50: passes
+    pf = Portfolio(D("300000"), allow_short=True)
+    pf.register_instrument(es)
+    assert pf.apply_fill(_fill("BUY", "5000.00", "2.25", "t1")) == 0
+    pf.mark(es.id, D("5002.00"))
+    # cost 1 x 5000.00 x 50 + 2.25 = 250,002.25; at 5002.00: 250,100.00 - 250,002.25 = +97.75
+    assert pf.unrealized() == D("97.75")
+    # sold at 5001.25: 250,062.50 - 2.25 = 250,060.25 received; realized 250,060.25 - 250,002.25 = +58.00
+    assert pf.apply_fill(_fill("SELL", "5001.25", "2.25", "t2")) == D("58.00")
+    again = Portfolio.from_dict(pf.to_dict())
+    assert again.multipliers == {es.id: D("50")} and again.realized() == D("58.00")
+
+
+def test_the_live_desk_gives_an_ib_future_its_multiplier():
+    from types import SimpleNamespace
+
+    from core.instruments import Instrument
+
+    es = _es()
+    plain = Instrument(es.id, es.base, es.quote, es.tick_size, es.step_size, es.min_qty)
+    venue = SimpleNamespace(instruments={es.id: plain}, contracts={es.id: SimpleNamespace(multiplier=D("50"))})
+    assert desk.live._with_multipliers(venue)[es.id].multiplier == D("50")
