@@ -454,6 +454,10 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
         built = LiveBuilt(engine, venue, feed, state, executor, continued, is_live, lines, on_stop=on_stop,
                           messages=lines)
         built.venue_lines = n_venue_lines
+        fee_px = await refresh_fee_asset_price(built)
+        if fee_px is not None:
+            lines.append(f"desk: fees paid in {FEE_ASSET} are booked at its price, {fee_px} {venue.quote} now "
+                         f"(read every {FEE_PRICE_EVERY_S} s)")
         return built
     except BaseException:
         if venue is not None:
@@ -496,17 +500,51 @@ async def _pump_order_updates(built: LiveBuilt, sleep: Callable[[float], Any]) -
             await sleep(ORDER_POLL_S)
 
 
+#: the asset Binance charges fees in when the account pays them with BNB
+FEE_ASSET = "BNB"
+#: seconds between two reads of the fee asset's price
+FEE_PRICE_EVERY_S = 60
+
+
+async def refresh_fee_asset_price(built: LiveBuilt) -> Decimal | None:
+    """Binance, when the account holds BNB (so it may pay its fees with it,
+    DESIGN.md section 4): read the mid of ``BNB<quote>`` (``GET
+    /api/v3/ticker/bookTicker``) and hand it to the portfolio
+    (``Portfolio.set_price``), which converts a fee charged in BNB into the
+    quote at fill time (else such a fill cannot be booked). Returns the
+    price (quote per BNB), or None when not needed or not readable (logged)."""
+    venue = built.venue
+    fetch = getattr(venue, "fetch_best_bid_ask", None)
+    quote = getattr(venue, "quote", "")
+    if fetch is None or not quote or quote == FEE_ASSET or venue.balance(FEE_ASSET) <= 0:
+        return None
+    try:
+        bid, _, ask, _ = await fetch(InstrumentId(f"{FEE_ASSET}{quote}", venue.venue))
+    except (VenueError, KeyError, ValueError) as exc:
+        log.warning("%s: the price of %s in %s could not be read (%s); fees charged in it cannot be booked",
+                    venue.venue, FEE_ASSET, quote, exc)
+        return None
+    mid = (bid + ask) / 2
+    built.engine.portfolio.set_price(FEE_ASSET, mid)
+    return mid
+
+
 async def _housekeeping(built: LiveBuilt, sleep: Callable[[float], Any]) -> None:
     """Every second: commit what the venue reported between bars (fills,
     cancels: the journal and the audit log, so an acknowledged fill is never
-    lost while the next bar is a minute away) and look for the ``HALT`` file."""
+    lost while the next bar is a minute away) and look for the ``HALT`` file;
+    every minute: the fee asset's price (:func:`refresh_fee_asset_price`)."""
     engine = built.engine
+    n = 0
     while True:
         await sleep(1.0)
+        n += 1
         try:
             if engine.store.has_journal_pending:
                 engine.checkpoint()
             await engine.check_halt_file()
+            if n % FEE_PRICE_EVERY_S == 0:
+                await refresh_fee_asset_price(built)
         except StoreError as exc:
             await engine.session.on_store_failure(exc)
             return

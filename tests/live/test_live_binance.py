@@ -489,3 +489,28 @@ async def test_a_418_ban_reads_BANNED_until_in_the_session_status(tmp_path):
         eng.audit.close()
         await venue.close()
         await srv.close()
+
+
+async def test_a_bnb_holding_account_gets_the_bnb_price_for_its_fees(tmp_path):
+    from desk.live import LiveBuilt, refresh_fee_asset_price
+
+    if not EXCHANGE_INFO.is_file():
+        pytest.skip("../shared/data is absent")
+    clock = TestClock(T)
+    srv, venue, eng = await _engine_on_fake(tmp_path, clock, {"USDT": D("1000"), "BNB": D("2")})
+    try:
+        srv.set_book("BNBUSDT", "215.40", "215.50")
+        built = LiveBuilt(eng, venue, None, None, InlineExecutor(), False, False, [])
+        # the mid of BNBUSDT: (215.40 + 215.50) / 2 = 215.45 USDT per BNB
+        assert await refresh_fee_asset_price(built) == D("215.45")
+        assert eng.portfolio.asset_prices == {"BNB": D("215.45")}
+        assert ("GET", "/api/v3/ticker/bookTicker") in srv.requests
+        srv.free["BNB"] = D("0")  # the BNB is gone: Binance cannot charge fees in it, nothing is read
+        await venue.refresh_balances()
+        n = len(srv.requests)
+        assert await refresh_fee_asset_price(built) is None and len(srv.requests) == n
+    finally:
+        eng.store.close()
+        eng.audit.close()
+        await venue.close()
+        await srv.close()
