@@ -227,13 +227,7 @@ class Governance:
         Raises:
             GovernanceError: unknown model, or not a canary.
         """
-        from core.lifecycle import LifecycleError
-
-        try:
-            self.engine.lifecycle.promote(model_id, who, reason)
-        except LifecycleError as exc:
-            raise GovernanceError(str(exc)) from None
-        self.engine.flush()
+        self._lifecycle_command("promote", model_id, who, reason)
 
     async def rollback(self, model_id: str, who: str, reason: str) -> None:
         """Roll a canary back by hand (retired; its position unwound).
@@ -242,10 +236,13 @@ class Governance:
         Raises:
             GovernanceError: unknown model, or not a canary.
         """
+        self._lifecycle_command("rollback", model_id, who, reason)
+
+    def _lifecycle_command(self, action: str, model_id: str, who: str, reason: str) -> None:
         from core.lifecycle import LifecycleError
 
         try:
-            self.engine.lifecycle.rollback(model_id, who, reason)
+            self.engine.lifecycle.decide_by_hand(action, model_id, who, reason)
         except LifecycleError as exc:
             raise GovernanceError(str(exc)) from None
         self.engine.flush()

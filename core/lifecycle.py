@@ -614,30 +614,31 @@ class Lifecycle:
         e.alert("WARNING", "CANARY_ROLLED_BACK", f"[CANARY] ROLLED BACK {model_id}: {reason}")
 
     # ------------------------------------------------------------ operator commands
-    def promote(self, model_id: str, who: str, reason: str) -> None:
-        """Promote a canary (or a paused canary) to live by hand.
+    def decide_by_hand(self, action: str, model_id: str, who: str, reason: str) -> None:
+        """``promote`` a canary (or a paused canary) to live, or ``rollback``
+        it (retired, its position unwound), by an operator.
 
         Raises:
-            LifecycleError: unknown id, or the version is not a canary.
+            LifecycleError: unknown id, the version is not a canary, or an
+                unknown action.
         """
+        if action not in ("promote", "rollback"):
+            raise LifecycleError(f"action: expected promote or rollback, got {action!r}")
         rec = self.record(model_id)
         if not (rec.stage == "canary" or (rec.stage == "paused" and rec.paused_from == "canary")):
-            raise LifecycleError(f"model {model_id}: only a canary can be promoted; it is {rec.stage}")
+            verb = "promoted" if action == "promote" else "rolled back"
+            raise LifecycleError(f"model {model_id}: only a canary can be {verb}; it is {rec.stage}")
         a = self.analyses.get(rec.family)
         figures = {"intervals": a.n_intervals if a else 0, "by": "hand"}
-        self._promote(model_id, who, reason, figures)
+        (self._promote if action == "promote" else self._rollback)(model_id, who, reason, figures)
+
+    def promote(self, model_id: str, who: str, reason: str) -> None:
+        """Promote a canary by hand (:meth:`decide_by_hand`)."""
+        self.decide_by_hand("promote", model_id, who, reason)
 
     def rollback(self, model_id: str, who: str, reason: str) -> None:
-        """Roll a canary back by hand (retired, its position unwound).
-
-        Raises:
-            LifecycleError: unknown id, or the version is not a canary.
-        """
-        rec = self.record(model_id)
-        if not (rec.stage == "canary" or (rec.stage == "paused" and rec.paused_from == "canary")):
-            raise LifecycleError(f"model {model_id}: only a canary can be rolled back; it is {rec.stage}")
-        a = self.analyses.get(rec.family)
-        self._rollback(model_id, who, reason, {"intervals": a.n_intervals if a else 0, "by": "hand"})
+        """Roll a canary back by hand (:meth:`decide_by_hand`)."""
+        self.decide_by_hand("rollback", model_id, who, reason)
 
     def set_weight(self, model_id: str, weight: Decimal | None, who: str, reason: str) -> None:
         """Pin ``model_id``'s stage weight (fraction 0..1) by hand, pausing

@@ -739,11 +739,15 @@ class DeskApp(App[int]):
         except Exception as exc:  # GovernanceError: not a canary any more, unknown
             self.notify(str(exc), title="Models", severity="error")
             return
+        self._refresh_after_command(f"{model_id} {'promoted to live' if action == 'promote' else 'rolled back'}.")
+
+    def _refresh_after_command(self, message: str) -> None:
+        """Show a governance command's effect at once and say it."""
         link = getattr(self, "link", None)
         if link is not None:
             link.drain()
         self.sample(force=True)
-        self.notify(f"{model_id} {'promoted to live' if action == 'promote' else 'rolled back'}.", title="Models")
+        self.notify(message, title="Models")
 
     def set_model_weight(self, model_id: str, weight: Any) -> None:
         """Pin ``model_id``'s stage weight (a Decimal fraction) or clear the
@@ -753,12 +757,8 @@ class DeskApp(App[int]):
         except Exception as exc:  # GovernanceError: unknown, retired, out of range
             self.notify(str(exc), title="Models", severity="error")
             return
-        link = getattr(self, "link", None)
-        if link is not None:
-            link.drain()
-        self.sample(force=True)
-        self.notify(f"{model_id}: stage weight {'pinned at ' + format(weight, 'f') if weight is not None else 'unpinned'}.",
-                    title="Models")
+        self._refresh_after_command(
+            f"{model_id}: stage weight {'pinned at ' + format(weight, 'f') if weight is not None else 'unpinned'}.")
 
     def action_show_policy(self) -> None:
         """Show the governance policy in force (palette: "Show governance policy")."""
