@@ -535,13 +535,14 @@ class Engine:
         for (m, i), p in self.portfolio.positions.items():
             if (model_id is None or m == model_id) and (instrument_id is None or i == instrument_id) \
                     and (venue is None or i.venue == venue) and p.quantity:
-                total += abs(p.quantity) * self.portfolio.marks.get(i, ZERO)
+                total += self.instruments[i].notional(self.portfolio.marks.get(i, ZERO), abs(p.quantity))
         for coid in self._live_coids():
             o = self.orders[coid]
             if o.is_working and (model_id is None or o.model_id == model_id) \
                     and (instrument_id is None or o.instrument_id == instrument_id) \
                     and (venue is None or o.instrument_id.venue == venue):
-                total += o.leaves_qty * (o.price or self.portfolio.marks.get(o.instrument_id, ZERO))
+                px = o.price or self.portfolio.marks.get(o.instrument_id, ZERO)
+                total += self.instruments[o.instrument_id].notional(px, o.leaves_qty)
         return total
 
     def day_pnl(self) -> Decimal:
@@ -582,7 +583,7 @@ class Engine:
             rows.append({
                 "model_id": mid, "instrument_id": str(iid), "quantity": format(pos.quantity, "f"),
                 "mark": "" if mark is None else format(mark, "f"),
-                "unrealized": format(pos.unrealized(mark), "f"), "realized": format(pos.realized, "f"),
+                "unrealized": format(pos.unrealized(pf.mark_value(iid)), "f"), "realized": format(pos.realized, "f"),
                 "fees": format(pos.fees, "f"),
             })
         now = self.clock.timestamp_ns()
@@ -819,16 +820,18 @@ class Engine:
     # ------------------------------------------------------------ router
     def cash_available(self) -> Decimal:
         """Quote the desk can still commit to buys, from its own book:
-        equity minus positions at their marks minus working buy orders."""
-        held = sum(
-            (p.quantity * self.portfolio.marks.get(i, ZERO) for (_, i), p in self.portfolio.positions.items()),
-            ZERO,
-        )
+        equity minus positions at their marks minus working buy orders, each
+        at its notional (price × quantity × the contract multiplier: the desk
+        takes no leverage, a future's full notional counts)."""
+        marks = self.portfolio.marks
+        held = sum((self.instruments[i].notional(marks.get(i, ZERO), p.quantity)
+                    for (_, i), p in self.portfolio.positions.items()), ZERO)
         reserved = ZERO
         for coid in self._live_coids():
             o = self.orders[coid]
             if o.is_working and o.side == OrderSide.BUY:
-                reserved += o.leaves_qty * (o.price or self.portfolio.marks.get(o.instrument_id, ZERO))
+                reserved += self.instruments[o.instrument_id].notional(o.price or marks.get(o.instrument_id, ZERO),
+                                                                       o.leaves_qty)
         return self.portfolio.equity() - held - reserved
 
     async def _route(self, bar: Bar) -> None:

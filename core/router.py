@@ -78,9 +78,11 @@ def target_quantity(target: Decimal, budget: Decimal, close: Decimal, instrument
 
     Fixing the quantity at the signal, rather than re-valuing the target at
     every close, keeps a held position from being trimmed and topped up each
-    time the price moves by the threshold (each trade costs a fee).
+    time the price moves by the threshold (each trade costs a fee). A
+    contract with a multiplier (a future) is sized on its notional: the
+    budget buys ``budget / (close × multiplier)`` contracts.
     """
-    return size_buy(target * budget, instrument.round_price(close), instrument)
+    return size_buy(target * budget / instrument.multiplier, instrument.round_price(close), instrument)
 
 
 def decide(

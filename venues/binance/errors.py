@@ -32,7 +32,14 @@ Start-up refusals (a key that can withdraw, a non-testnet venue without
 from __future__ import annotations
 
 from core.errors import ConfigError
-from core.venue_errors import InsufficientFunds, OrderNotFound, TransientVenueError, VenueRejected, VenueThrottled
+from core.venue_errors import (
+    InsufficientFunds,
+    OrderNotFound,
+    TransientVenueError,
+    VenueBanned,
+    VenueRejected,
+    VenueThrottled,
+)
 
 NANOS_PER_SECOND = 1_000_000_000
 
@@ -59,7 +66,7 @@ class BinanceRateLimited(VenueThrottled):
         super().__init__(venue, retry_after_ns, detail)
 
 
-class BinanceBanned(BinanceRateLimited):
+class BinanceBanned(BinanceRateLimited, VenueBanned):
     """HTTP 418: the IP is banned for ``retry_after_ns`` after repeated 429s.
     The venue is marked down for the ban period and its orders are refused
     with this reason (a ``VenueThrottled``, so the engine sends nothing until
