@@ -41,9 +41,9 @@ difference. Without ``--headless`` the Textual app runs the same engine
 (the header shows a red ``LIVE`` for a venue that trades real money,
 ``PAPER`` for a testnet or paper account, and the venue's connection state).
 
-The control API (``--api-port``/``api.port``) and the governance policy
-(``policy``/``--policy``) are not wired with a live venue in this build
-(refused, exit 2); alerts go to the log and the TUI.
+The governance policy (``policy``/``--policy``) applies as on paper. The
+control API (``--api-port``/``api.port``) is not served with a live venue
+in this build (refused, exit 2); alerts go to the log and the TUI.
 """
 
 from __future__ import annotations
@@ -283,7 +283,7 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
                      executor: FitExecutor | None = None, env: Mapping[str, str] | None = None,
                      capital: Decimal | None = None, order_type: OrderType = OrderType.LIMIT,
                      day_tz: str | None = None, risk_file: Path | None = None, interval: str = "1m",
-                     on_stop: str | None = None) -> LiveBuilt:
+                     on_stop: str | None = None, policy_file: Path | None = None) -> LiveBuilt:
     """Build a live engine from ``cfg`` (module docstring, steps 1-5).
 
     Args:
@@ -401,6 +401,12 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
         engine.config.yield_every = 1  # the HALT file and the loop are looked at every bar
         engine.halt_file = state.path / "HALT"
         engine.lifecycle.allocations_path = state.path / "capital_allocations.json"
+        if policy_file is not None:  # before the restore: the checkpoint holds the rules' windows and cooldowns
+            from core.policy_runtime import PolicyRuntime
+            from desk.policy_config import load_policy_file
+
+            engine.policy_runtime = PolicyRuntime(engine, load_policy_file(policy_file), policy_file)
+            lines.append(f"desk: policy {policy_file}: {engine.policy_runtime.policy.summary()}")
         cp = store.load_checkpoint()
         continued = cp is not None
         if cp is not None:
@@ -667,15 +673,16 @@ def run_live_main(cfg: Any, args: Any, state_dir: Path) -> int:
     """
     if _arg(args, "data"):
         raise ConfigError("--data: a replay runs on the paper venue; a config with a live venue takes no --data")
-    if _arg(args, "policy") is not None or cfg.policy is not None:
-        raise ConfigError("policy: the governance policy is not wired with a live venue in this build; remove it "
-                          "from the config (or --policy)")
+    policy = _arg(args, "policy") or cfg.policy
+    if policy is not None and not Path(policy).is_file():
+        raise ConfigError(f"--policy: no such file: {policy}")
     if _arg(args, "api_port") is not None or cfg.api.port is not None:
         raise ConfigError("api.port / --api-port: the control API is not served with a live venue in this build; "
                           "remove it from the config")
     kwargs = dict(live=bool(_arg(args, "live")), state_dir=state_dir, capital=_arg(args, "capital"),
                   order_type=OrderType(_arg(args, "order_type") or "LIMIT"), day_tz=_arg(args, "tz"),
-                  risk_file=_arg(args, "risk"), on_stop=_arg(args, "on_stop"))
+                  risk_file=_arg(args, "risk"), on_stop=_arg(args, "on_stop"),
+                  policy_file=None if policy is None else Path(policy))
     config_path = Path(args.config)
     bars = _arg(args, "bars")
     if _arg(args, "headless"):

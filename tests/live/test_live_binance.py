@@ -514,3 +514,29 @@ async def test_a_bnb_holding_account_gets_the_bnb_price_for_its_fees(tmp_path):
         eng.audit.close()
         await venue.close()
         await srv.close()
+
+
+def test_the_governance_policy_applies_on_a_live_venue(tmp_path, fake, creds, capsys):
+    # a rule that holds from the first evaluation (a drawdown is always >= 0) and halts: the desk starts,
+    # the rule fires once at the first live bar, the desk is HALTED by policy:always and sends no order
+    (tmp_path / "policy.yaml").write_text(
+        "rules:\n  - {name: always, figure: drawdown, op: '>=', threshold: 0, action: halt}\n")
+    cfg_path = write_config(tmp_path, fake.srv)
+    cfg = json.loads(cfg_path.read_text())
+    cfg["policy"] = "policy.yaml"  # relative to the config file
+    cfg_path.write_text(json.dumps(cfg))
+    state = tmp_path / "state"
+    code = main(["run", "--config", str(cfg_path), "--headless", "--bars", "5", "--state-dir", str(state)])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    assert "policy" in err and "1 rule" in err, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["trading_state"] == "HALTED"
+    import sqlite3
+
+    with sqlite3.connect(state / "desk.sqlite") as c:
+        fired = [json.loads(p) for (p,) in c.execute("SELECT payload FROM journal WHERE type='PolicyTriggered'")]
+        states = [json.loads(p) for (p,) in c.execute("SELECT payload FROM journal WHERE type='TradingStateChanged'")]
+    assert [(f["rule"], f["action"]) for f in fired] == [("always", "halt")]
+    assert [(s["state"], s["who"]) for s in states] == [("HALTED", "policy:always")]
+    assert not [o for o in fake.srv.orders.values() if o.client_order_id.startswith("NHD-")]
