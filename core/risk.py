@@ -75,6 +75,15 @@ class Limits:
     fills_window_ns: int | None = None
 
 
+#: the rails that hold without a risk file, and for each field a risk
+#: file's ``defaults`` leave out: a limit price more than 5 % from the last
+#: price is denied (PRICE_COLLAR; a fat-finger guard, SEC Rule 15c3-5's
+#: "price or size" controls, FIA's price banding), and so is any order
+#: whose reference price is older than 300 s of engine clock (STALE_DATA,
+#: failing closed). Other limits are off unless set.
+DESK_DEFAULT_LIMITS = Limits(collar_pct=Decimal("0.05"), stale_after_ns=300 * 1_000_000_000)
+
+
 @dataclass(frozen=True, slots=True)
 class RiskConfig:
     """Limits of the rails.

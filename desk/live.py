@@ -68,7 +68,7 @@ from core.errors import EXIT_OK, EXIT_UNRECONCILED, ConfigError, DeskError, Stat
 from core.identifiers import InstrumentId, is_desk_order
 from core.instruments import Instrument
 from core.ports import FitExecutor, RegimeModel
-from core.risk import RiskConfig, RiskEngine
+from core.risk import DESK_DEFAULT_LIMITS, RiskConfig, RiskEngine
 from core.router import RouterConfig
 from core.store import Store, StoreError
 from core.venue_errors import VenueError
@@ -263,7 +263,7 @@ def _risk(cfg: Any, risk_file: Path | None, instruments: dict[InstrumentId, Inst
     """
     allowed = frozenset(str(i) for i in instruments)
     if risk_file is None:
-        return RiskEngine(RiskConfig(allowed_symbols=allowed, max_order_notional=capital))
+        return RiskEngine(RiskConfig(allowed_symbols=allowed, max_order_notional=capital, defaults=DESK_DEFAULT_LIMITS))
     from desk.risk_config import load_risk_config
 
     rc = load_risk_config(risk_file, allowed_symbols=allowed, max_order_notional=capital)
@@ -405,7 +405,12 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
             from core.policy_runtime import PolicyRuntime
             from desk.policy_config import load_policy_file
 
-            engine.policy_runtime = PolicyRuntime(engine, load_policy_file(policy_file), policy_file)
+            from desk.policy_config import check_targets
+
+            policy = load_policy_file(policy_file)
+            check_targets(policy, models=set(models), families={sp.family or sp.model_id for sp, _ in specs},
+                          venues={i.venue for i in instruments})
+            engine.policy_runtime = PolicyRuntime(engine, policy, policy_file)
             lines.append(f"desk: policy {policy_file}: {engine.policy_runtime.policy.summary()}")
         cp = store.load_checkpoint()
         continued = cp is not None

@@ -23,8 +23,11 @@ or numbers, fractions as fractions, times in seconds of engine clock)::
     models:      {hmm_v2_canary: {max_order_notional: "1000"}}
 
 The most specific scope wins (model, instrument, venue, defaults; see
-``core.risk.RiskConfig.limit``). A bad file is refused at start with the
-path of the field and the value (exit 2), never half-used.
+``core.risk.RiskConfig.limit``). Without a file, and for each field a
+file's ``defaults`` leave out, the desk's built-in rails hold
+(``core.risk.DESK_DEFAULT_LIMITS``: collar 5 %, stale data after 300 s); a
+``null`` turns one off (``collar_pct: null``). A bad file is refused at
+start with the path of the field and the value (exit 2), never half-used.
 """
 
 from __future__ import annotations
@@ -62,7 +65,9 @@ def _count(path: str, value: Any) -> int:
     return value
 
 
-def _limits(path: str, raw: Any) -> Limits:
+def _limits(path: str, raw: Any, off: set[str] | None = None) -> Limits:
+    """Limits from a mapping; a ``null`` value turns a limit off (recorded
+    in ``off``, when given, so a built-in default does not fill it in)."""
     if raw is None:
         return Limits()
     if not isinstance(raw, dict):
@@ -70,6 +75,9 @@ def _limits(path: str, raw: Any) -> Limits:
     kw: dict[str, Any] = {}
     for key, value in raw.items():
         where = f"{path}.{key}"
+        if value is None and off is not None and (key in _MONEY or key in _SECONDS or key in _COUNTS):
+            off.add(_SECONDS.get(key, key))
+            continue
         if key in _MONEY:
             kw[key] = _positive(where, value)
             if key == "collar_pct" and kw[key] >= 1:
@@ -82,6 +90,19 @@ def _limits(path: str, raw: Any) -> Limits:
             known = sorted(_MONEY | set(_SECONDS) | _COUNTS)
             raise ConfigError(f"{where}: unknown limit; known: {', '.join(known)}")
     return Limits(**kw)
+
+
+def _with_desk_defaults(limits: Limits, off: set[str]) -> Limits:
+    """``limits`` with every field it leaves unset taken from
+    :data:`core.risk.DESK_DEFAULT_LIMITS` (the collar and the stale-data
+    check hold unless the file sets them, or turns them off with ``null``)."""
+    import dataclasses
+
+    from core.risk import DESK_DEFAULT_LIMITS
+
+    return dataclasses.replace(DESK_DEFAULT_LIMITS, **{
+        f.name: getattr(limits, f.name) for f in dataclasses.fields(Limits)
+        if getattr(limits, f.name) is not None or f.name in off})
 
 
 def load_risk_config(path: str | Path, *, allowed_symbols: frozenset[str] | None,
@@ -117,7 +138,8 @@ def load_risk_config(path: str | Path, *, allowed_symbols: frozenset[str] | None
             kw[key] = _count(f"{p}: {key}", raw[key])
     if "window_s" in raw:
         kw["window_ns"] = int(_positive(f"{p}: window_s", raw["window_s"]) * NS)
-    kw["defaults"] = _limits(f"{p}: defaults", raw.get("defaults"))
+    off: set[str] = set()
+    kw["defaults"] = _with_desk_defaults(_limits(f"{p}: defaults", raw.get("defaults"), off), off)
     for key, target in (("venues", "per_venue"), ("instruments", "per_instrument"), ("models", "per_model")):
         scopes = raw.get(key) or {}
         if not isinstance(scopes, dict):

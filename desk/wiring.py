@@ -29,7 +29,7 @@ from core.errors import ConfigError, StateDirError
 from core.identifiers import InstrumentId
 from core.instruments import Instrument
 from core.ports import FitExecutor, RegimeModel
-from core.risk import RiskConfig, RiskEngine
+from core.risk import DESK_DEFAULT_LIMITS, RiskConfig, RiskEngine
 from core.router import RouterConfig
 from core.store import Store, StoreError
 
@@ -325,7 +325,7 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
                         raise ConfigError(f"--risk: {opts.risk_file}: {scope}.{name}: not in this run; "
                                           f"known {scope}: {', '.join(sorted(known))}")
         else:
-            risk_cfg = RiskConfig(allowed_symbols=allowed, max_order_notional=opts.capital)
+            risk_cfg = RiskConfig(allowed_symbols=allowed, max_order_notional=opts.capital, defaults=DESK_DEFAULT_LIMITS)
         risk = RiskEngine(risk_cfg)
         if executor is None:
             executor = ProcessFitExecutor()
@@ -357,7 +357,12 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             from core.policy_runtime import PolicyRuntime
             from desk.policy_config import load_policy_file
 
-            engine.policy_runtime = PolicyRuntime(engine, load_policy_file(opts.policy_file), opts.policy_file)
+            from desk.policy_config import check_targets
+
+            policy = load_policy_file(opts.policy_file)
+            check_targets(policy, models=set(models), families={sp.family or sp.model_id for sp, _ in specs},
+                          venues={i.venue for i in instruments})
+            engine.policy_runtime = PolicyRuntime(engine, policy, opts.policy_file)
             messages.append(f"policy {opts.policy_file}: {engine.policy_runtime.policy.summary()}")
         engine.halt_file = state.path / "HALT"
         engine.lifecycle.allocations_path = state.path / "capital_allocations.json"

@@ -70,12 +70,26 @@ def close_engine(engine: Engine) -> None:
             pass
 
 
+#: rails for tests that park orders far from the market (``place_resting_buys`` at half the price) before
+#: any bar: the desk's default collar (5 %) and stale-data check would deny them, so these tests turn both off
+RESTING_RISK_YAML = "defaults:\n  collar_pct: null\n  stale_after_s: null\n"
+
+
+def resting_risk_file(where: Path) -> Path:
+    """Write :data:`RESTING_RISK_YAML` beside ``where`` (a tmp path) and return its path."""
+    p = Path(where).parent / "resting-risk.yaml"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(RESTING_RISK_YAML)
+    return p
+
+
 def wired_sim(state_dir: Path):
     """``desk.wiring.build`` of the SIM default with an inline executor
-    (nothing fitted unless warmed up)."""
+    (nothing fitted unless warmed up), its collar widened for resting orders."""
     from desk.wiring import RunOptions, build
 
-    return build(RunOptions(data=[], state_dir=state_dir), executor=InlineExecutor())
+    return build(RunOptions(data=[], state_dir=state_dir, risk_file=resting_risk_file(state_dir)),
+                 executor=InlineExecutor())
 
 
 async def place_resting_buys(engine: Engine, n: int, *, below: str = "0.5", model_id: str = "hmm_v1") -> list[str]:

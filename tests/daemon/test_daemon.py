@@ -171,7 +171,9 @@ def _replay_csv(tmp_path: Path, rows: int = 200) -> Path:
 
 def test_sigterm_cancels_working_orders_flushes_the_store_and_exits_0(daemons, tmp_path):
     # a replay paced at 20 steps/s: still running when stopped (the SIM default is stopped in test_oneshot)
-    d = daemons("--data", str(_replay_csv(tmp_path, 900)), "--speed", "20")
+    from tests.app.engines import resting_risk_file
+
+    d = daemons("--data", str(_replay_csv(tmp_path, 900)), "--speed", "20", "--risk", str(resting_risk_file(tmp_path / "r")))
     health = d.wait_healthy()
     assert health["status"] == "ok"
     token_file = d.state / "ops_token"

@@ -79,7 +79,9 @@ async def test_no_secret_in_logs_audit_store_or_api(tmp_path, monkeypatch, caplo
         monkeypatch.setenv(k, v)
     caplog.set_level(logging.DEBUG)
     state = tmp_path / "state"
-    built = build(RunOptions(state_dir=state), executor=InlineFitExecutor())
+    from tests.app.engines import resting_risk_file
+
+    built = build(RunOptions(state_dir=state, risk_file=resting_risk_file(state)), executor=InlineFitExecutor())
     engine = built.engine
     stub = FailingBotApi()
     leaks: list[str] = []

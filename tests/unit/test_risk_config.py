@@ -124,3 +124,18 @@ def test_a_rail_that_keeps_denying_is_asked_less_and_less(tmp_path):
     # ready at bar 3: denied at bars 3, 3+5=8, 8+10=18, 18+20=38 (then 38+40=78 > 60)
     denied = [s for (s,) in eng.store.conn.execute("SELECT step FROM orders WHERE status='DENIED' ORDER BY step")]
     assert denied == [2, 7, 17, 37]
+
+
+def test_the_desk_default_rails_hold_unless_a_file_sets_or_turns_them_off(tmp_path):
+    # built in: collar 5 % and stale data after 300 s; a file's defaults win field by field; null turns one off
+    from core.risk import DESK_DEFAULT_LIMITS
+    from desk.risk_config import load_risk_config
+
+    assert (DESK_DEFAULT_LIMITS.collar_pct, DESK_DEFAULT_LIMITS.stale_after_ns) == (Decimal("0.05"), 300 * 10**9)
+    f = tmp_path / "r.yaml"
+    f.write_text("defaults:\n  daily_loss_limit: '500'\n")
+    d = load_risk_config(f, allowed_symbols=None, max_order_notional=None).defaults
+    assert (d.collar_pct, d.stale_after_ns, d.daily_loss_limit) == (Decimal("0.05"), 300 * 10**9, Decimal("500"))
+    f.write_text("defaults:\n  collar_pct: '0.02'\n  stale_after_s: null\n")
+    d = load_risk_config(f, allowed_symbols=None, max_order_notional=None).defaults
+    assert (d.collar_pct, d.stale_after_ns) == (Decimal("0.02"), None)
