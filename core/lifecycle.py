@@ -747,14 +747,23 @@ class Lifecycle:
             })
         return out
 
+    def committed(self) -> Decimal:
+        """The sum of every version's budget as a fraction of the capital:
+        Σ family weight × stage weight. Above 1 while canaries trade on top
+        of their live versions (DESIGN.md section 3 adds a canary's budget to
+        its family's); the router's cash check keeps the desk's buys within
+        its cash."""
+        return sum((w for w in self.engine.weights.values()), ZERO)
+
     def write_allocations_file(self, now: int) -> None:
         """Write ``capital_allocations.json`` atomically (temp file + rename)
-        when a path is set: ``{"ts_ns", "capital", "idle", "families": [...]}``."""
+        when a path is set: ``{"ts_ns", "capital", "idle", "committed",
+        "families": [...]}`` (fractions of the capital; budgets in quote)."""
         if self.allocations_path is None:
             return
         e = self.engine
         doc = {"ts_ns": now, "capital": format(e.config.router.capital, "f"), "idle": format(self.idle, "f"),
-               "families": self.allocation_rows()}
+               "committed": format(self.committed(), "f"), "families": self.allocation_rows()}
         tmp = self.allocations_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, self.allocations_path)

@@ -17,7 +17,8 @@ Figures, all on the engine clock:
 * ``data_staleness_s``: per instrument, seconds since its last bar;
 * ``venue_state``: ``CONNECTED``, ``THROTTLED`` or ``DISCONNECTED`` (from the
   venue session);
-* ``model_psr``: per canary, the PSR of its last analysis interval.
+* ``model_psr``: per canary past its warm-up, the PSR of its last analysis
+  interval (a canary still warming up has none, so no rule judges it).
 
 Actions go through :class:`core.governance.Governance` (the one operator
 facade), with ``who = "policy:<rule>"``: ``alert`` raises an alert,
@@ -96,8 +97,8 @@ class PolicyRuntime:
         psr: dict[str, float] = {}
         for mid, v in e.lifecycle.last_verdict.items():
             rec = e.lifecycle.registry.get(mid)
-            if rec is None or rec.stage != "canary":
-                continue
+            if rec is None or rec.stage != "canary" or v.get("action") in ("warming", "", None):
+                continue  # no PSR is judged before the canary's warm-up ends (README: canary analysis)
             try:
                 x = float(v.get("figures", {}).get("psr", "nan"))
             except (TypeError, ValueError):
@@ -126,7 +127,7 @@ class PolicyRuntime:
             e.emit(PolicyTriggered(ts_event=now, ts_init=now, rule=f.rule.name, figure=f.rule.figure,
                                    value=str(f.value), threshold=str(f.rule.threshold), action=f.action,
                                    target=target, reason=f.reason))
-            log.warning("[POLICY] %s: %s -> %s %s", f.rule.name, f.reason, f.action, target)
+            log.warning("[POLICY] %s%s", f.reason, f" (target {target})" if target else "")
             self.firings += 1
             try:
                 await self._act(f.action, target, who, f.reason, getattr(f, "severity", "WARNING"))

@@ -40,8 +40,10 @@ live, so a store written by the engine rebuilds with no difference):
   <reason>``; details ``{"venue": ...}``).
 * ``alerts``: one row per ``AlertRaised``.
 
-``models`` and ``allocations`` have no journal events yet (issue 7) and
-are not compared.
+``models`` and ``allocations`` are not compared: the lifecycle events
+(``ModelVersionRegistered``, ``ModelStageChanged``, ``AllocationChanged``) are
+their history in the journal; the lifecycle's governance rows (stage changes,
+promotions, rollbacks) are rebuilt and compared with the others.
 """
 
 from __future__ import annotations
@@ -609,6 +611,7 @@ def rebuild(store_path: str | Path, apply: bool = False, equity_start: Decimal |
     finally:
         store.close()
     notes = list(rebuilt.notes)
-    notes.append("models, allocations: no journal events yet (issue 7); not compared")
+    notes.append("models, allocations: not compared by this check (the journal's ModelVersionRegistered, "
+                 "ModelStageChanged and AllocationChanged events are their history)")
     return RebuildReport(path, rebuilt.events, {t: len(rows) for t, rows in rebuilt.tables.items()}, diffs, notes,
                          applied=bool(apply and diffs))

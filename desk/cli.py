@@ -135,7 +135,8 @@ def _reason(text: str) -> str:
 
 
 def _oneshot_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", help="the daemon's API (default http://127.0.0.1:8002, or the --config's api)")
+    p.add_argument("--url", help="the daemon's API (default: the --config's api, else the URL the daemon on "
+                                 "--state-dir wrote at start, else http://127.0.0.1:8002)")
     p.add_argument("--token-file", type=Path, metavar="PATH",
                    help="file holding the token (default: $OPS_TOKEN, else <state-dir>/ops_token)")
     p.add_argument("--config", type=Path, metavar="FILE", help="desk.yaml: its api address and state_dir")
@@ -345,6 +346,14 @@ def _oneshot(args: Any, state_dir: Path, cfg: Any) -> int:
 
         host = cfg.api.host if is_loopback(cfg.api.host) or cfg.api.host not in ("0.0.0.0", "::") else "127.0.0.1"
         url = f"http://{host if ':' not in host else f'[{host}]'}:{cfg.api.port}"
+    if url is None:
+        from desk.client import API_URL_FILE
+
+        try:  # the URL the daemon serving this state dir wrote at start
+            text = (Path(state_dir) / API_URL_FILE).read_text().strip()
+        except OSError:
+            text = ""
+        url = text or None
     url = url or DEFAULT_URL
     try:
         token, source = resolve_client_token(args.token_file, state_dir)
@@ -636,6 +645,14 @@ def run_headless(opts: Any, default_bars: int | None) -> int:
         engine = built.engine
         if built.continued:
             log.info("continuing the run on %s after bar %d", opts.state_dir, engine.stats.bars)
+        if engine.trading_state.value != "ACTIVE":
+            row = engine.store.conn.execute(
+                "SELECT who, reason FROM governance_actions WHERE action=? ORDER BY seq DESC LIMIT 1",
+                (engine.trading_state.value,)).fetchone()
+            why = f" by {row[0]}: {row[1]}" if row else ""
+            log.warning("trading is %s (stored%s): this run opens no new exposure until an operator resumes "
+                        "(the TUI on this state dir: palette, Resume trading; a daemon: desk resume or "
+                        "POST /resume)", engine.trading_state.value, why)
         # --bars counts the whole run, over its continuations: a continued run does the rest
         max_bars = (max(0, opts.bars - engine.stats.bars) if opts.bars is not None else default_bars)
         t0 = time.perf_counter()
@@ -643,6 +660,11 @@ def run_headless(opts: Any, default_bars: int | None) -> int:
         asyncio.run(_drive(engine, built.continued, max_bars))
         wall = time.perf_counter() - t0
         summary = engine.summary(wall, engine.stats.bars - bars0)
+        left = [o for o in engine.working_orders()]
+        if left and not engine.stats.finished:
+            log.warning("stopped with %d working order(s) left at the venue (%s); the next run on %s "
+                        "reconciles them", len(left), ", ".join(o.client_order_id for o in left[:5]),
+                        opts.state_dir)
         problems = list(engine.unreconciled) + reconcile(summary, engine)
         code = EXIT_OK
         if problems:

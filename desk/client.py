@@ -25,6 +25,9 @@ import httpx
 
 #: the default daemon URL (``desk run --headless --api-port 8002``)
 DEFAULT_URL = "http://127.0.0.1:8002"
+#: the file in the state dir where a serving daemon writes its API's URL
+#: (read by ``desk status/halt/resume --state-dir`` when no ``--url`` is given)
+API_URL_FILE = "api_url"
 #: the HTTP header that carries the operator token
 TOKEN_HEADER = "X-OPS-TOKEN"
 #: the environment variable that carries the operator token

@@ -542,7 +542,14 @@ class _Daemon:
         if api_task.done():
             api_task.result()  # raises the start failure
         host = self.api.host if ":" not in self.api.host else f"[{self.api.host}]"
-        log.info("api serving", extra={"kv": {"url": f"http://{host}:{self.port}", "on_stop": self.api.on_stop}})
+        url = f"http://{host}:{self.port}"
+        log.info("api serving", extra={"kv": {"url": url, "on_stop": self.api.on_stop}})
+        try:  # desk status/halt/resume --state-dir find the daemon here (no --url needed)
+            from desk.client import API_URL_FILE
+
+            (self.built.state.path / API_URL_FILE).write_text(url + "\n")
+        except OSError as exc:
+            log.warning("cannot write the api url file", extra={"kv": {"error": exc.strerror}})
         helpers = [asyncio.create_task(self._poll_halt_file(), name="halt-file"),
                    asyncio.create_task(self._progress(), name="progress")]
         if self.telegram_token is not None:

@@ -142,12 +142,15 @@ def export_pnl(state_dir: Path, date: str | None = None, tz: str | None = None) 
             zone(zone_name)
         except ValueError:
             raise ExportError(f"--tz: not an IANA zone name: {zone_name!r}") from None
+        now = engine_now_ns(conn)
         if day is None:
-            now = engine_now_ns(conn)
             if now is None:
                 raise ExportError(f"{store_path}: the journal is empty, so there is no engine clock to take "
                                   f"the last complete day from; give --date YYYY-MM-DD")
             day = venue_day(now, zone_name) - timedelta(days=1)
+        elif now is not None and day > venue_day(now, zone_name):
+            raise ExportError(f"--date: {day} is after the engine clock's day {venue_day(now, zone_name)} "
+                              f"({zone_name}): the store has nothing of it yet")
         try:
             fills, notes = journal_fill_pnl(conn)
             all_marks = journal_eod_marks(conn)

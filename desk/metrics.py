@@ -38,7 +38,8 @@ name                                     type        meaning
 ``desk_trading_state_enum{state}``       gauge       1 for the current state, 0 for the others
 ``desk_canary_weight{model}``            gauge       a canary's stage weight (fraction)
 ``desk_canary_phase{model,phase}``       gauge       1 for the canary's phase: warming, progressing,
-                                                     promoted, rolled_back, paused, manual
+                                                     promoted, rolled_back, replaced (by a newer
+                                                     refit), paused, manual
 ``desk_allocation_weight{family}``       gauge       the allocator's family weight (fraction)
 ``desk_venue_connected{venue}``          gauge       1 connected, 0 not
 ``desk_event_loop_lag_seconds``          histogram   how late the sampler's timer fired (wall clock)
@@ -74,7 +75,7 @@ TRADING_STATE_VALUE = {TradingState.ACTIVE.value: 0, TradingState.REDUCING.value
 #: order statuses counted by ``desk_orders_total``
 COUNTED_STATUSES = ("SUBMITTED", "ACCEPTED", "DENIED", "REJECTED", "FILLED", "CANCELED", "EXPIRED")
 #: canary phases of ``desk_canary_phase``
-CANARY_PHASES = ("warming", "progressing", "promoted", "rolled_back", "paused", "manual")
+CANARY_PHASES = ("warming", "progressing", "promoted", "rolled_back", "replaced", "paused", "manual")
 #: ``CanaryAnalysed.action`` -> phase
 _ACTION_PHASE = {"warming": "warming", "hold": "progressing", "step": "progressing", "inconclusive": "progressing",
                  "fail": "progressing", "promote": "promoted", "rollback": "rolled_back"}
@@ -274,8 +275,9 @@ class DeskMetrics:
             if event.stage == "canary":
                 self._set_phase(mid, "warming")
             return
-        if event.stage == "paused" and (event.previous == "canary" or mid in self.phases):
-            self._set_phase(mid, "paused")
+        if event.stage == "paused":
+            if event.previous == "canary":  # a paused live version is not a canary: its phase stays
+                self._set_phase(mid, "paused")
         elif event.stage == "canary":
             if getattr(event, "manual", False):
                 self._set_phase(mid, "manual")
@@ -283,8 +285,10 @@ class DeskMetrics:
                 self._set_phase(mid, "warming" if event.previous != "paused" else "progressing")
             elif self.phases.get(mid) == "manual":
                 self._set_phase(mid, "progressing")  # the pin was cleared
-        elif event.stage == "retired" and self.phases.get(mid) not in ("promoted", "rolled_back"):
-            self._set_phase(mid, "rolled_back")
+        elif event.stage == "retired" and event.previous in ("canary", "paused") \
+                and self.phases.get(mid) not in ("promoted", "rolled_back"):
+            # a canary replaced by a newer refit, or retired by hand; a superseded live version keeps its phase
+            self._set_phase(mid, "replaced" if event.reason.startswith("replaced by refit") else "rolled_back")
 
     # ------------------------------------------------------------ sampling
     def sample(self) -> None:

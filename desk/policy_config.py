@@ -113,3 +113,29 @@ def reload_policy(engine_policy: PolicyEngine, path: str | Path) -> tuple[bool, 
     if removed:
         parts.append(f"removed: {', '.join(removed)}")
     return True, "; ".join(parts)
+
+
+def check_targets(policy: Policy, *, models: set[str], families: set[str], venues: set[str]) -> None:
+    """Refuse a rule whose ``target`` names nothing in this run: a model
+    (``pause_model``, ``rollback``) that is neither a seed version nor a
+    refit name of a configured family (``<family>_v<N>``), or a venue
+    (``pause_venue``) that is not traded. A typo would make the rule never
+    act.
+
+    Raises:
+        ConfigError: naming the file, the rule and the target, with the
+            known names.
+    """
+    import re
+
+    for i, r in enumerate(policy.rules):
+        if r.target is None:
+            continue
+        where = f"{policy.source}: rules[{i}] (name {r.name!r}): target"
+        if r.action in ("pause_model", "rollback"):
+            refit = any(re.fullmatch(re.escape(f) + r"_v\d+", r.target) for f in families)
+            if r.target not in models and not refit:
+                raise ConfigError(f"{where}: no model {r.target!r} in this run; known: {', '.join(sorted(models))} "
+                                  f"(or a refit <family>_v<N> of {', '.join(sorted(families))})")
+        elif r.action == "pause_venue" and r.target not in venues:
+            raise ConfigError(f"{where}: no venue {r.target!r} in this run; known: {', '.join(sorted(venues))}")

@@ -3,8 +3,9 @@
 the last change; under it each active version with its stage weight and
 budget (``family budget × stage weight``, DESIGN.md section 3), its
 exposure (position value at the marks plus working buy orders at their
-limit) and the share of its budget in use; a last row with the capital and
-the idle share. Sampled at most 10 times a second.
+limit) and the share of its budget in use; a last row with the capital,
+the idle share and, in the weight column, the share committed to all
+versions (above 100 % while canaries trade on top of their families). Sampled at most 10 times a second.
 """
 
 from __future__ import annotations
@@ -118,9 +119,11 @@ class AllocationsPane(Vertical):
                     "use": (f"{float(use):.0%}", "warning" if use > 1 else ("muted" if not x else None)),
                 })
         idle = lc.idle if lc is not None else ZERO
+        committed = sum(engine.weights.values(), ZERO)  # Σ family weight × stage weight (lifecycle.committed)
         seen.add("Σ")
         self.table.upsert("Σ", {
-            "model": (f"Σ capital (idle {float(idle):.0%})", "strong"), "weight": ("", None),
+            "model": (f"Σ capital (idle {float(idle):.0%})", "strong"),
+            "weight": (f"{float(committed):.0%}", "warning" if committed > 1 else "muted"),
             "budget": (fmt_money(capital), "strong"), "change": ("", None),
             "exposure": (fmt_money(total_x), "strong"),
             "use": (f"{float(total_x / capital):.0%}" if capital else "", "muted"),

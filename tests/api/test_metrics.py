@@ -140,3 +140,13 @@ def test_labels_are_bound_once(tmp_path):
                                                                          "status": "SUBMITTED"}))) == 0
     m.detach()
     close_engine(engine)
+
+
+async def test_a_promoted_version_keeps_its_phase_when_paused_and_resumed(desk):
+    await desk.client.post("/models/hmm_v2_canary/promote", json={"reason": "by hand"}, headers=AUTH)
+    await desk.client.post("/models/hmm_v2_canary/pause", json={"reason": "look"}, headers=AUTH)
+    await desk.client.post("/models/hmm_v2_canary/resume", json={"reason": "ok"}, headers=AUTH)
+    page = samples((await desk.client.get("/metrics")).text)
+    phases = {p: value(page, "desk_canary_phase", model="hmm_v2_canary", phase=p)
+              for p in ("warming", "progressing", "promoted", "rolled_back", "replaced", "paused", "manual")}
+    assert phases["promoted"] == 1 and sum(phases.values()) == 1

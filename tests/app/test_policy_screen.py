@@ -51,7 +51,7 @@ async def test_rows_of_the_example_policy_follow_the_engine():
              "never"),
             ("venue-down", "venue_state", "==", "DISCONNECTED", "for 60 s", "pause_venue", "each",
              "DISCONNECTED (SIM)", "holding 0/60 s", "never"),
-            ("canary-psr-rollback", "model_psr", "<", "0.05", "at once", "rollback", "each",
+            ("canary-psr-rollback", "model_psr", "<", "0.01", "for 7200 s", "rollback", "each",
              "0.4 (hmm_v2_canary)", "ok", "never"),
         ]
         summary = str(app.screen.query_one("#policy-summary").render())

@@ -75,6 +75,13 @@ def test_status_halt_resume_exit_codes(daemon, capsys):
                     ("api:127.0.0.1", "ACTIVE", "desk test resume 2")]
 
 
+def test_status_finds_the_daemon_of_its_state_dir_without_url(daemon, capsys):
+    # the daemon serves on a free port (not 8002) and wrote its URL into the state dir at start
+    assert (daemon.state / "api_url").read_text().strip() == daemon.url
+    code, out, _ = desk(capsys, "status", "--state-dir", str(daemon.state))
+    assert code in (0, 3) and "trading_state:" in out
+
+
 def test_halt_falls_back_to_the_halt_file_when_the_api_does_not_answer(daemon, capsys):
     d = daemon
     dead = f"http://127.0.0.1:{free_port()}"

@@ -15,7 +15,7 @@ from core.daily_pnl import EXPORT_COLUMNS
 from core.events import EndOfDayMarked, FillAllocated, OrderAccepted, OrderFilled, OrderInitialized, OrderSubmitted
 from core.identifiers import InstrumentId
 from core.store import Store
-from desk.export import export_pnl, export_pnl_main
+from desk.export import ExportError, export_pnl, export_pnl_main
 
 D = Decimal
 IID = InstrumentId.parse("BTCUSDT.SIM")
@@ -145,9 +145,16 @@ def test_utc_days_move_the_23_30_fill_and_leave_the_berlin_marks_out(state):
 
 def test_a_day_without_trades_writes_the_zero_total_row(state):
     sd, _ = state
-    res = export_pnl(sd, "2026-01-05")
-    assert read(res.path) == [["2026-01-05", "TOTAL", "", "0", "0", "0", "0", "0", "0"]]
-    assert res.warnings == ["no end-of-day mark stored for 2026-01-05 (Europe/Berlin): the unrealized column is 0"]
+    res = export_pnl(sd, "2025-12-31")  # before the first fill: nothing traded that day
+    assert read(res.path) == [["2025-12-31", "TOTAL", "", "0", "0", "0", "0", "0", "0"]]
+    assert res.warnings == ["no end-of-day mark stored for 2025-12-31 (Europe/Berlin): the unrealized column is 0"]
+
+
+def test_a_day_after_the_engine_clock_is_refused(state):
+    # the journal's last event is on Berlin 2026-01-03: 2026-01-05 has not happened on the engine clock
+    sd, _ = state
+    with pytest.raises(ExportError, match="2026-01-05 is after the engine clock's day 2026-01-03"):
+        export_pnl(sd, "2026-01-05")
 
 
 def test_reads_beside_an_open_write_transaction_without_the_lock(state):

@@ -425,25 +425,29 @@ def test_the_example_policy_loads_and_acts():
         ("rejects-reduce", "reject_rate", ">", Decimal("0.2"), 0, "reduce_only", 300),
         ("stale-data", "data_staleness_s", ">", Decimal("180"), 0, "alert", 0),
         ("venue-down", "venue_state", "==", "DISCONNECTED", 60, "pause_venue", 0),
-        ("canary-psr-rollback", "model_psr", "<", Decimal("0.05"), 0, "rollback", 0),
+        ("canary-psr-rollback", "model_psr", "<", Decimal("0.01"), 7200, "rollback", 0),
     ]
     assert {r.figure for r in p.rules} <= FIGURES
     eng = PolicyEngine(p)
     calm = dict(drawdown=Decimal("0.05"), daily_loss=Decimal("499.99"),
                 data_staleness_s={"BTCUSDT.SIM": 180.0}, venue_state={"SIM": "CONNECTED"},
-                model_psr={"hmm_v2_canary": 0.05})
+                model_psr={"hmm_v2_canary": 0.01})
     assert eng.evaluate(Figures(at(0), **calm)) == []
     w = RateWindow()
     for i in range(10):
         w.record("SIM", at(i), i < 3)   # 3 / 10 rejected
     bad = dict(drawdown=Decimal("0.0501"), daily_loss=Decimal(500), data_staleness_s={"BTCUSDT.SIM": 181.0},
-               venue_state={"SIM": "DISCONNECTED"}, model_psr={"hmm_v2_canary": 0.049}, counts={"reject_rate": w})
+               venue_state={"SIM": "DISCONNECTED"}, model_psr={"hmm_v2_canary": 0.009}, counts={"reject_rate": w})
     fired = eng.evaluate(Figures(at(20), **bad))
     assert [(f.rule.name, f.action, f.target) for f in fired] == [
         ("dd-halt", "halt", None), ("daily-loss-flatten", "flatten", None), ("rejects-reduce", "reduce_only", None),
-        ("stale-data", "alert", None), ("canary-psr-rollback", "rollback", "hmm_v2_canary")]
+        ("stale-data", "alert", None)]
     fired = eng.evaluate(Figures(at(80), **bad))
     assert [(f.rule.name, f.target) for f in fired] == [("venue-down", "SIM")]
+    # the PSR has been under 0.01 since 20 s: at 7219 s not yet 2 hours, at 7220 s the canary is rolled back
+    assert "canary-psr-rollback" not in [f.rule.name for f in eng.evaluate(Figures(at(7219), **bad))]
+    assert ("canary-psr-rollback", "rollback", "hmm_v2_canary") in [
+        (f.rule.name, f.action, f.target) for f in eng.evaluate(Figures(at(7220), **bad))]
 
 
 def test_load_errors_name_the_file_line_rule_and_field(tmp_path):

@@ -75,3 +75,18 @@ def test_policy_state_survives_the_checkpoint(tmp_path):
     again.load_state_dict(snap["policy"])
     assert again.state_dict() == eng.policy_runtime.state_dict()
     assert again.peak_equity == D("10000") and again.firings == 1
+
+
+def test_a_canary_still_warming_up_has_no_psr_for_the_rules(tmp_path):
+    # the analysis judges no PSR before its warm-up (10 intervals, 20 fills): neither may a policy rule
+    from core.lifecycle import VersionRecord
+
+    eng = build(tmp_path, ["2000"] * 3, ["0"])
+    eng.register_seeds()
+    eng.policy_runtime = PolicyRuntime(eng, parse_policy({"rules": [
+        {"name": "psr", "figure": "model_psr", "op": "<", "threshold": "0.05", "action": "rollback"}]}, "p.yaml"))
+    eng.lifecycle.registry["c"] = VersionRecord("c", "m0", 2, "canary", D("0.10"))
+    eng.lifecycle.last_verdict["c"] = {"action": "warming", "figures": {"psr": "0.001"}, "reason": "warming up"}
+    assert eng.policy_runtime.figures().model_psr == {}
+    eng.lifecycle.last_verdict["c"] = {"action": "hold", "figures": {"psr": "0.001"}, "reason": "hold"}
+    assert eng.policy_runtime.figures().model_psr == {"c": 0.001}
