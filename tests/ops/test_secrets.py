@@ -133,7 +133,7 @@ async def test_no_secret_in_logs_audit_store_or_api(tmp_path, monkeypatch, caplo
         engine.flush()
     finally:
         built.close()
-    export_pnl(state, "2026-01-01", "UTC")
+    export_pnl(state, "2025-01-01", "UTC")  # the SIM run's first day
 
     # the secrets were really in use: the stub saw the token in the URL
     assert (("sendMessage", SECRETS["TELEGRAM_BOT_TOKEN"].split("/")[0]) in stub.calls)
