@@ -219,6 +219,26 @@ class VersionRecord:
         return cls(**d)
 
 
+def _pack(values: "deque[float]") -> str:
+    """Floats as base64 of little-endian float64 (exact, and ~20x faster to
+    write into the checkpoint than a JSON list of 1,440 float reprs)."""
+    import base64
+    import struct
+
+    return base64.b64encode(struct.pack(f"<{len(values)}d", *values)).decode("ascii")
+
+
+def _unpack(data: "str | list[float]") -> list[float]:
+    """:func:`_pack`'s inverse (a JSON list of floats is read as well)."""
+    if isinstance(data, list):
+        return [float(x) for x in data]
+    import base64
+    import struct
+
+    raw = base64.b64decode(data)
+    return list(struct.unpack(f"<{len(raw) // 8}d", raw))
+
+
 def _q(x: Decimal) -> Decimal:
     return x.quantize(WEIGHT_QUANTUM, rounding=ROUND_DOWN)
 
@@ -251,9 +271,11 @@ class Lifecycle:
         self.analyses: dict[str, CanaryAnalysis] = {}
         #: family -> {"start_ns", "pnl": {mid: str}, "fills": {mid: int}, "budget": {mid: str}, "n": int}
         self.intervals: dict[str, dict[str, Any]] = {}
-        #: family -> trailing allocator period returns
-        self.period_returns: dict[str, deque[float]] = {
-            f.family: deque(maxlen=config.allocation_window) for f in config.families
+        from core.analysis import RollingSharpe
+
+        #: family -> trailing allocator period returns, with their running Sharpe
+        self.period_returns: dict[str, RollingSharpe] = {
+            f.family: RollingSharpe(max(2, config.allocation_window)) for f in config.families
         }
         self.period_start: dict[str, Any] = {}
         self.next_allocation_ns: int | None = None
@@ -678,15 +700,25 @@ class Lifecycle:
             self._set_stage(rec, back, rec.weight, who, reason)
 
     # ------------------------------------------------------------ allocator
-    def _family_pnl(self, family: str) -> Decimal:
-        return sum((self._pnl(m) for m, r in self.registry.items() if r.family == family), ZERO)
+    def _family_pnls(self) -> dict[str, Decimal]:
+        """Realized + unrealized PnL (quote) per family, over all its
+        versions, in one pass over the portfolio's positions."""
+        pf = self.engine.portfolio
+        fam_of = {m: r.family for m, r in self.registry.items()}
+        out = {f: ZERO for f in self.families}
+        for (mid, iid), pos in pf.positions.items():
+            fam = fam_of.get(mid)
+            if fam in out:
+                out[fam] += pos.realized + pos.unrealized(pf.mark_value(iid))
+        return out
 
     def _allocate(self, now: int) -> None:
         e = self.engine
         capital = e.config.router.capital
+        pnls = self._family_pnls()
         for fam in self.families:
             start = self.period_start.get(fam)
-            pnl = self._family_pnl(fam)
+            pnl = pnls[fam]
             if start is not None:
                 budget = Decimal(start[1])
                 self.period_returns[fam].append(float((pnl - Decimal(start[0])) / budget) if budget > 0 else 0.0)
@@ -696,12 +728,12 @@ class Lifecycle:
             if self.allocation_count == 0 and n == 0:
                 self._emit_allocation(now, capital)
             return
-        from core.analysis import allocate, rolling_sharpe
+        from core.analysis import allocate
 
         res = allocate({f: () for f in self.period_returns}, capital,
                        floors={f: s.floor for f, s in self.families.items()},
                        caps={f: s.cap for f, s in self.families.items()},
-                       sharpes={f: rolling_sharpe(q) for f, q in self.period_returns.items()})
+                       sharpes={f: q.sharpe() for f, q in self.period_returns.items()})
         self.sharpe = dict(res.sharpe)
         moved = any(abs(res.weights[f] - self.family_weights[f]) >= self.config.rebalance_threshold
                     for f in self.families)
@@ -827,7 +859,8 @@ class Lifecycle:
             "idle": format(self.idle, "f"),
             "analyses": {f: a.state_dict() for f, a in self.analyses.items()},
             "intervals": self.intervals,
-            "period_returns": {f: list(q) for f, q in self.period_returns.items()},  # JSON floats round-trip
+            "period_returns": {f: {"values": _pack(q.values), "sums": q.state()["sums"]}
+                               for f, q in self.period_returns.items()},
             "period_start": self.period_start,
             "next_allocation_ns": self.next_allocation_ns,
             "last_verdict": self.last_verdict,
@@ -853,8 +886,11 @@ class Lifecycle:
 
         self.analyses = {f: CanaryAnalysis.from_state_dict(self.policy, a) for f, a in d["analyses"].items()}
         self.intervals = d.get("intervals", {})
+        from core.analysis import RollingSharpe
+
         for f, q in d.get("period_returns", {}).items():
-            self.period_returns[f] = deque((float(x) for x in q), maxlen=self.config.allocation_window)
+            st = {"values": _unpack(q["values"]), "sums": q["sums"]} if isinstance(q, dict) else _unpack(q)
+            self.period_returns[f] = RollingSharpe.from_state(max(2, self.config.allocation_window), st)
         self.period_start = {f: tuple(v) for f, v in d.get("period_start", {}).items()}
         self.next_allocation_ns = d.get("next_allocation_ns")
         self.last_verdict = d.get("last_verdict", {})

@@ -313,6 +313,7 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
     from desk.config import config_digest
     from desk.wiring import (
         DEFAULT_CAPITAL,
+        REFIT_APPLY_LAG,
         StateDir,
         _warmup_bars,
         default_lifecycle,
@@ -393,7 +394,8 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
                          f"{fixed['appended']} missing lines appended")
         router = RouterConfig(capital=capital, order_type=order_type, max_order_notional=capital)
         engine = Engine(
-            config=EngineConfig(router=router, day_tz=day_tz, lifecycle=default_lifecycle()), clock=clock,  # type: ignore[arg-type]
+            config=EngineConfig(router=router, day_tz=day_tz, lifecycle=default_lifecycle(),
+                                fit_apply_lag=REFIT_APPLY_LAG), clock=clock,  # type: ignore[arg-type]
             store=store, model_factory=make_model, audit=AuditLog(audit_path), feed=feed, instruments=instruments,
             models=models, specs=[s for s, _ in specs], risk=risk, executor=executor, venue_factory=venue.bind,
         )

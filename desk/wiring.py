@@ -74,6 +74,10 @@ class RunOptions:
 #: bars between refits of a live version (1-minute bars: about 3.5 days);
 #: long enough for a canary to be judged before the next refit replaces it
 REFIT_EVERY_BARS = 5000
+#: a refit's fit is applied this many bars of its instrument after it was asked for (a bar fixed by the
+#: engine clock, so a replay is deterministic at any speed); the worker fits while the engine goes on
+#: (with a lag of 1 a max-speed replay waits for every fit)
+REFIT_APPLY_LAG = 30
 
 
 def default_model_specs() -> list[tuple[ModelSpec, dict[str, Any]]]:
@@ -347,7 +351,8 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             messages.append(f"audit log repaired from the journal: torn last line cut {fixed['torn']}, "
                             f"{fixed['appended']} missing lines appended")
         engine = Engine(
-            config=EngineConfig(router=router, day_tz=opts.day_tz, lifecycle=default_lifecycle()), clock=clock,
+            config=EngineConfig(router=router, day_tz=opts.day_tz, lifecycle=default_lifecycle(),
+                                fit_apply_lag=REFIT_APPLY_LAG), clock=clock,
             store=store, model_factory=make_model,
             audit=AuditLog(audit_path), feed=feed, instruments=instruments,
             models=models, specs=[s for s, _ in specs], risk=risk, executor=executor, venue_factory=venue_factory,

@@ -510,3 +510,21 @@ def test_rolling_sharpe_equals_sample_sharpe_and_feeds_allocate():
     res = allocate({"A": (), "B": (), "C": ()}, Decimal("1000"),
                    sharpes={"A": rolling_sharpe(a), "B": rolling_sharpe(b), "C": rolling_sharpe(c)})
     assert res.weights == {"A": Decimal("0.16396"), "B": Decimal("0.83604"), "C": Decimal("0")}
+
+
+def test_rolling_sharpe_matches_the_two_pass_formula_over_a_sliding_window():
+    """The allocator's O(1) Sharpe equals sample_sharpe of the same trailing
+    window after every addition (10,000 returns through a window of 50,
+    so it wraps and re-sums many times), and a constant window gives 0."""
+    from core.analysis import RollingSharpe, sample_sharpe
+
+    rng = np.random.default_rng(3)
+    xs = rng.normal(0.0002, 0.01, 10_000)
+    rs = RollingSharpe(50)
+    for k, x in enumerate(xs):
+        rs.append(float(x))
+        if k % 97 == 0 or k > 9990:
+            assert rs.sharpe() == pytest.approx(sample_sharpe(list(xs[max(0, k - 49):k + 1])), rel=1e-9, abs=1e-12)
+    flat = RollingSharpe(5, [0.1] * 7)
+    assert len(flat) == 5 and flat.sharpe() == 0.0
+    assert RollingSharpe(5, [1, -1, 2, 0, 1]).sharpe() == pytest.approx(0.526235, abs=1e-6)
