@@ -109,7 +109,10 @@ async def _client_main(url: str, n: int, replay: bool) -> None:
 # ---------------------------------------------------------------- helpers
 def _risk_file(folder: Path) -> Path:
     p = folder / "risk.yaml"
-    p.write_text("max_submits: 1000000\nmax_cancels: 1000000\nmax_modifies: 1000000\n")
+    # 1,000 resting orders placed before the first bar, far from the market: the collar and the
+    # stale-data rail (on by default) are turned off for this measurement
+    p.write_text("max_submits: 1000000\nmax_cancels: 1000000\nmax_modifies: 1000000\n"
+                 "defaults:\n  collar_pct: null\n  stale_after_s: null\n")
     return p
 
 
