@@ -7,6 +7,17 @@ replay runs to the end of its data, prints its JSON summary on stdout, and
 then keeps serving the API (and a replay that already finished on this
 state dir serves its stored state) until SIGTERM or SIGINT.
 
+A config with a Binance or IBKR venue (``desk.live.run_live_main``) runs
+the live engine the same way: ``desk.live.build_live`` is awaited in the
+daemon's loop once the socket is bound (the venue's sessions belong to that
+loop), the live housekeeping (commits between bars, the ``HALT`` file, the
+fee asset's price) and the venue's order updates run beside the engine,
+``--bars`` stops taking bars after that many (the API keeps serving), and a
+stop reads the venue once more after its cancels and reconciles
+(``desk.live.reconcile_at_stop``: a difference makes the exit 3) before the
+stop is journaled, then prints the run's JSON summary on stdout and closes
+the venue in the loop.
+
 Signals (the daemon owns them; uvicorn's own capture is turned off, because
 uvicorn 0.54 re-raises the captured signal once it has shut down, and the
 process would die with 143 before the store is flushed):
@@ -76,7 +87,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 from core.errors import EXIT_OK, EXIT_UNRECONCILED, ConfigError, DeskError
 
@@ -308,16 +319,24 @@ def _default_app_factory() -> Callable[..., Any]:
 
 # ---------------------------------------------------------------- run
 def run_daemon(opts: Any, api: ApiOptions, *, app_factory: Callable[..., Any] | None = None,
-               environ: dict[str, str] | None = None, redact: RedactFilter | None = None) -> int:
+               environ: dict[str, str] | None = None, redact: RedactFilter | None = None,
+               live_build: Callable[[], Awaitable[Any]] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit code.
 
     Args:
-        opts: ``desk.wiring.RunOptions``.
+        opts: ``desk.wiring.RunOptions`` (a live venue: anything with a
+            ``bars`` attribute, the run's bar limit or None).
         api: how to serve the API.
         app_factory: ``create_app(engine, *, token)`` (default
             ``desk.api.create_app``).
         environ: the environment (default ``os.environ``).
         redact: the log's redaction filter, to add the token to.
+        live_build: a live venue (``desk.live.run_live_main``): a coroutine
+            function returning a started ``desk.live.LiveBuilt``. It is
+            awaited in the daemon's event loop (the venue's sessions belong
+            to it) after the socket is bound, instead of
+            ``desk.wiring.build(opts)``; the venue is closed in that loop
+            at the end (``LiveBuilt.aclose``).
 
     Raises:
         DeskError: refused at start (exit 2): busy port, a non-loopback
@@ -343,20 +362,27 @@ def run_daemon(opts: Any, api: ApiOptions, *, app_factory: Callable[..., Any] | 
         with contextlib.suppress(ValueError, OSError):  # not the main thread
             previous[sig] = signal.signal(sig, lambda signum, frame: early.append(signal.Signals(signum).name))
     try:
-        return _run_bound(opts, api, factory, env, token, source, telegram, early, redact)
+        return _run_bound(opts, api, factory, env, token, source, telegram, early, redact, live_build)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
 def _run_bound(opts: Any, api: ApiOptions, factory: Callable[..., Any], env: Any, token: str | None, source: str,
-               telegram: str | None, early: list[str], redact: RedactFilter | None) -> int:
+               telegram: str | None, early: list[str], redact: RedactFilter | None,
+               live_build: Callable[[], Awaitable[Any]] | None = None) -> int:
     """Bind, build, serve (the rest of :func:`run_daemon`)."""
     sock = bind_socket(api.host, api.port)
     port = sock.getsockname()[1]
     if redact is not None:
         for name in api.secret_env:
             redact.add(env.get(name))
+    if live_build is not None:
+        try:
+            return asyncio.run(_run_live(live_build, opts, api, factory, env, token, source, telegram, early,
+                                         redact, sock, port))
+        finally:
+            sock.close()
     try:
         from desk.wiring import build
 
@@ -365,26 +391,49 @@ def _run_bound(opts: Any, api: ApiOptions, factory: Callable[..., Any], env: Any
         sock.close()
         raise
     try:
-        if token is None:
-            token, path, created = state_dir_token(built.state.path)
-            log.info("ops token %s", "generated" if created else "read", extra={"kv": {"path": path, "mode": "0600"}})
-        else:
-            log.info("ops token given", extra={"kv": {"source": source}})
-        if redact is not None:
-            redact.add(token)
-        for m in built.messages:
-            log.info(m)
-        app = factory(built.engine, token=token)
-        daemon = _Daemon(built, opts, api, app, sock, port)
-        daemon.early_signals = early
-        daemon.telegram_token = telegram
-        daemon.secrets = [token] + [env[n] for n in api.secret_env if env.get(n)]
+        daemon = _make_daemon(built, opts, api, factory, env, token, source, telegram, early, redact, sock, port)
         return asyncio.run(daemon.main())
     finally:
         try:
             sock.close()
         finally:
             built.close()
+
+
+async def _run_live(live_build: Callable[[], Awaitable[Any]], opts: Any, api: ApiOptions,
+                    factory: Callable[..., Any], env: Any, token: str | None, source: str, telegram: str | None,
+                    early: list[str], redact: RedactFilter | None, sock: socket.socket, port: int) -> int:
+    """A live venue: build it in this loop, serve, close the venue here."""
+    built = await live_build()
+    try:
+        daemon = _make_daemon(built, opts, api, factory, env, token, source, telegram, early, redact, sock, port)
+        return await daemon.main()
+    finally:
+        await built.aclose()
+
+
+def _make_daemon(built: Any, opts: Any, api: ApiOptions, factory: Callable[..., Any], env: Any, token: str | None,
+                 source: str, telegram: str | None, early: list[str], redact: RedactFilter | None,
+                 sock: socket.socket, port: int) -> "_Daemon":
+    """The token (given, or the state dir's), the start-up lines, the app
+    and the :class:`_Daemon` around a built engine."""
+    if token is None:
+        token, path, created = state_dir_token(built.state.path)
+        log.info("ops token %s", "generated" if created else "read", extra={"kv": {"path": path, "mode": "0600"}})
+    else:
+        log.info("ops token given", extra={"kv": {"source": source}})
+    if redact is not None:
+        redact.add(token)
+    skip = getattr(built, "venue_lines", 0)  # a live venue logged its own start-up lines
+    for i, m in enumerate(built.messages):
+        if not 1 <= i <= skip:
+            log.info(m)
+    app = factory(built.engine, token=token)
+    daemon = _Daemon(built, opts, api, app, sock, port)
+    daemon.early_signals = early
+    daemon.telegram_token = telegram
+    daemon.secrets = [token] + [env[n] for n in api.secret_env if env.get(n)]
+    return daemon
 
 
 def _telegram_token(api: ApiOptions, env: Any) -> str | None:
@@ -423,6 +472,16 @@ class _Daemon:
         self.engine_started = False
         self.dispatcher: Any = None
         self.bot: Any = None
+        #: a live venue (``desk.live.LiveBuilt``): its feed, order updates and final reconciliation
+        self.live = getattr(built, "mode", None) == "live"
+        self._t0 = 0.0
+        self._bars0 = 0
+
+    def _stop_intake(self) -> None:
+        """No more bars or model signals; a live feed's pending read ends too."""
+        self.engine.stop()
+        if self.live:
+            self.built.feed.stop()
 
     # ------------------------------------------------------------ signals
     def _on_stop_signal(self, name: str) -> None:
@@ -433,7 +492,7 @@ class _Daemon:
         log.warning("%s received: stopping", name, extra={"kv": {"on_stop": self.api.on_stop}})
         self.stop_signal = name
         self._stop.set()
-        self.engine.stop()
+        self._stop_intake()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -462,7 +521,12 @@ class _Daemon:
             if self.built.finished_summary.get("unreconciled"):
                 self.exit_code = EXIT_UNRECONCILED
             return
-        if self.built.continued:
+        self._t0, self._bars0 = time.perf_counter(), e.stats.bars
+        if self.live:  # reconciliation with the venue first when continued, then the warm-up (desk/live.py)
+            from desk.live import start_engine
+
+            await start_engine(self.built)
+        elif self.built.continued:
             log.info("continuing the run", extra={"kv": {"after_bar": e.stats.bars}})
             await e.recover()
             self.engine_started = True
@@ -519,7 +583,8 @@ class _Daemon:
     # ------------------------------------------------------------ main
     async def main(self) -> int:
         """Serve and run until stopped; returns the exit code (0; 3 when
-        the replay ended unreconciled; 1 after a store failure or when a
+        the replay ended unreconciled, or a live venue's reconciliation at
+        the stop found a difference; 1 after a store failure or when a
         task failed: the engine is then halted first).
 
         Raises:
@@ -550,8 +615,16 @@ class _Daemon:
             (self.built.state.path / API_URL_FILE).write_text(url + "\n")
         except OSError as exc:
             log.warning("cannot write the api url file", extra={"kv": {"error": exc.strerror}})
-        helpers = [asyncio.create_task(self._poll_halt_file(), name="halt-file"),
-                   asyncio.create_task(self._progress(), name="progress")]
+        helpers = [asyncio.create_task(self._progress(), name="progress")]
+        if self.live:  # commits between bars and the HALT file every second, the venue's order updates
+            from desk.live import _housekeeping, _pump_order_updates
+
+            helpers.append(asyncio.create_task(_housekeeping(self.built, asyncio.sleep), name="housekeeping"))
+            if hasattr(self.built.venue, "next_order_updates"):
+                helpers.append(asyncio.create_task(_pump_order_updates(self.built, asyncio.sleep),
+                                                   name="order-updates"))
+        else:
+            helpers.append(asyncio.create_task(self._poll_halt_file(), name="halt-file"))
         if self.telegram_token is not None:
             helpers.append(asyncio.create_task(self._start_telegram(), name="telegram"))
         engine_task = asyncio.create_task(self._run_engine(), name="engine")
@@ -580,7 +653,7 @@ class _Daemon:
                         await e.governance.halt("daemon", f"daemon failure: {type(failure).__name__}: {failure}"[:500])
                 break
         # stop: no more bars, model signals or API commands; open /stream responses end now
-        e.stop()
+        self._stop_intake()
         runtime = getattr(getattr(self.app, "state", None), "runtime", None)
         if runtime is not None and hasattr(runtime, "end_streams"):
             with contextlib.suppress(Exception):
@@ -621,6 +694,7 @@ class _Daemon:
         try:
             if self.api.on_stop == "cancel" and working:
                 await asyncio.gather(*(e.cancel(o, f"DAEMON_STOP {why}") for o in working), return_exceptions=True)
+            problems = await self._final_reconcile() if self.live else []
             kept = len(e.working_orders())
             now = e.clock.timestamp_ns()
             what = (f"{len(working)} working orders canceled" if self.api.on_stop == "cancel"
@@ -637,9 +711,39 @@ class _Daemon:
             else:  # never warmed up: no resume point, or the next start would skip the warm-up
                 e.flush()
             log.info(msg)
+            if self.live:
+                self._live_summary(problems)
         except StoreError as exc:
             log.error("the last commit failed: %s", exc)
             self.exit_code = 1
+
+    async def _final_reconcile(self) -> list[str]:
+        """A live venue, after the stop's cancels: the venue read once more
+        and the books reconciled (``desk.live.reconcile_at_stop``); a
+        difference is logged and makes the exit 3 (it halts the desk, so
+        the next start looks again)."""
+        from desk.live import reconcile_at_stop
+
+        problems = await reconcile_at_stop(self.built, checkpoint=self.engine_started)
+        if problems:
+            for p in problems:
+                log.error("UNRECONCILED: %s", p)
+            if self.exit_code == EXIT_OK:
+                self.exit_code = EXIT_UNRECONCILED
+        return problems
+
+    def _live_summary(self, problems: list[str]) -> None:
+        """A live venue: the run's JSON summary on stdout at the stop (as
+        ``desk run --config --headless`` without the API writes it)."""
+        e = self.engine
+        summary = e.summary(time.perf_counter() - self._t0 if self._t0 else 0.0, e.stats.bars - self._bars0)
+        summary["venue"] = self.built.venue.venue
+        summary["live"] = self.built.live
+        summary["venue_state"] = e.session.status()
+        if problems:
+            summary["unreconciled"] = problems
+        sys.stdout.write(json.dumps(summary, sort_keys=True, default=str) + "\n")
+        sys.stdout.flush()
 
     # ------------------------------------------------------------ telegram
     def _status_text(self) -> str:

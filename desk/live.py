@@ -41,9 +41,19 @@ difference. Without ``--headless`` the Textual app runs the same engine
 (the header shows a red ``LIVE`` for a venue that trades real money,
 ``PAPER`` for a testnet or paper account, and the venue's connection state).
 
-The governance policy (``policy``/``--policy``) applies as on paper. The
-control API (``--api-port``/``api.port``) is not served with a live venue
-in this build (refused, exit 2); alerts go to the log and the TUI.
+The governance policy (``policy``/``--policy``) applies as on paper.
+
+With ``--headless`` and ``--api-port``/``api.port`` the same live engine
+runs under the daemon (``desk.daemon.run_daemon(..., live_build=...)``):
+the control API is served in the engine's loop exactly as on paper (token,
+``/health`` with the venue and its connection, ``/status``, ``/kill``,
+``api_url`` in the state dir, Telegram), :func:`build_live` is awaited in
+that loop after the socket is bound, the housekeeping and order updates
+run beside the engine, and SIGTERM/SIGINT cancel (or keep, ``api.on_stop``)
+the desk's working orders, reconcile once more (:func:`reconcile_at_stop`),
+journal the stop, commit, print the JSON summary and exit 0 (3 when
+unreconciled). ``--api-port`` without ``--headless`` is refused (exit 2);
+``api.port`` in the config is ignored by the TUI (logged).
 """
 
 from __future__ import annotations
@@ -400,6 +410,7 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
             models=models, specs=[s for s, _ in specs], risk=risk, executor=executor, venue_factory=venue.bind,
         )
         engine.speed = None  # the venue paces the bars
+        engine.live = is_live  # type: ignore[attr-defined]  # the API's /status mode: LIVE (real money) or PAPER
         engine.config.yield_every = 1  # the HALT file and the loop are looked at every bar
         engine.halt_file = state.path / "HALT"
         engine.lifecycle.allocations_path = state.path / "capital_allocations.json"
@@ -602,10 +613,9 @@ async def start_engine(built: LiveBuilt) -> None:
 
 async def finish(built: LiveBuilt) -> list[str]:
     """The end of a live run: cancel the desk's working orders (unless
-    ``on_stop`` is ``keep``), read the venue once more and reconcile (mode
-    ``periodic``), commit. Returns the differences (engine.unreconciled
-    included)."""
-    engine, venue = built.engine, built.venue
+    ``on_stop`` is ``keep``), then :func:`reconcile_at_stop`. Returns the
+    differences (engine.unreconciled included)."""
+    engine = built.engine
     if built.on_stop == "cancel":
         for o in list(engine.working_orders()):
             if is_desk_order(o.client_order_id):
@@ -613,6 +623,21 @@ async def finish(built: LiveBuilt) -> list[str]:
                     await engine.cancel(o, "STOP")
                 except Exception as exc:  # noqa: BLE001 - best effort, reconciled next start
                     log.warning("cancel %s at stop: %s", o.client_order_id, exc)
+    return await reconcile_at_stop(built)
+
+
+async def reconcile_at_stop(built: LiveBuilt, *, checkpoint: bool = True) -> list[str]:
+    """After the stop's cancels: read the venue once more (``poll``) and
+    reconcile (mode ``periodic``; a venue that cannot be read is logged),
+    let the venue settle (IBKR's ledger), commit: a checkpoint, or only a
+    flush with ``checkpoint=False`` (stopped before the warm-up ended: no
+    resume point, or the next start would skip the warm-up). Returns the
+    differences (``engine.unreconciled`` included).
+
+    Raises:
+        StoreError: the commit failed.
+    """
+    engine, venue = built.engine, built.venue
     try:
         poll = getattr(venue, "poll", None)
         if poll is not None:
@@ -623,7 +648,10 @@ async def finish(built: LiveBuilt) -> list[str]:
     settle = getattr(venue, "settle", None)
     if settle is not None:
         await settle()
-    engine.checkpoint()
+    if checkpoint:
+        engine.checkpoint()
+    else:
+        engine.flush()
     return list(engine.unreconciled)
 
 
@@ -673,7 +701,9 @@ def _arg(args: Any, name: str) -> Any:
 def run_live_main(cfg: Any, args: Any, state_dir: Path) -> int:
     """``desk run --config FILE`` with a Binance or IBKR venue (from
     ``desk.cli``): builds, prints the start-up lines (stderr, and the log)
-    and runs headless or in the TUI. Returns the exit code.
+    and runs headless, headless under the daemon with the control API
+    (``--headless`` and ``--api-port``/``api.port``: :func:`_daemon`), or in
+    the TUI. Returns the exit code.
 
     Raises:
         DeskError: refused configuration or start (exit 2), printed by the CLI.
@@ -683,18 +713,44 @@ def run_live_main(cfg: Any, args: Any, state_dir: Path) -> int:
     policy = _arg(args, "policy") or cfg.policy
     if policy is not None and not Path(policy).is_file():
         raise ConfigError(f"--policy: no such file: {policy}")
-    if _arg(args, "api_port") is not None or cfg.api.port is not None:
-        raise ConfigError("api.port / --api-port: the control API is not served with a live venue in this build; "
-                          "remove it from the config")
+    serve_api = _arg(args, "api_port") is not None or cfg.api.port is not None
+    if serve_api and not _arg(args, "headless"):
+        if _arg(args, "api_port") is not None:
+            raise ConfigError("--api-port: the control API is served by the headless daemon; add --headless")
+        log.warning("api.port in %s is served only with --headless; no API in the TUI", args.config)
     kwargs = dict(live=bool(_arg(args, "live")), state_dir=state_dir, capital=_arg(args, "capital"),
                   order_type=OrderType(_arg(args, "order_type") or "LIMIT"), day_tz=_arg(args, "tz"),
                   risk_file=_arg(args, "risk"), on_stop=_arg(args, "on_stop"),
                   policy_file=None if policy is None else Path(policy))
     config_path = Path(args.config)
     bars = _arg(args, "bars")
+    if _arg(args, "headless") and serve_api:
+        return _daemon(cfg, args, config_path, bars, kwargs)
     if _arg(args, "headless"):
         return asyncio.run(_headless(cfg, config_path, bars, kwargs))
     return _tui(cfg, config_path, bars, kwargs)
+
+
+def _daemon(cfg: Any, args: Any, config_path: Path, bars: int | None, kwargs: dict[str, Any]) -> int:
+    """The live engine under the daemon (module docstring): the API options
+    as for the paper daemon (``desk.cli._api_options``), the log's
+    redaction filter the CLI installed (``desk.daemon.setup_logging``)."""
+    from desk.cli import _api_options
+    from desk.daemon import RedactFilter, run_daemon
+
+    api = _api_options(args, cfg)
+    if kwargs.get("on_stop") is None:
+        kwargs = {**kwargs, "on_stop": api.on_stop}
+    redact = next((f for h in logging.getLogger().handlers for f in h.filters if isinstance(f, RedactFilter)), None)
+
+    @dataclass(slots=True)
+    class _Opts:
+        bars: int | None  # the whole run's bar limit, as replays
+
+    async def live_build() -> LiveBuilt:
+        return await build_live(cfg, config_path, **kwargs)
+
+    return run_daemon(_Opts(bars), api, redact=redact, live_build=live_build)
 
 
 async def _headless(cfg: Any, config_path: Path, bars: int | None, kwargs: dict[str, Any]) -> int:
