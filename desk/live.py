@@ -74,13 +74,13 @@ from core.audit import AuditLog, repair_audit
 from core.clock import LiveClock
 from core.engine import Engine, EngineConfig, ModelSpec
 from core.enums import OrderType, TradingState
-from core.errors import EXIT_OK, EXIT_UNRECONCILED, ConfigError, DeskError, StateDirError
+from core.errors import EXIT_OK, EXIT_UNRECONCILED, ConfigError, DeskError
 from core.identifiers import InstrumentId, is_desk_order
 from core.instruments import Instrument
 from core.ports import FitExecutor, RegimeModel
 from core.risk import DESK_DEFAULT_LIMITS, RiskConfig, RiskEngine
 from core.router import RouterConfig
-from core.store import Store, StoreError
+from core.store import StoreError
 from core.venue_errors import VenueError
 
 log = logging.getLogger("desk.live")
@@ -348,18 +348,9 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
     state = StateDir(state_dir)
     venue = None
     try:
-        try:
-            store = Store(state.path / "desk.sqlite")
-        except StoreError as exc:
-            raise StateDirError(str(exc)) from exc
-        existing = store.meta_get("setup")
-        if existing is not None and existing != fp_text:
-            from desk.wiring import _differing
+        from desk.wiring import open_setup_store
 
-            store.close()
-            raise StateDirError(
-                f"state dir {state.path} holds another setup (it differs in {_differing(existing, fp_text)}); "
-                f"use another --state-dir or remove it")
+        store, existing = open_setup_store(state, fp_text)
         try:
             venue = _make_venue(vc, clock, live=live, state_dir=state.path, env=env)
             started = await venue.start()

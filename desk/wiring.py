@@ -298,17 +298,7 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
     fp_text = json.dumps(fingerprint, sort_keys=True)
     state = StateDir(opts.state_dir)
     try:
-        try:
-            store = Store(state.path / "desk.sqlite")
-        except StoreError as exc:
-            raise StateDirError(str(exc)) from exc
-        existing = store.meta_get("setup")
-        if existing is not None and existing != fp_text:
-            store.close()
-            raise StateDirError(
-                f"state dir {state.path} holds another setup ({_describe(existing)}; it differs in "
-                f"{_differing(existing, fp_text)}); use another --state-dir or remove it"
-            )
+        store, existing = open_setup_store(state, fp_text)
         finished_summary = None
         if store.meta_get("status") == "finished":
             finished_summary = json.loads(store.meta_get("summary") or "{}")
@@ -397,6 +387,29 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
         raise
 
 
+def open_setup_store(state: StateDir, fp_text: str) -> tuple[Store, str | None]:
+    """Open the state dir's store and check that it holds this setup (the
+    JSON fingerprint ``fp_text``) or none yet; returns the store and the
+    stored setup (None for a new dir).
+
+    Raises:
+        StateDirError: an unreadable store, or one of another setup (the
+            message says what differs).
+    """
+    try:
+        store = Store(state.path / "desk.sqlite")
+    except StoreError as exc:
+        raise StateDirError(str(exc)) from exc
+    existing = store.meta_get("setup")
+    if existing is not None and existing != fp_text:
+        store.close()
+        raise StateDirError(
+            f"state dir {state.path} holds another setup ({_describe(existing)}; it differs in "
+            f"{_differing(existing, fp_text)}); use another --state-dir or remove it"
+        )
+    return store, existing
+
+
 def _differing(old_text: str, new_text: str) -> str:
     """The setup keys whose values differ, e.g. ``day_tz (UTC -> Europe/Berlin)``."""
     try:
@@ -419,4 +432,6 @@ def _describe(fp_text: str) -> str:
         return "unreadable"
     if fp.get("mode") == "replay":
         return "replay of " + ", ".join(f["name"] for f in fp.get("files", []))
+    if fp.get("mode") == "live":
+        return f"live desk of config sha256 {str(fp.get('config_sha256', ''))[:12]}"
     return f"{fp.get('mode')} seed {fp.get('seed')}"
