@@ -370,7 +370,8 @@ class Lifecycle:
         stage weight, manual, budget (quote), the last verdict of a canary."""
         e = self.engine
         out = []
-        for r in sorted(self.registry.values(), key=lambda r: (r.family, r.version)):
+        order = self.engine.model_index  # the order versions entered the engine: seeds as set up, then refits
+        for r in sorted(self.registry.values(), key=lambda r: (order.get(r.model_id, len(order)), r.family, r.version)):
             v = self.last_verdict.get(r.model_id, {})
             a = self.analyses.get(r.family) if self.version_in(r.family, "canary") == r.model_id else None
             out.append({

@@ -719,11 +719,11 @@ class DeskApp(App[int]):
             verb = "Promote"
             body = (f"{model_id} becomes the live version of family {row.get('family')} at 100 % of the family "
                     f"budget; {live} is retired and its position unwound (crossed internally where they overlap). "
-                    f"Analysis so far: {row.get('intervals')} intervals, PSR {row.get('psr') or '—'}.")
+                    f"Analysis so far: {row.get('intervals')} intervals, PSR {_psr_text(row.get('psr'))}.")
         else:
             verb = "Roll back"
             body = (f"{model_id} is retired and its position unwound; {live} keeps trading. "
-                    f"Analysis so far: {row.get('intervals')} intervals, PSR {row.get('psr') or '—'}.")
+                    f"Analysis so far: {row.get('intervals')} intervals, PSR {_psr_text(row.get('psr'))}.")
 
         def done(ok: bool | None) -> None:
             if ok:
@@ -844,6 +844,14 @@ class DeskApp(App[int]):
             descs[bid] = b.tooltip or b.description
         for bid in order:
             rows.append((" ".join(dict.fromkeys(by_id[bid])), descs[bid], bid))
+        from desk.widgets.models import ModelsPane
+
+        pane_keys = {"promote": "Promote the selected canary to live (asks first; models pane)",
+                     "rollback": "Roll the selected canary back (asks first; models pane)",
+                     "weight": "Pin the selected version's stage weight; empty clears (models pane)"}
+        for b in ModelsPane.BINDINGS:  # the models pane's own keys (pane 4 focused)
+            assert isinstance(b, Binding)
+            rows.append((b.key, pane_keys.get(b.action, b.description), f"models-{b.action}"))
         rows += [
             (self.get_key_display(Binding("ctrl+q", "")), "Quit (asks while orders are working)", "quit"),
             (self.get_key_display(Binding("ctrl+c", "")), "Does not quit: tells how to quit", "help-quit"),
@@ -862,6 +870,9 @@ class DeskApp(App[int]):
             "Resume after a halt or reduce-only: command palette (ctrl+p) → Resume trading, then confirm.",
             "Reduce-only and flatten: command palette → Reduce-only (REDUCING), Flatten all positions "
             "(lists what will be closed; type FLATTEN to confirm).",
+            "Models (pane 4): u promotes and b rolls back the selected canary (both ask first), w pins a "
+            "version's stage weight (empty clears), p pauses or resumes it. The palette also has promote, roll "
+            "back, pause/resume per version, Show governance policy and Reload governance policy.",
             "Profit is blue and marked +, loss orange and marked -.",
         ]
         self.push_screen(HelpScreen(self.help_rows(), notes))
@@ -982,6 +993,14 @@ def _order_from_row(r: tuple[Any, ...]) -> Any:
         avg_px=None if r[10] is None else Decimal(r[10]), venue_order_id=r[11], reason=r[12] or "",
         step=int(r[13]), ts_init=int(r[14]), ts_last=int(r[15]),
     )
+
+
+def _psr_text(psr: Any) -> str:
+    """A canary's PSR for a dialog: 4 decimals, or a dash before its first judgement."""
+    try:
+        return f"{float(psr):.4f}"
+    except (TypeError, ValueError):
+        return "—"
 
 
 def key_name(key: str) -> str:

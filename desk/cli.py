@@ -390,9 +390,8 @@ def _say(args: Any, text: str) -> None:
 def _cmd_status(args: Any, client: Any, token: str | None, source: str) -> int:
     from desk.client import DaemonRefused, DaemonUnreachable
 
-    if token is None:
-        _say(args, source)
-        return EXIT_USAGE
+    if token is None:  # no token here (monitoring from another account): the state from /health
+        return _status_from_health(client.url, args.timeout, source)
     try:
         st = client.status()
     except DaemonUnreachable as exc:
@@ -497,6 +496,27 @@ def _halt_file_fallback(args: Any, state_dir: Path) -> int:
             _say(args, f"the HALT file is written but the halt is not in the store after {args.timeout:g} s")
             return 1
         time.sleep(0.1)
+
+
+def _status_from_health(url: str, timeout: float, why: str) -> int:
+    """``desk status`` without a token (monitoring from another account):
+    the trading state from ``GET /health``, which needs none. Exit 0 ACTIVE,
+    3 HALTED or REDUCING, 1 unreachable."""
+    from desk.client import DaemonClient, DaemonRefused, DaemonUnreachable
+
+    client = DaemonClient(url, None, timeout=timeout)
+    try:
+        health = client.health()
+    except (DaemonUnreachable, DaemonRefused) as exc:
+        sys.stderr.write(f"desk status: daemon unreachable: {exc}\n")
+        return 1
+    finally:
+        client.close()
+    state = str(((health or {}).get("components") or {}).get("engine", {}).get("trading_state", "UNKNOWN"))
+    sys.stdout.write(f"trading_state: {state}\n(from /health: {why}; the token gives the full status)\n")
+    if state == "ACTIVE":
+        return EXIT_OK
+    return 3 if state in ("HALTED", "REDUCING") else 1
 
 
 def _cmd_resume(args: Any, client: Any, token: str | None, source: str, state_dir: Path) -> int:

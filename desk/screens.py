@@ -393,6 +393,7 @@ class WeightScreen(ModalScreen["str | None"]):
                 "budget at family budget × weight and pauses canary stepping until cleared; leave it empty "
                 "to clear the pin.", classes="dialog-body")
             yield Input(placeholder="0.25, 25% or empty", id="weight-input")
+            yield Static("", id="weight-error", classes="dialog-note")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Cancel", id="cancel", variant="primary")
                 yield Button("Set", id="confirm", variant="warning", disabled=not self.pinned)
@@ -423,16 +424,32 @@ class WeightScreen(ModalScreen["str | None"]):
             return False
         return v is not None or self.pinned
 
+    def _why_not(self, text: str) -> str:
+        """Why ``text`` cannot be set ("" when it can)."""
+        try:
+            v = self.parse(text)
+        except ValueError as exc:
+            return f"{exc}: type a fraction from 0 to 1 (0.25) or a percent (25%)"
+        if v is None and not self.pinned:
+            return "empty clears a pin, and this weight is not pinned"
+        return ""
+
     def on_input_changed(self, event: Input.Changed) -> None:
-        """Enable Set only for a valid weight (or empty, to clear a pin)."""
+        """Enable Set only for a valid weight (or empty, to clear a pin);
+        say why not under the input."""
         event.stop()
-        self.query_one("#confirm", Button).disabled = not self._valid(event.value)
+        ok = self._valid(event.value)
+        self.query_one("#confirm", Button).disabled = not ok
+        self.query_one("#weight-error", Static).update("" if ok or not event.value.strip()
+                                                       else self._why_not(event.value))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         """``enter`` sets a valid weight."""
         event.stop()
         if self._valid(event.value):
             self.dismiss(event.value)
+        else:
+            self.query_one("#weight-error", Static).update(self._why_not(event.value))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         """Dismiss with the text on Set, None on Cancel."""

@@ -133,20 +133,21 @@ class ModelsPane(Vertical):
         row = rows.get(mid or "")
         if row is None or not (row["stage"] == "canary" or (row["stage"] == "paused"
                                                             and row.get("intervals") is not None)):
-            self.app.notify(f"Select a canary in pane 4 to {verb} it (the cursor is on {mid or 'nothing'}).",
+            self.app.notify(f"Select a canary in pane 4 first: only a canary can be {verb} "
+                            f"(the cursor is on {mid or 'nothing'}).",
                             title="Models", severity="warning")
             return None
         return mid
 
     def action_promote(self) -> None:
         """``u``: promote the selected canary to live (asks first)."""
-        mid = self._selected_canary("promote")
+        mid = self._selected_canary("promoted")
         if mid is not None:
             self.app.confirm_lifecycle("promote", mid)  # type: ignore[attr-defined]
 
     def action_rollback(self) -> None:
         """``b``: roll the selected canary back (asks first)."""
-        mid = self._selected_canary("roll back")
+        mid = self._selected_canary("rolled back")
         if mid is not None:
             self.app.confirm_lifecycle("rollback", mid)  # type: ignore[attr-defined]
 

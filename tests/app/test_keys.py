@@ -512,3 +512,22 @@ async def test_w_pins_a_stage_weight_and_empty_clears_it(scripted, wall):
         assert (rec.weight, rec.manual) == (Decimal("0.10"), False)
         gov = engine.store.conn.execute("SELECT who, action FROM governance_actions ORDER BY seq").fetchall()
         assert gov == [("tui", "MODEL_STAGE_CANARY"), ("tui", "MODEL_STAGE_CANARY")]
+
+
+async def test_a_weight_out_of_range_says_why(scripted, wall):
+    engine = scripted
+    engine.register_seeds()
+    app = _app(engine, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("4", "down", "w", "5", "enter")
+        await pilot.pause()
+        err = str(app.screen.query_one("#weight-error").render())
+        assert "expected a fraction in [0, 1]" in err and "'5'" in err
+        assert engine.lifecycle.registry["hmm_v2_canary"].weight == Decimal("0.10")  # nothing changed
+
+
+async def test_help_lists_the_models_pane_keys(scripted, wall):
+    app = _app(scripted, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        keys = {k for k, _, _ in app.help_rows()}
+        assert {"u", "b", "w"} <= keys
