@@ -119,7 +119,10 @@ class PositionsPane(Vertical):
         pf = engine.portfolio
         marks = pf.marks
         iids = sorted(engine.instruments, key=str)
-        models = list(engine.specs)
+        # every book with a position: seed versions, refits, retired ones unwinding, manual orders (API)
+        index = getattr(engine, "model_index", {}) or {m: k for k, m in enumerate(engine.specs)}
+        held = {m for (m, _) in pf.positions}
+        models = sorted(set(engine.specs) | held, key=lambda m: (index.get(m, len(index)), m))
         t = self.table
         added = False
         per_iid: dict[Any, list[Decimal]] = {i: [ZERO, ZERO, ZERO, ZERO, ZERO] for i in iids}

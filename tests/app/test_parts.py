@@ -118,3 +118,26 @@ async def test_a_replay_runs_to_its_end_in_the_app(tmp_path: Path):
         assert built.engine.store.meta_get("status") == "finished"
     finally:
         built.close()
+
+
+async def test_the_positions_pane_shows_every_book_with_a_position(tmp_path):
+    """Refit versions and manual orders (the API's "manual" book) have
+    positions too: the pane shows each of them, not only the seed specs."""
+    from decimal import Decimal
+
+    from core.events import OrderFilled
+    from desk.app import DeskApp
+    from tests.app.engines import scripted_sim_engine
+
+    engine = scripted_sim_engine(tmp_path / "state")
+    iid = sorted(engine.instruments, key=str)[0]
+    engine.portfolio.mark(iid, Decimal("100"))
+    engine.portfolio.apply_fill(OrderFilled(
+        ts_event=1, ts_init=1, client_order_id="NHD-0-90-0", instrument_id=iid, model_id="manual",
+        venue_order_id="V", trade_id="T-1", side="BUY", last_qty=Decimal("0.5"), last_px=Decimal("100"),
+        commission=Decimal("0"), commission_currency=engine.venue.quote, liquidity_side="TAKER"))
+    app = DeskApp(engine, autostart=False, install_signals=False)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        rows = [app.positions_pane.table.get_row_at(k) for k in range(app.positions_pane.table.row_count)]
+        assert any(str(r[0]) == "manual" and str(r[1]) == str(iid) for r in rows)
