@@ -243,6 +243,9 @@ class Engine:
         self.regimes: dict[tuple[str, InstrumentId], tuple[int, float]] = {}
         self.model_bars: dict[tuple[str, InstrumentId], int] = {}
         self.pending_fits: dict[tuple[str, InstrumentId], _PendingFit] = {}
+        #: fills found at the venue on a restart for the step the process died in, by instrument:
+        #: handed over when that bar is processed again (core.recovery.apply_venue_report)
+        self.deferred_fills: dict[InstrumentId, list[OrderFilled]] = {}
         #: (model, instrument) -> the model bar count before which a failed fit is not asked again
         self.fit_retry_at: dict[tuple[str, InstrumentId], int] = {}
         self.stats = RunStats()
@@ -971,6 +974,8 @@ class Engine:
         self.clock.set_time(max(bar.ts_event, self.clock.timestamp_ns()))
         self._roll_day(bar.ts_event)
         self.venue.on_bar(bar)
+        if self.deferred_fills:
+            self._deliver_deferred_fills(bar)
         self.portfolio.mark(bar.instrument_id, bar.close)
         self.last_bar_ts[bar.instrument_id] = bar.ts_event
         await self._model_step(bar, trading=True)
@@ -985,6 +990,23 @@ class Engine:
             return
         for sp in sorted(self.specs.values(), key=lambda s: s.stage != "live"):
             self.lifecycle.register_seed(sp.model_id, sp.family or sp.model_id, sp.stage, sp.weight, dict(sp.params))
+
+    def _deliver_deferred_fills(self, bar: Bar) -> None:
+        """Hand over the fills a restart found at the venue for the step the
+        process died in (``core.recovery.apply_venue_report``), at the bar of
+        their instrument where the venue made them, as an uninterrupted run
+        saw them."""
+        pending = self.deferred_fills.get(bar.instrument_id)
+        if not pending:
+            return
+        due = [f for f in pending if f.ts_event <= bar.ts_event]
+        rest = [f for f in pending if f.ts_event > bar.ts_event]
+        if rest:
+            self.deferred_fills[bar.instrument_id] = rest
+        else:
+            del self.deferred_fills[bar.instrument_id]
+        for f in sorted(due, key=lambda f: f.ts_event):
+            self._on_venue_event(f)
 
     async def warm_up(self) -> None:
         """Feed the warm-up bars to the models (no trading) and wait for the

@@ -298,8 +298,25 @@ class ReconcileReport:
 
 
 # ---------------------------------------------------------------- applying the venue's view
+def _deferred_balance_changes(engine: "Engine") -> dict[str, Decimal]:
+    """What the fills waiting for their bar (``Engine.deferred_fills``) did
+    to the venue's balances, per asset: a buy adds its quantity of the base
+    and takes its notional of the quote, a sell the reverse; each fee comes
+    off the asset it was charged in."""
+    out: dict[str, Decimal] = {}
+    for fills in getattr(engine, "deferred_fills", {}).values():
+        for f in fills:
+            inst = engine.instruments[f.instrument_id]
+            sign = Decimal(1) if f.side == "BUY" else Decimal(-1)
+            out[inst.base] = out.get(inst.base, Decimal(0)) + sign * f.last_qty
+            out[inst.quote] = out.get(inst.quote, Decimal(0)) - sign * inst.notional(f.last_px, f.last_qty)
+            out[f.commission_currency] = out.get(f.commission_currency, Decimal(0)) - f.commission
+    return out
+
+
+
 def apply_venue_report(engine: "Engine", order: "Order", known: VenueOrderReport, now_ns: int,
-                       report: ReconcileReport | None = None) -> None:
+                       report: ReconcileReport | None = None, defer_after_ns: int | None = None) -> None:
     """Bring ``order`` to what the venue says (the venue knows better):
     acknowledge it (``OrderAccepted`` with the venue's id) if the engine
     never heard of its acceptance, apply each fill it has not applied (by
@@ -307,7 +324,13 @@ def apply_venue_report(engine: "Engine", order: "Order", known: VenueOrderReport
     status (``CANCELED``, ``EXPIRED``, ``REJECTED``). Events go through the
     engine's normal path (``Engine._on_venue_event``): journaled, audited
     and booked exactly like live ones. ``now_ns`` (engine clock) stamps the
-    synthesized events. Raises nothing; a refused transition is an alert."""
+    synthesized events. With ``defer_after_ns`` (a replay restarting from
+    its checkpoint), a fill of an order the venue still has open or filled
+    whose ``ts_event`` is after that time happened in the step the process
+    died in: it is handed to the engine when that step's bar of its
+    instrument is processed again (``Engine.deferred_fills``), so the
+    restarted run sees it at the same point as an uninterrupted one. Raises
+    nothing; a refused transition is an alert."""
     coid = order.client_order_id
     common: dict[str, Any] = dict(ts_event=now_ns, ts_init=now_ns, client_order_id=coid,
                                   instrument_id=order.instrument_id, model_id=order.model_id)
@@ -316,8 +339,16 @@ def apply_venue_report(engine: "Engine", order: "Order", known: VenueOrderReport
         engine._on_venue_event(OrderAccepted(**common, venue_order_id=known.venue_order_id))
         if report is not None:
             report.acknowledged.append(coid)
+    defer = defer_after_ns is not None and known.status not in ("CANCELED", "EXPIRED", "REJECTED")
     for fill in known.fills:
         if fill.trade_id not in order.trade_ids:
+            if defer and fill.ts_event > defer_after_ns:  # type: ignore[operator]
+                pending = engine.deferred_fills.setdefault(fill.instrument_id, [])
+                if all(f.trade_id != fill.trade_id for f in pending):
+                    pending.append(fill)
+                if report is not None:
+                    report.fills_applied.append(f"{coid}/{fill.trade_id} (at its bar)")
+                continue
             engine._on_venue_event(fill)
             if report is not None:
                 report.fills_applied.append(f"{coid}/{fill.trade_id}")
@@ -429,7 +460,11 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
             continue
         if u is not None and session is not None:
             session.forget(coid)
-        apply_venue_report(engine, order, known, now, report)
+        # a replay restarting from its checkpoint: fills of the step it died in wait for their bar
+        from core.clock import TestClock  # the engine clock of a replay or the SIM market (bars re-run)
+
+        defer = now if startup and isinstance(engine.clock, TestClock) else None
+        apply_venue_report(engine, order, known, now, report, defer_after_ns=defer)
         if session is not None:
             if not order.is_working:
                 session.cancels.pop(coid, None)  # closed at the venue: nothing left to cancel
@@ -475,16 +510,20 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
     by_base: dict[str, list[Any]] = {}
     for iid, inst in sorted(engine.instruments.items(), key=lambda kv: str(kv[0])):
         by_base.setdefault(inst.base, []).append(iid)
+    pending = _deferred_balance_changes(engine)
     for asset, iids in by_base.items():
         # what the venue should hold: its balance before the desk traded plus the book's position
+        # (plus the fills that wait for their bar: the venue has them already)
         venue_qty = Decimal(await _r(venue.balance(asset)))
-        expected = baseline.get(asset, Decimal(0)) + sum((pf.quantity(i) for i in iids), Decimal(0))
+        expected = baseline.get(asset, Decimal(0)) + sum((pf.quantity(i) for i in iids), Decimal(0)) \
+            + pending.get(asset, Decimal(0))
         if venue_qty != expected:
             where = str(iids[0]) if len(iids) == 1 else f"{asset} ({', '.join(str(i) for i in iids)})"
             report.differences.append(f"{where}: the venue holds {venue_qty} {asset}, the store {expected}")
     if getattr(venue, "reconcile_cash", True):
         book_cash = pf.equity_start + pf.realized() - sum((p.cost for p in pf.positions.values()), Decimal(0))
-        expected_cash = baseline.get(venue.quote, pf.equity_start) + (book_cash - pf.equity_start)
+        expected_cash = baseline.get(venue.quote, pf.equity_start) + (book_cash - pf.equity_start) \
+            + pending.get(venue.quote, Decimal(0))
         venue_cash = Decimal(await _r(venue.balance(venue.quote)))
         if venue_cash != expected_cash:
             report.differences.append(f"cash: the venue holds {venue_cash} {venue.quote}, the store {expected_cash}")
