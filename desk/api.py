@@ -826,6 +826,8 @@ def create_app(engine: Any, *, token: str, metrics: DeskMetrics | None = None,
                  "max_notional": None if i.max_notional is None else format(i.max_notional, "f")}
                 for i in sorted(e.instruments.values(), key=lambda i: str(i.id))],
             "marks": {str(i): format(px, "f") for i, px in e.portfolio.marks.items()},
+            # each model's most likely regime per instrument: [state, posterior probability]
+            "regimes": {f"{m}|{i}": [int(r[0]), float(r[1])] for (m, i), r in e.regimes.items()},
         }
 
     @app.get("/orders", dependencies=auth, responses=_AUTH_RESPONSES, tags=["orders"])

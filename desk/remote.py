@@ -606,6 +606,12 @@ class RemoteEngine:
             iid = InstrumentId.parse(iid_text)
             pf.marks[iid] = Decimal(str(px))
             self._observe(iid, price=px)
+        for key, reg in (snap.get("regimes") or {}).items():  # the daemon's regimes (a signal shows only changes)
+            mid, _, iid_text = key.partition("|")
+            try:
+                self.regimes[(mid, InstrumentId.parse(iid_text))] = (int(reg[0]), float(reg[1]))
+            except (ValueError, TypeError, IndexError):
+                continue
         for p in snap.get("positions", []):
             iid = InstrumentId.parse(str(p["instrument_id"]))
             pf.positions[(str(p["model_id"]), iid)] = Position(

@@ -479,7 +479,7 @@ async def test_status_and_snapshot(desk):
     assert s["counts"]["bars"] == 6 and s["counts"]["orders_working"] >= 2 and s["counts"]["models"] == 2
     snap = (await desk.client.get("/snapshot", headers=AUTH)).json()
     assert set(snap) == {"journal_seq", "status", "orders", "positions", "pnl", "models", "allocations", "alerts",
-                         "instruments", "marks"}
+                         "instruments", "marks", "regimes"}
     assert {i["instrument_id"]: (i["tick_size"], i["step_size"]) for i in snap["instruments"]} == {
         str(i.id): (format(i.tick_size, "f"), format(i.step_size, "f")) for i in e.instruments.values()}
     assert s["mode"] == "PAPER" and "speed" in s
