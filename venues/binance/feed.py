@@ -34,12 +34,12 @@ what "now" is at Binance.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any, Awaitable, Callable, Iterable
 
 from core.data import Bar
 from core.identifiers import InstrumentId
+from core.livefeed import LiveFeedBase
 from core.venue_errors import VenueError
 from venues.klines import INTERVALS_NS
 
@@ -51,7 +51,7 @@ NANOS_PER_SECOND = 1_000_000_000
 KLINES_PAGE = 1000
 
 
-class BinanceLiveFeed:
+class BinanceLiveFeed(LiveFeedBase):
     """Closed bars of a started :class:`~venues.binance.adapter.BinanceVenue`
     (see the module docstring).
 
@@ -147,6 +147,17 @@ class BinanceLiveFeed:
             since = page[-1].ts_open + self.step_ns
         return out
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after the bars of ``state`` (:meth:`LiveFeedBase.load_state_dict`)
+        and tell the adapter which bar each instrument had last.
+
+        Raises:
+            ValueError: a state of another interval (named).
+        """
+        super().load_state_dict(state)
+        for iid, t in self.last.items():
+            self._seed_venue(iid, t)
+
     async def prepare(self) -> int:
         """Fetch the warm-up bars over REST (module docstring): the last
         ``warmup_bars`` closed bars per instrument on a new run, the bars
@@ -178,42 +189,7 @@ class BinanceLiveFeed:
                      len(self._warm), ", ".join(str(i) for i in self.instruments), self._warm[-1].ts_event)
         return len(self._warm)
 
-    def warmup(self) -> list[Bar]:
-        """The bars fetched by :meth:`prepare` (then forgotten); ``[]`` when
-        it was not called."""
-        bars, self._warm = self._warm, []
-        return bars
-
     # ------------------------------------------------------------ steps
-    def stop(self) -> None:
-        """End a pending or the next :meth:`next_step` with ``[]``."""
-        self._stopped = True
-        if self._stop is not None:
-            self._stop.set()
-
-    async def _until_stopped(self, aw: Awaitable[Any]) -> tuple[bool, Any]:
-        """Await ``aw`` unless :meth:`stop` comes first (then it is
-        cancelled): ``(True, result)`` or ``(False, None)``."""
-        if self._stop is None:
-            self._stop = asyncio.Event()
-            if self._stopped:
-                self._stop.set()
-        task = asyncio.ensure_future(aw)
-        stopper = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:  # the caller was cancelled (the app quit): nothing is left running
-            task.cancel()
-            raise
-        finally:
-            stopper.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            return False, None
-        return True, task.result()
-
     async def _accept(self, bars: list[Bar]) -> None:
         """Buffer the bars not seen yet; a bar that reveals a gap after the
         last one seen first has the gap fetched over REST."""
@@ -233,17 +209,6 @@ class BinanceLiveFeed:
                 self._buffer += gap
             self._buffer.append(b)
             self._seen[iid] = b.ts_open
-
-    def _pop_step(self) -> list[Bar]:
-        """The buffered bars of the earliest close time (one per
-        instrument), ordered by instrument id."""
-        self._buffer.sort(key=lambda b: (b.ts_event, str(b.instrument_id)))
-        ts = self._buffer[0].ts_event
-        step = [b for b in self._buffer if b.ts_event == ts]
-        self._buffer = [b for b in self._buffer if b.ts_event != ts]
-        for b in step:
-            self.last[b.instrument_id] = max(self.last.get(b.instrument_id, -1), b.ts_open)
-        return step
 
     def _poll_wait_ns(self) -> int:
         """While polling REST: how long until the next bar should be
@@ -282,21 +247,3 @@ class BinanceLiveFeed:
                     return []
 
     # ------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """``{"interval": "1m", "last": {"BTCUSDT.BINANCE": <open ns>}}``:
-        the last bar handed to the engine per instrument."""
-        return {"interval": self.interval, "last": {str(i): t for i, t in sorted(self.last.items(), key=str)}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue after the bars of ``state`` (call :meth:`prepare` after
-        it for the catch-up bars).
-
-        Raises:
-            ValueError: a state of another interval (named).
-        """
-        if state.get("interval", self.interval) != self.interval:
-            raise ValueError(f"feed state: interval {state.get('interval')!r} differs from {self.interval!r}")
-        self.last = {InstrumentId.parse(i): int(t) for i, t in state.get("last", {}).items()}
-        self._seen = dict(self.last)
-        for iid, t in self.last.items():
-            self._seed_venue(iid, t)

@@ -34,7 +34,6 @@ Data Limitations") is kept by polling each contract once per bar.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -42,6 +41,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from core.data import Bar
 from core.identifiers import InstrumentId
+from core.livefeed import LiveFeedBase
 from core.values import ZERO
 
 log = logging.getLogger("desk.venues.ibkr.feed")
@@ -68,7 +68,7 @@ def _dec(x: float) -> Decimal:
     return Decimal(repr(float(x)))
 
 
-class IbkrLiveFeed:
+class IbkrLiveFeed(LiveFeedBase):
     """Closed bars of a started :class:`~venues.ibkr.adapter.IbkrVenue` (see
     the module docstring).
 
@@ -186,39 +186,7 @@ class IbkrLiveFeed:
         self._warm = sorted(bars, key=lambda b: (b.ts_event, str(b.instrument_id)))
         return len(self._warm)
 
-    def warmup(self) -> list[Bar]:
-        """The bars fetched by :meth:`prepare` (then forgotten)."""
-        bars, self._warm = self._warm, []
-        return bars
-
     # ------------------------------------------------------------ steps
-    def stop(self) -> None:
-        """End a pending or the next :meth:`next_step` with ``[]``."""
-        self._stopped = True
-        if self._stop is not None:
-            self._stop.set()
-
-    async def _until_stopped(self, aw: Awaitable[Any]) -> tuple[bool, Any]:
-        if self._stop is None:
-            self._stop = asyncio.Event()
-            if self._stopped:
-                self._stop.set()
-        task = asyncio.ensure_future(aw)
-        stopper = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            task.cancel()
-            raise
-        finally:
-            stopper.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            return False, None
-        return True, task.result()
-
     def _due_ns(self) -> int:
         """When the next bar should be asked for: the close of the bar after
         the oldest last one seen, plus the grace."""
@@ -238,15 +206,6 @@ class IbkrLiveFeed:
                     seen = b.ts_open
             if seen is not None:
                 self._seen[iid] = seen
-
-    def _pop_step(self) -> list[Bar]:
-        self._buffer.sort(key=lambda b: (b.ts_event, str(b.instrument_id)))
-        ts = self._buffer[0].ts_event
-        step = [b for b in self._buffer if b.ts_event == ts]
-        self._buffer = [b for b in self._buffer if b.ts_event != ts]
-        for b in step:
-            self.last[b.instrument_id] = max(self.last.get(b.instrument_id, -1), b.ts_open)
-        return step
 
     async def next_step(self) -> list[Bar]:
         """The bars of the next close time (module docstring); ``[]`` once
@@ -283,17 +242,3 @@ class IbkrLiveFeed:
                     return []
 
     # ------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """``{"interval": "1m", "last": {"AAPL.IBKR": <open ns>}}``."""
-        return {"interval": self.interval, "last": {str(i): t for i, t in sorted(self.last.items(), key=str)}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue after the bars of ``state`` (then :meth:`prepare`).
-
-        Raises:
-            ValueError: a state of another interval (named).
-        """
-        if state.get("interval", self.interval) != self.interval:
-            raise ValueError(f"feed state: interval {state.get('interval')!r} differs from {self.interval!r}")
-        self.last = {InstrumentId.parse(i): int(t) for i, t in state.get("last", {}).items()}
-        self._seen = dict(self.last)

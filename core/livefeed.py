@@ -1,0 +1,98 @@
+"""What the live bar feeds of every venue share (``venues.binance.feed``,
+``venues.ibkr.feed``): the warm-up hand-over, a stop that ends a pending
+step at once, one step per close time, and the restart state (the last bar
+handed to the engine per instrument).
+
+A subclass sets, in its ``__init__``: ``interval`` (``"1m"``), ``_warm``
+(the warm-up bars its ``prepare`` fetched), ``_buffer`` (bars fetched and
+not handed over yet), ``last`` and ``_seen`` (per instrument, the open time
+in UTC ns of the last bar handed over / fetched), ``_stop`` (None) and
+``_stopped`` (False); and implements ``async next_step()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Awaitable
+
+from core.data import Bar
+from core.identifiers import InstrumentId
+
+
+class LiveFeedBase:
+    """The shared part of a live feed (module docstring)."""
+
+    interval: str
+    _warm: list[Bar]
+    _buffer: list[Bar]
+    last: dict[InstrumentId, int]
+    _seen: dict[InstrumentId, int]
+    _stop: asyncio.Event | None
+    _stopped: bool
+
+    #: a live feed never ends by itself
+    finite = False
+
+    def warmup(self) -> list[Bar]:
+        """The bars fetched by ``prepare`` (then forgotten); ``[]`` when it
+        was not called."""
+        bars, self._warm = self._warm, []
+        return bars
+
+    def stop(self) -> None:
+        """End a pending or the next ``next_step`` with ``[]``."""
+        self._stopped = True
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _until_stopped(self, aw: Awaitable[Any]) -> tuple[bool, Any]:
+        """Await ``aw`` unless :meth:`stop` comes first (then it is
+        cancelled): ``(True, result)`` or ``(False, None)``."""
+        if self._stop is None:
+            self._stop = asyncio.Event()
+            if self._stopped:
+                self._stop.set()
+        task = asyncio.ensure_future(aw)
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the caller was cancelled (the app quit): nothing is left running
+            task.cancel()
+            raise
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            return False, None
+        return True, task.result()
+
+    def _pop_step(self) -> list[Bar]:
+        """The buffered bars of the earliest close time (one per
+        instrument), ordered by instrument id."""
+        self._buffer.sort(key=lambda b: (b.ts_event, str(b.instrument_id)))
+        ts = self._buffer[0].ts_event
+        step = [b for b in self._buffer if b.ts_event == ts]
+        self._buffer = [b for b in self._buffer if b.ts_event != ts]
+        for b in step:
+            self.last[b.instrument_id] = max(self.last.get(b.instrument_id, -1), b.ts_open)
+        return step
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"interval": "1m", "last": {"BTCUSDT.BINANCE": <open ns>}}``:
+        the last bar handed to the engine per instrument."""
+        return {"interval": self.interval, "last": {str(i): t for i, t in sorted(self.last.items(), key=str)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after the bars of ``state`` (call ``prepare`` after it
+        for the catch-up bars).
+
+        Raises:
+            ValueError: a state of another interval (named).
+        """
+        if state.get("interval", self.interval) != self.interval:
+            raise ValueError(f"feed state: interval {state.get('interval')!r} differs from {self.interval!r}")
+        self.last = {InstrumentId.parse(i): int(t) for i, t in state.get("last", {}).items()}
+        self._seen = dict(self.last)
