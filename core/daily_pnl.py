@@ -340,8 +340,7 @@ def journal_fill_pnl(conn: Any) -> tuple[list[FillPnl], list[str]]:
         sqlite3.Error: when the journal cannot be read.
     """
     from core.portfolio import AccountingError
-    from core.rebuild import _USED_TYPES, _book_settings, _Replay  # the rebuild's own replay rules
-    from core.events import event_from_dict
+    from core.rebuild import _book_settings, _Replay, replay_journal  # the rebuild's own replay rules
     from core.values import quantize_money
 
     class _Recorder(_Replay):
@@ -370,15 +369,7 @@ def journal_fill_pnl(conn: Any) -> tuple[list[FillPnl], list[str]]:
         "SELECT DISTINCT json_extract(payload, '$.trade_id') FROM journal WHERE type='FillAllocated'")}
     r = _Recorder(book.portfolio(), allocated)
     r.notes = notes
-    for seq, typ, payload in conn.execute("SELECT seq, type, payload FROM journal ORDER BY seq"):
-        if typ not in _USED_TYPES:
-            continue
-        try:
-            event = event_from_dict(json.loads(payload))
-        except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
-            r.note(f"seq {seq}: {typ} cannot be decoded: {exc}")
-            continue
-        r.on_event(int(seq), event)
+    replay_journal(conn, r)
     return r.records, r.notes
 
 

@@ -455,15 +455,7 @@ def compute(conn: sqlite3.Connection, equity_start: Decimal | None = None) -> Re
     events = int(conn.execute("SELECT COUNT(*) FROM journal").fetchone()[0])
     r = _Replay(book.portfolio(), allocated)
     r.notes = notes
-    for seq, typ, payload in conn.execute("SELECT seq, type, payload FROM journal ORDER BY seq"):
-        if typ not in _USED_TYPES:
-            continue
-        try:
-            event = event_from_dict(json.loads(payload))
-        except (ValueError, TypeError, KeyError, InvalidOperation) as exc:
-            r.note(f"seq {seq}: {typ} cannot be decoded: {exc}")
-            continue
-        r.on_event(int(seq), event)
+    replay_journal(conn, r)
 
     orders: dict[Key, Row] = {}
     for coid in r.recorded:
@@ -569,6 +561,22 @@ def write_tables(conn: sqlite3.Connection, rebuilt: Rebuilt, tables: Iterable[st
         conn.execute(f"DELETE FROM [{table}]")
         cols = ", ".join(f"[{c}]" for c in spec.columns)
         conn.executemany(f"INSERT INTO [{table}] ({cols}) VALUES ({', '.join('?' * len(spec.columns))})", values)
+
+
+def replay_journal(conn: sqlite3.Connection, replay: Any) -> None:
+    """Feed every journal event this module uses (``_USED_TYPES``), in
+    sequence order, to ``replay.on_event(seq, event)``; an event that cannot
+    be decoded is a ``replay.note`` naming its sequence, not an error. Shared
+    by :func:`rebuild` and ``core.daily_pnl.journal_fill_pnl``."""
+    for seq, typ, payload in conn.execute("SELECT seq, type, payload FROM journal ORDER BY seq"):
+        if typ not in _USED_TYPES:
+            continue
+        try:
+            event = event_from_dict(json.loads(payload))
+        except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
+            replay.note(f"seq {seq}: {typ} cannot be decoded: {exc}")
+            continue
+        replay.on_event(int(seq), event)
 
 
 def rebuild(store_path: str | Path, apply: bool = False, equity_start: Decimal | None = None) -> RebuildReport:
