@@ -548,6 +548,20 @@ class Engine:
                 total += self.instruments[o.instrument_id].notional(px, o.leaves_qty)
         return total
 
+    def unsellable(self, model_id: str, iid: InstrumentId) -> bool:
+        """True when ``model_id``'s position in ``iid`` is flat or dust the
+        venue would refuse to trade: below the step or the minimum quantity,
+        or worth less than the minimum notional at the last mark (Binance
+        LOT_SIZE / NOTIONAL filters); it can never be sold, so a retired
+        version holding only that is done and a flatten has nothing left."""
+        q = abs(self.portfolio.position(model_id, iid).quantity)
+        if q == 0:
+            return True
+        inst = self.instruments[iid]
+        mark = self.portfolio.marks.get(iid)
+        return (q < inst.step_size or q < inst.min_qty
+                or (mark is not None and inst.notional(mark, q) < inst.min_notional))
+
     def day_pnl(self) -> Decimal:
         """The desk's PnL (quote, realized + unrealized) since the start of
         the current UTC day of the engine clock."""

@@ -819,19 +819,6 @@ class Lifecycle:
             self.next_allocation_ns = now - (now - self.next_allocation_ns) % period + period
         self._drop_flat_retired()
 
-    def _unsellable(self, model_id: str, iid: InstrumentId) -> bool:
-        """True when the position is flat or dust the venue would refuse to
-        trade: below the step or the minimum quantity, or worth less than the
-        minimum notional at the last mark (it can never be sold)."""
-        e = self.engine
-        q = abs(e.portfolio.position(model_id, iid).quantity)
-        if q == 0:
-            return True
-        inst = e.instruments[iid]
-        mark = e.portfolio.marks.get(iid)
-        return (q < inst.step_size or q < inst.min_qty
-                or (mark is not None and inst.min_notional is not None and q * mark < inst.min_notional))
-
     def _drop_flat_retired(self) -> None:
         """A retired version leaves the models once its positions are flat
         (or unsellable dust) and it has no working order; its PnL and any
@@ -840,7 +827,7 @@ class Lifecycle:
         for mid, rec in self.registry.items():
             if rec.stage != "retired" or mid not in e.models:
                 continue
-            if not all(self._unsellable(mid, i) for i in e.models[mid]):
+            if not all(e.unsellable(mid, i) for i in e.models[mid]):
                 continue
             if any(k[0] == mid for k in e.working) or any(k[0] == mid for k in e.pending_fits):
                 continue

@@ -104,7 +104,8 @@ class PolicyRuntime:
             except (TypeError, ValueError):
                 x = math.nan
             psr[mid] = x
-        open_positions = sum(1 for p in e.portfolio.positions.values() if p.quantity != 0)
+        # positions a flatten could still close (dust below the filters cannot be sold: not "open")
+        open_positions = sum(1 for (m, i) in e.portfolio.positions if not e.unsellable(m, i))
         return Figures(
             ts_ns=now, drawdown=dd, daily_loss=day_loss,
             data_staleness_s={str(i): (now - t) / 1e9 for i, t in e.last_bar_ts.items()},

@@ -90,3 +90,26 @@ def test_a_canary_still_warming_up_has_no_psr_for_the_rules(tmp_path):
     assert eng.policy_runtime.figures().model_psr == {}
     eng.lifecycle.last_verdict["c"] = {"action": "hold", "figures": {"psr": "0.001"}, "reason": "hold"}
     assert eng.policy_runtime.figures().model_psr == {"c": 0.001}
+
+
+def test_a_flatten_rule_is_not_repeated_over_unsellable_dust(tmp_path):
+    # after a flatten only dust is left (below ETH's step 0.0001 and its 5 USDT min notional): the rule's
+    # action is in force (HALTED, nothing sellable), so it does not fire again after its cooldown
+    from core.events import OrderFilled
+
+    eng = build(tmp_path, ["2000"] * 12, ["0"])
+    eng.register_seeds()
+    eng.portfolio.mark(IID, D("2000"))
+    eng.portfolio.apply_fill(OrderFilled(
+        ts_event=1, ts_init=1, client_order_id="NHD-0-0-0", instrument_id=IID, model_id="m0", venue_order_id="V",
+        trade_id="T-1", side="BUY", last_qty=D("0.00005"), last_px=D("2000"), commission=D("0"),
+        commission_currency="ETH", liquidity_side="TAKER"))
+    assert eng.unsellable("m0", IID)  # 0.00005 < step 0.0001 (and 0.10 USDT < 5)
+    rt = PolicyRuntime(eng, parse_policy({"rules": [{"name": "f", "figure": "drawdown", "op": ">=",
+                                                     "threshold": "0", "action": "flatten",
+                                                     "cooldown_s": 60}]}, "p.yaml"))
+    assert rt.figures().open_positions == 0
+    eng.policy_runtime = rt
+    asyncio.run(eng.warm_up())
+    asyncio.run(eng.run())  # 12 one-minute bars: cooldown 60 s would allow ~10 firings
+    assert len(journal(eng, "PolicyTriggered")) == 1
