@@ -224,9 +224,13 @@ class EngineLink:
         for mid in e.weights:
             if mid not in self.stats:  # a refit version appeared
                 self.stats[mid] = ModelStats(float(e.weights[mid] * e.config.router.capital))
+        capital = e.config.router.capital
         for mid, st in self.stats.items():
             if st.last_bucket != bucket:
-                st.add(float(self.model_equity(mid)), bucket)
+                budget = float(e.weights.get(mid, 0) * capital)
+                if budget > 0:
+                    st.budget = budget  # returns are PnL changes over the budget in force
+                st.add(float(self.model_pnl(mid)), bucket)
         day = e.clock.timestamp_ns() // DAY_NS
         if day != self._day:
             self._day = day
@@ -237,11 +241,13 @@ class EngineLink:
         for hook in self.step_hooks:
             hook()
 
-    def model_equity(self, model_id: str) -> Decimal:
-        """budget + realized + unrealized of one model (quote)."""
-        e = self.engine
-        pf = e.portfolio
-        return e.weights.get(model_id, 0) * e.config.router.capital + pf.realized(model_id) + pf.unrealized(model_id)
+    def model_pnl(self, model_id: str) -> Decimal:
+        """realized + unrealized PnL of one model (quote). Its Sharpe is
+        taken on changes of this over the budget: a budget that the
+        allocator moves is not a return (a model that never traded has
+        none)."""
+        pf = self.engine.portfolio
+        return pf.realized(model_id) + pf.unrealized(model_id)
 
     def set_speed(self, speed: float | None) -> None:
         """Change the engine's speed live (steps per second, None = max)."""

@@ -141,3 +141,22 @@ async def test_the_positions_pane_shows_every_book_with_a_position(tmp_path):
         await pilot.pause()
         rows = [app.positions_pane.table.get_row_at(k) for k in range(app.positions_pane.table.row_count)]
         assert any(str(r[0]) == "manual" and str(r[1]) == str(iid) for r in rows)
+
+
+def test_a_budget_the_allocator_moves_is_not_a_return_in_the_sharpe(tmp_path):
+    # a model that never traded: its budget halves between two hours; its returns are 0, so no Sharpe
+    from decimal import Decimal
+
+    from desk.link import EngineLink
+    from tests.app.engines import scripted_sim_engine
+
+    engine = scripted_sim_engine(tmp_path / "state")
+    link = EngineLink(engine, lambda batch: None)
+    hour = 3_600_000_000_000
+    for k, w in enumerate(("0.9", "0.45", "0.45")):
+        engine.weights["hmm_v1"] = Decimal(w)
+        engine.clock.set_time((k + 1) * hour)
+        link._on_step()
+    st = link.stats["hmm_v1"]
+    assert (st.n, st.mean) == (2, 0.0) and st.sharpe is None
+    assert st.budget == 0.45 * 10000
