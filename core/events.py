@@ -409,6 +409,23 @@ class VenueStateChanged(Event):
     until_ns: int = 0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FundingPaid(Event):
+    """A funding payment of a perpetual position, as the venue reports it
+    (Binance ``GET /fapi/v1/income`` ``incomeType=FUNDING_FEE``).
+
+    ``amount`` is in ``asset`` (the quote/margin asset, USDT), signed from
+    the account's side: negative = paid, positive = received. ``tran_id``
+    is the venue's transaction id (unique per payment: the portfolio books
+    each id once). ``ts_event`` is the funding time at the venue (UTC ns).
+    """
+
+    instrument_id: InstrumentId
+    amount: Decimal
+    asset: str
+    tran_id: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -445,6 +462,10 @@ EVENT_TYPES.update({
                 AllocationChanged, EndOfDayMarked, PolicyTriggered, VenueStateChanged)
 })
 _DECIMAL_FIELDS.update({"weight", "idle", "capital"})
+
+# USD-M futures (issue 6): funding payments
+EVENT_TYPES[FundingPaid.__name__] = FundingPaid
+_DECIMAL_FIELDS.add("amount")
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:

@@ -101,6 +101,8 @@ class Position:
     realized: Decimal = ZERO
     fees: Decimal = ZERO
     fills: int = 0
+    #: funding payments booked into ``realized`` (quote, signed; informational, USD-M perpetuals)
+    funding: Decimal = ZERO
 
     def unrealized(self, mark: Decimal | None) -> Decimal:
         """``quantity * mark - cost`` in quote, exact (not quantized, so sums
@@ -127,16 +129,20 @@ class Position:
         return px if quantum is None else px.quantize(quantum, rounding=ROUND_HALF_EVEN)
 
     def to_dict(self) -> dict[str, str | int]:
-        """JSON-ready state."""
-        return {
+        """JSON-ready state (``funding`` only when a payment was booked)."""
+        out: dict[str, str | int] = {
             "quantity": format(self.quantity, "f"), "cost": format(self.cost, "f"),
             "realized": format(self.realized, "f"), "fees": format(self.fees, "f"), "fills": self.fills,
         }
+        if self.funding:
+            out["funding"] = format(self.funding, "f")
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Position":
         """Inverse of ``to_dict``."""
-        return cls(Decimal(d["quantity"]), Decimal(d["cost"]), Decimal(d["realized"]), Decimal(d["fees"]), int(d["fills"]))
+        return cls(Decimal(d["quantity"]), Decimal(d["cost"]), Decimal(d["realized"]), Decimal(d["fees"]),
+                   int(d["fills"]), Decimal(d.get("funding", "0")))
 
 
 class AccountingError(Exception):
@@ -185,6 +191,8 @@ class Portfolio:
     short_by_instrument: dict[InstrumentId, bool] = field(default_factory=dict)
     #: contract multipliers other than 1 (futures), by instrument
     multipliers: dict[InstrumentId, Decimal] = field(default_factory=dict)
+    #: venue transaction ids of the funding payments already booked (``apply_funding``; checkpointed)
+    funding_seen: set[str] = field(default_factory=set)
 
     # ---------------------------------------------------------- setup
     def register_instrument(self, instrument: Instrument, allow_short: bool | None = None) -> None:
@@ -349,6 +357,61 @@ class Portfolio:
         self.marks.setdefault(iid, px)
         return realized
 
+    def apply_funding(self, instrument_id: InstrumentId, amount: Decimal, tran_id: str) -> dict[str, Decimal]:
+        """Book a funding payment of a perpetual (``core.events.FundingPaid``)
+        into the models holding ``instrument_id``, pro rata to their signed
+        positions, into their realized PnL (so into the book's quote cash
+        ``equity_start + realized - cost``) and their ``funding`` figure.
+
+        ``amount`` is quote, signed (negative = paid). The venue charges
+        funding on the account's net position ``N = sum(q_i)``, so a model
+        holding ``q_i`` takes ``amount * q_i / N``: with opposite positions
+        a model can receive while the account pays. Each part but the last
+        is quantized to 8 decimals (the quote precision) with
+        ROUND_HALF_EVEN; the last (models sorted by id) takes the remainder,
+        so the parts sum exactly to ``amount``. Worked example: -1 USDT over
+        three models holding 0.001 each -> -0.33333333, -0.33333333,
+        -0.33333334.
+
+        Idempotent by ``tran_id``: an id already booked (``funding_seen``,
+        saved with the checkpoint) books nothing and returns ``{}``. When no
+        model holds the instrument, or the models' positions net to zero,
+        nothing can be split: the id is recorded and ``{}`` returned (the
+        caller alerts; the payment is then the venue's, not the book's).
+        The split uses the positions at booking time (the venue reports
+        the payment after its funding time; a fill in between shifts it).
+
+        Returns:
+            model id -> the part booked (quote, signed).
+
+        Raises:
+            TypeError: ``amount`` not a Decimal.
+            ValueError: ``amount`` not finite, or an empty ``tran_id``.
+        """
+        if not isinstance(amount, Decimal):
+            raise TypeError(f"amount: expected Decimal, got {type(amount).__name__} {amount!r}")
+        if not amount.is_finite():
+            raise ValueError(f"amount: must be finite, got {amount}")
+        if not tran_id:
+            raise ValueError(f"tran_id: must be a non-empty id, got {tran_id!r}")
+        if tran_id in self.funding_seen:
+            return {}
+        self.funding_seen.add(tran_id)
+        holders = sorted(((m, p) for (m, i), p in self.positions.items() if i == instrument_id and p.quantity != 0),
+                         key=lambda mp: mp[0])
+        net = sum((p.quantity for _, p in holders), ZERO)
+        if not holders or net == 0:
+            return {}
+        parts: dict[str, Decimal] = {}
+        booked = ZERO
+        for n, (model_id, pos) in enumerate(holders):
+            part = amount - booked if n == len(holders) - 1 else quantize_money(amount * pos.quantity / net)
+            booked += part
+            pos.realized += part
+            pos.funding += part
+            parts[model_id] = part
+        return parts
+
     def mark(self, instrument_id: InstrumentId, price: Decimal) -> None:
         """Set the mark (last close) of an instrument."""
         self.marks[instrument_id] = price
@@ -425,6 +488,7 @@ class Portfolio:
             "curve_every_ns": self.curve_every_ns,
             "allow_short": self.allow_short,
             "asset_prices": {a: format(px, "f") for a, px in self.asset_prices.items()},
+            "funding_seen": sorted(self.funding_seen),
             "instruments": {
                 str(i): [b, q, self.short_by_instrument.get(i)]
                 + ([format(self.multipliers[i], "f")] if i in self.multipliers else [])
@@ -439,6 +503,7 @@ class Portfolio:
         with empty registries)."""
         pf = cls(Decimal(d["equity_start"]), allow_short=bool(d.get("allow_short", False)))
         pf.asset_prices = {a: Decimal(px) for a, px in d.get("asset_prices", {}).items()}
+        pf.funding_seen = set(d.get("funding_seen", ()))
         for i, row in d.get("instruments", {}).items():
             b, q, short = row[0], row[1], row[2]
             iid = InstrumentId.parse(i)

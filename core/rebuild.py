@@ -23,6 +23,10 @@ live, so a store written by the engine rebuilds with no difference):
   quantity and fee at the fill's price); an internal cross (trade id
   ``X-...``, no order) is a plain fill; a repeated fill (a trade id the
   order already holds) is booked once.
+* ``FundingPaid`` (USD-M perpetuals): booked into the positions' realized
+  PnL pro rata to the models' signed positions at that point of the
+  journal, each ``tran_id`` once (``Portfolio.apply_funding``), as the
+  engine books it (``core.funding``), so positions and cash rebuild equal.
 * ``balances``: the engine's book, :func:`core.store.book_balances`; the
   equity start comes from ``meta['setup']`` (``capital``) or else
   ``meta['book']`` (written with the positions), the assets of each
@@ -65,6 +69,7 @@ from core.events import (
     CanaryPromoted,
     CanaryRolledBack,
     FillAllocated,
+    FundingPaid,
     ModelStageChanged,
     ModelStateChanged,
     OrderEvent,
@@ -138,7 +143,7 @@ TABLES: dict[str, TableSpec] = {
 #: the event types the rebuild reads (others, e.g. signals and fits, feed no table)
 _USED_TYPES = frozenset(ORDER_EVENT_TYPES | {"FillAllocated", "AlertRaised", "TradingStateChanged",
                                               "ModelStateChanged", "ModelStageChanged", "CanaryPromoted",
-                                              "CanaryRolledBack"})
+                                              "CanaryRolledBack", "FundingPaid"})
 _STEP_RE = re.compile(r"^NHD-([0-9a-f]+)-")
 _FLATTEN_WHO_RE = re.compile(r"^flatten by (.*?): ", re.DOTALL)
 #: alerts that record a per-venue governance action (``core.governance``'s messages)
@@ -347,6 +352,8 @@ class _Replay:
             self.recorded[order.client_order_id] = None
         elif isinstance(event, FillAllocated):
             self.on_allocated(seq, event)
+        elif isinstance(event, FundingPaid):
+            self.on_funding(seq, event)
         elif isinstance(event, AlertRaised):
             self.alerts[(seq,)] = dict(zip(ALERTS_COLUMNS, (seq, event.ts_event, event.level, event.code,
                                                             event.message)))
@@ -412,6 +419,16 @@ class _Replay:
         self.booked_parts.add(key)
         self.book(dataclasses.replace(parent, model_id=event.model_id, last_qty=event.last_qty,
                                       commission=event.commission), seq)
+
+    def on_funding(self, seq: int, event: FundingPaid) -> None:
+        """A perpetual's funding payment, booked as the engine books it
+        (``core.funding.attach_funding``: ``Portfolio.apply_funding``, pro
+        rata to the positions at that point of the journal, each
+        ``tran_id`` once)."""
+        try:
+            self.portfolio.apply_funding(event.instrument_id, event.amount, event.tran_id)
+        except (TypeError, ValueError) as exc:
+            self.note(f"seq {seq}: funding {event.tran_id} not booked: {exc}")
 
     def on_venue_action(self, seq: int, event: AlertRaised) -> None:
         m = _VENUE_ACTIONS[event.code].match(event.message)
