@@ -112,6 +112,7 @@ class FakeOrder:
     order_list_id: int = -1
     locked: Decimal = ZERO  # quote for buys, base for sells
     triggered: bool = False
+    reduce_only: bool = False  # USD-M futures
 
     def to_json(self) -> dict[str, Any]:
         """``GET /api/v3/order`` shape."""
@@ -192,8 +193,9 @@ def load_symbols(path: Path) -> tuple[dict[str, Any], dict[str, SymbolSpec]]:
         f = {x["filterType"]: x for x in s["filters"]}
         if "NOTIONAL" in f:
             mn, kind = Decimal(f["NOTIONAL"]["minNotional"]), "NOTIONAL"
-        elif "MIN_NOTIONAL" in f:
-            mn, kind = Decimal(f["MIN_NOTIONAL"]["minNotional"]), "MIN_NOTIONAL"
+        elif "MIN_NOTIONAL" in f:  # spot before 2023: minNotional; USD-M futures: notional
+            mn = Decimal(f["MIN_NOTIONAL"].get("minNotional", f["MIN_NOTIONAL"].get("notional", "0")))
+            kind = "MIN_NOTIONAL"
         else:
             mn, kind = ZERO, "NOTIONAL"
         specs[s["symbol"]] = SymbolSpec(
@@ -927,3 +929,375 @@ def _split_signature(text: str) -> tuple[str, str | None]:
     if i < 0:
         return text, None
     return text[:i], text[i + len("&signature="):]
+
+
+# ====================================================================== USD-M futures (/fapi)
+#: BTCUSDT USD-M leverage brackets (the first three tiers as Binance published them for BTCUSDT in 2022-2023:
+#: notional caps 50,000 / 250,000 / 3,000,000 USDT, maintenance rates 0.4 % / 0.5 % / 1 %, max leverage
+#: 125 / 100 / 50). The maintenance amounts follow from Binance's continuity rule (Leverage and Margin of
+#: USDⓈ-M Futures): cum_n = cum_{n-1} + floor_n x (mmr_n - mmr_{n-1}): 0, 50000 x 0.001 = 50,
+#: 50 + 250000 x 0.005 = 1300. JSON numbers, as Binance sends them.
+BTCUSDT_BRACKETS: list[dict[str, Any]] = [
+    {"bracket": 1, "initialLeverage": 125, "notionalCap": 50000, "notionalFloor": 0, "maintMarginRatio": 0.004,
+     "cum": 0.0},
+    {"bracket": 2, "initialLeverage": 100, "notionalCap": 250000, "notionalFloor": 50000, "maintMarginRatio": 0.005,
+     "cum": 50.0},
+    {"bracket": 3, "initialLeverage": 50, "notionalCap": 3000000, "notionalFloor": 250000, "maintMarginRatio": 0.01,
+     "cum": 1300.0},
+]
+
+
+@dataclass
+class FakePosition:
+    """One-way (``BOTH``) position of a symbol: signed size, entry price
+    (weighted average of the opening fills, as Binance computes it)."""
+
+    qty: Decimal = ZERO
+    entry: Decimal = ZERO
+
+
+class FakeBinanceUsdm(FakeBinance):
+    """The subset of Binance's USD-M futures REST API (``/fapi``) the desk's
+    ``BinanceUsdmVenue`` uses, on the same HTTP handling as the spot fake:
+    the same HMAC-SHA256 signature and recvWindow verification, the same
+    fault knobs (``offset_ms``, ``fail_next``, ``strict_throttle``,
+    ``drop_next_order``), the same request records. Shapes follow Binance's
+    Derivatives API docs and, where recorded, the ccxt-recorded futures
+    payloads in ``../shared/data/binance/orders/ccxt-recorded`` (order:
+    batch order / GTX open order; trade: ``userTrades`` row).
+
+    What it models: one-way positions per symbol moved by fills (entry
+    price = weighted average of opening fills; a reducing fill realizes
+    ``closed x (px - entry) x side`` into the wallet; a flip closes then
+    opens at the fill price), fees in USDT (``taker_rate`` / ``maker_rate``
+    of the notional) from the wallet, ``reduceOnly`` (``-2022`` when it would
+    increase the position), post-only ``GTX`` (``-5022`` when it would
+    take), MIN_NOTIONAL (``-4164``), MARKET_LOT_SIZE for market orders,
+    duplicate ``newClientOrderId`` among open orders (``-4116``), margin type
+    per symbol (``-4046`` when unchanged, ``-4048`` with a position), leverage
+    per symbol (``-4028`` above the first bracket's maximum), the position
+    mode (``dual_side``), funding payments (:meth:`pay_funding`: ``income``
+    = -position x mark x rate into the wallet and the ``income`` history).
+    Mark price and liquidation price are knobs (``marks``, ``liquidation``),
+    not computed: a test sets the venue's figures it wants to compare with.
+
+    Args:
+        clock, exchange_info, api_key, secret, klines, can_withdraw: as
+            :class:`FakeBinance` (``exchange_info``: a USD-M exchangeInfo).
+        wallet: starting USDT wallet balance.
+        book: ``(symbol, bid, bid_qty, ask, ask_qty)`` starting books.
+    """
+
+    def __init__(self, clock: Clock, exchange_info: Path, *, api_key: str = "test-key", secret: str = "test-secret",
+                 wallet: Decimal = Decimal("10000"), book: list[tuple[str, str, str, str, str]] | None = None,
+                 klines: Path | None = None, can_withdraw: bool = False, taker_rate: Decimal = Decimal("0.0004"),
+                 maker_rate: Decimal = Decimal("0.0002")) -> None:
+        super().__init__(clock, exchange_info, api_key=api_key, secret=secret, balances={"USDT": wallet},
+                         klines=klines, can_withdraw=can_withdraw, fee_rate=taker_rate)
+        self.maker_rate = maker_rate
+        self.wallet = wallet
+        self.dual_side = False
+        self.margin_type: dict[str, str] = {}  # symbol -> "cross" / "isolated" (Binance's default: cross)
+        self.leverage: dict[str, int] = {}  # default 20
+        self.positions: dict[str, FakePosition] = {}
+        self.marks: dict[str, Decimal] = {}
+        self.liquidation: dict[str, Decimal] = {}
+        self.brackets: dict[str, list[dict[str, Any]]] = {"BTCUSDT": BTCUSDT_BRACKETS}
+        self.income: list[dict[str, Any]] = []
+        self._next_tran = 9_689_322_392  # the tranId of Binance's documentation example
+        #: (path, params without timestamp/recvWindow/signature) of every signed request that verified
+        self.signed_params: list[tuple[str, dict[str, str]]] = []
+        for sym, bid, bq, ask, aq in book or []:
+            self.set_book(sym, bid, ask, bq, aq)
+
+    # ------------------------------------------------------------ knobs
+    @property
+    def urls(self) -> dict[str, str]:
+        """ccxt ``urls['api']`` pointing every USD-M section (and ``sapi``) here."""
+        b = self.base_url
+        return {"fapiPublic": f"{b}/fapi/v1", "fapiPublicV2": f"{b}/fapi/v2", "fapiPrivate": f"{b}/fapi/v1",
+                "fapiPrivateV2": f"{b}/fapi/v2", "fapiPrivateV3": f"{b}/fapi/v3", "sapi": f"{b}/sapi/v1",
+                "ws": b.replace("http://", "ws://") + "/ws"}
+
+    def position(self, symbol: str) -> FakePosition:
+        """The (possibly flat) position of ``symbol``."""
+        return self.positions.setdefault(symbol, FakePosition())
+
+    def mark(self, symbol: str) -> Decimal:
+        """The mark price: the knob, else the book's mid."""
+        if symbol in self.marks:
+            return self.marks[symbol]
+        b = self.books.get(symbol)
+        return (b.bid + b.ask) / 2 if b is not None else ZERO
+
+    def pay_funding(self, symbol: str, rate: str, time_ms: int) -> Decimal:
+        """A funding settlement at ``time_ms``: ``income = -positionAmt x
+        mark x rate`` (8 decimals, half-even; longs pay a positive rate),
+        booked into the wallet and the income history. Returns it."""
+        pos = self.position(symbol)
+        amount = (-pos.qty * self.mark(symbol) * Decimal(rate)).quantize(Q8, ROUND_HALF_EVEN)
+        self.wallet += amount
+        self.income.append({"symbol": symbol, "incomeType": "FUNDING_FEE", "income": s8(amount), "asset": "USDT",
+                            "info": "FUNDING_FEE", "time": time_ms, "tranId": self._next_tran, "tradeId": ""})
+        self._next_tran += 1
+        return amount
+
+    def params_of(self, path: str) -> list[dict[str, str]]:
+        """The signed parameters sent to ``path`` (verified requests only)."""
+        return [p for q, p in self.signed_params if q == path]
+
+    # ------------------------------------------------------------ HTTP
+    def _verify(self, request: web.Request, body: str, params: dict[str, str], now: int) -> None:
+        super()._verify(request, body, params, now)
+        self.signed_params.append((request.path, {k: v for k, v in params.items()
+                                                  if k not in ("timestamp", "recvWindow", "signature")}))
+
+    def _route(self, method: str, path: str) -> tuple[Callable[[dict[str, str], int], Any], bool] | None:
+        table: dict[tuple[str, str], tuple[Callable[[dict[str, str], int], Any], bool]] = {
+            ("GET", "/fapi/v1/ping"): (lambda p, n: {}, False),
+            ("GET", "/fapi/v1/time"): (lambda p, n: {"serverTime": n}, False),
+            ("GET", "/fapi/v1/exchangeInfo"): (self._exchange_info, False),
+            ("GET", "/fapi/v1/klines"): (self._klines, False),
+            ("GET", "/fapi/v1/ticker/bookTicker"): (self._f_book_ticker, False),
+            ("GET", "/fapi/v2/account"): (self._f_account, True),
+            ("GET", "/fapi/v2/positionRisk"): (self._f_position_risk, True),
+            ("GET", "/fapi/v1/positionSide/dual"): (lambda p, n: {"dualSidePosition": self.dual_side}, True),
+            ("POST", "/fapi/v1/marginType"): (self._f_margin_type, True),
+            ("POST", "/fapi/v1/leverage"): (self._f_leverage, True),
+            ("GET", "/fapi/v1/leverageBracket"): (self._f_brackets, True),
+            ("POST", "/fapi/v1/order"): (self._f_new_order, True),
+            ("GET", "/fapi/v1/order"): (self._f_get_order, True),
+            ("DELETE", "/fapi/v1/order"): (self._f_cancel_order, True),
+            ("GET", "/fapi/v1/openOrders"): (self._f_open_orders, True),
+            ("GET", "/fapi/v1/allOrders"): (self._f_all_orders, True),
+            ("GET", "/fapi/v1/userTrades"): (self._f_user_trades, True),
+            ("GET", "/fapi/v1/income"): (self._f_income, True),
+            ("GET", "/sapi/v1/account/apiRestrictions"): (self._f_api_restrictions, True),
+        }
+        return table.get((method, path))
+
+    # ------------------------------------------------------------ market data
+    def _f_book_ticker(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        spec = self._spec(p)
+        b = self.books[spec.symbol]
+        return {"symbol": spec.symbol, "bidPrice": format(b.bid, "f"), "bidQty": format(b.bid_qty, "f"),
+                "askPrice": format(b.ask, "f"), "askQty": format(b.ask_qty, "f"), "time": now}
+
+    # ------------------------------------------------------------ account
+    def _isolated_wallet(self, symbol: str) -> Decimal:
+        """An isolated position's wallet: its initial margin at entry
+        (|size| x entry / leverage, 8 decimals)."""
+        if self.margin_type.get(symbol, "cross") != "isolated":
+            return ZERO
+        pos = self.position(symbol)
+        return (abs(pos.qty) * pos.entry / self.leverage.get(symbol, 20)).quantize(Q8, ROUND_HALF_EVEN)
+
+    def _upnl(self, symbol: str) -> Decimal:
+        pos = self.position(symbol)
+        return (pos.qty * (self.mark(symbol) - pos.entry)).quantize(Q8, ROUND_HALF_EVEN) if pos.qty else ZERO
+
+    def _f_account(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        iso = sum((self._isolated_wallet(s) for s in self.symbols), ZERO)
+        upnl = sum((self._upnl(s) for s in self.symbols), ZERO)
+        cross = self.wallet - iso
+        return {
+            "feeTier": 0, "canTrade": True, "canDeposit": True, "canWithdraw": self.can_withdraw,
+            "updateTime": 0, "multiAssetsMargin": False, "tradeGroupId": -1,
+            "totalWalletBalance": s8(self.wallet), "totalUnrealizedProfit": s8(upnl),
+            "totalMarginBalance": s8(self.wallet + upnl), "totalCrossWalletBalance": s8(cross),
+            "availableBalance": s8(cross), "maxWithdrawAmount": s8(cross),
+            "assets": [{"asset": "USDT", "walletBalance": s8(self.wallet), "unrealizedProfit": s8(upnl),
+                        "marginBalance": s8(self.wallet + upnl), "crossWalletBalance": s8(cross),
+                        "crossUnPnl": s8(ZERO), "availableBalance": s8(cross), "maxWithdrawAmount": s8(cross),
+                        "marginAvailable": True, "updateTime": now}],
+            "positions": [{"symbol": s, "positionAmt": format(self.position(s).qty, "f"),
+                           "entryPrice": format(self.position(s).entry, "f"), "unrealizedProfit": s8(self._upnl(s)),
+                           "maintMargin": "0", "initialMargin": "0", "leverage": str(self.leverage.get(s, 20)),
+                           "isolated": self.margin_type.get(s, "cross") == "isolated", "positionSide": "BOTH",
+                           "updateTime": now} for s in sorted(self.symbols)],
+        }
+
+    def _f_position_risk(self, p: dict[str, str], now: int) -> list[dict[str, Any]]:
+        syms = [p["symbol"]] if "symbol" in p else sorted(self.symbols)
+        out = []
+        for s in syms:
+            pos = self.position(s)
+            out.append({
+                "symbol": s, "positionAmt": format(pos.qty, "f"), "entryPrice": format(pos.entry, "f"),
+                "breakEvenPrice": "0.0", "markPrice": format(self.mark(s), "f"), "unRealizedProfit": s8(self._upnl(s)),
+                "liquidationPrice": format(self.liquidation.get(s, ZERO), "f") if pos.qty else "0",
+                "leverage": str(self.leverage.get(s, 20)), "maxNotionalValue": "50000",
+                "marginType": self.margin_type.get(s, "cross"),
+                "isolatedMargin": s8(self._isolated_wallet(s) + self._upnl(s)) if self._isolated_wallet(s) else
+                "0.00000000", "isAutoAddMargin": "false", "positionSide": "BOTH",
+                "notional": s8(pos.qty * self.mark(s)), "isolatedWallet": s8(self._isolated_wallet(s)),
+                "updateTime": now})
+        return out
+
+    def _f_margin_type(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        spec = self._spec(p)
+        want = {"ISOLATED": "isolated", "CROSSED": "cross"}.get(p.get("marginType", "").upper())
+        if want is None:
+            raise Refuse(400, -1116, "Invalid marginType.")
+        if self.margin_type.get(spec.symbol, "cross") == want:
+            raise Refuse(400, -4046, "No need to change margin type.")
+        if self.position(spec.symbol).qty != 0:
+            raise Refuse(400, -4048, "Margin type cannot be changed if there exists position.")
+        self.margin_type[spec.symbol] = want
+        return {"code": 200, "msg": "success"}
+
+    def _f_leverage(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        spec = self._spec(p)
+        lev = int(p.get("leverage", "0"))
+        top = self.brackets.get(spec.symbol, BTCUSDT_BRACKETS)[0]["initialLeverage"]
+        if not 1 <= lev <= top:
+            raise Refuse(400, -4028, f"Leverage {lev} is not valid")
+        self.leverage[spec.symbol] = lev
+        return {"leverage": lev, "maxNotionalValue": "50000", "symbol": spec.symbol}
+
+    def _f_brackets(self, p: dict[str, str], now: int) -> list[dict[str, Any]]:
+        syms = [self._spec(p).symbol] if "symbol" in p else sorted(self.brackets)
+        return [{"symbol": s, "brackets": self.brackets.get(s, BTCUSDT_BRACKETS)} for s in syms]
+
+    def _f_api_restrictions(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        r = self._api_restrictions(p, now)
+        r["enableFutures"] = True
+        return r
+
+    def _f_income(self, p: dict[str, str], now: int) -> list[dict[str, Any]]:
+        rows = [r for r in self.income if p.get("incomeType") in (None, r["incomeType"])
+                and ("symbol" not in p or r["symbol"] == p["symbol"])
+                and ("startTime" not in p or r["time"] >= int(p["startTime"]))
+                and ("endTime" not in p or r["time"] <= int(p["endTime"]))]
+        return rows[: min(int(p.get("limit", "100")), 1000)]
+
+    # ------------------------------------------------------------ orders
+    def _f_order_json(self, o: FakeOrder) -> dict[str, Any]:
+        """Binance's USD-M order shape (the recorded batch-order answer's fields)."""
+        avg = (o.cum_quote / o.executed_qty) if o.executed_qty else ZERO
+        return {
+            "orderId": o.order_id, "symbol": o.symbol, "status": o.status, "clientOrderId": o.client_order_id,
+            "price": format(o.price, "f"), "avgPrice": format(avg, "f"), "origQty": format(o.orig_qty, "f"),
+            "executedQty": format(o.executed_qty, "f"), "cumQty": format(o.executed_qty, "f"),
+            "cumQuote": s8(o.cum_quote), "timeInForce": o.time_in_force, "type": o.type,
+            "reduceOnly": o.reduce_only, "closePosition": False, "side": o.side,
+            "positionSide": "BOTH", "stopPrice": "0", "workingType": "CONTRACT_PRICE", "priceProtect": False,
+            "origType": o.type, "priceMatch": "NONE", "selfTradePreventionMode": "NONE", "goodTillDate": 0,
+            "time": o.time, "updateTime": o.update_time or o.time,
+        }
+
+    def _f_new_order(self, p: dict[str, str], now: int) -> Any:
+        spec = self._spec(p)
+        side, type_ = p.get("side", ""), p.get("type", "")
+        if side not in ("BUY", "SELL"):
+            raise Refuse(400, -1102, "Mandatory parameter 'side' was not sent, was empty/null, or malformed.")
+        if type_ not in ("MARKET", "LIMIT"):
+            raise Refuse(400, -1116, "Invalid orderType.")
+        if spec.status != "TRADING":
+            raise Refuse(400, -4000, "Invalid order status.")
+        qty = self._dec(p, "quantity")
+        price = self._dec(p, "price") if type_ == "LIMIT" else None
+        tif = p.get("timeInForce", "GTC") if type_ == "LIMIT" else "GTC"
+        coid = p.get("newClientOrderId") or f"srv-{self._next_order}"
+        reduce_only = p.get("reduceOnly", "false").lower() == "true"
+        if any(o.is_open and o.client_order_id == coid for o in self.orders.values()):
+            raise Refuse(400, -4116, "ClientOrderId is duplicated.")
+        book = self.books.get(spec.symbol)
+        if book is None:
+            raise Refuse(400, -4000, "Invalid order status.")
+        ref = book.ask if side == "BUY" else book.bid
+        if price is not None and (price < spec.min_price or price > spec.max_price or price % spec.tick != 0):
+            raise Refuse(400, -4014, "Price not increased by tick size.")
+        if qty < spec.min_qty or qty > spec.max_qty or qty % spec.step != 0:
+            raise Refuse(400, -1111, "Precision is over the maximum defined for this asset.")
+        if qty * (price if price is not None else ref) < spec.min_notional and not reduce_only:
+            raise Refuse(400, -4164, f"Order's notional must be no smaller than {spec.min_notional} (unless you "
+                                     f"choose reduce only).")
+        pos = self.position(spec.symbol).qty
+        signed = qty if side == "BUY" else -qty
+        if reduce_only and (pos == 0 or (pos > 0) == (signed > 0) or abs(signed) > abs(pos)):
+            raise Refuse(400, -2022, "ReduceOnly Order is rejected.")
+        if tif == "GTX" and price is not None and (
+                (side == "BUY" and price >= book.ask) or (side == "SELL" and price <= book.bid)):
+            raise Refuse(400, -5022, "Due to the order could not be executed as maker, the Post Only order will "
+                                     "be rejected.")
+        if self.drop_next_order == "before":
+            self.drop_next_order = None
+            return _DROP
+        o = FakeOrder(spec.symbol, self._next_order, coid, side, type_, tif, price or ZERO, ZERO, qty, now,
+                      update_time=now, reduce_only=reduce_only)
+        self._next_order += 1
+        self.orders[o.order_id] = o
+        self._match_new(o, now)
+        if self.drop_next_order == "after":
+            self.drop_next_order = None
+            return _DROP
+        return self._f_order_json(o)
+
+    def _fill(self, o: FakeOrder, qty: Decimal, px: Decimal, now: int, maker: bool) -> FakeTrade:
+        """A futures fill: position, realized PnL and fee into the wallet."""
+        notional = (qty * px).quantize(Q8)
+        fee = (notional * (self.maker_rate if maker else self.fee_rate)).quantize(Q8, ROUND_HALF_EVEN)
+        pos = self.position(o.symbol)
+        d = qty if o.side == "BUY" else -qty
+        if pos.qty == 0 or (pos.qty > 0) == (d > 0):
+            pos.entry = (abs(pos.qty) * pos.entry + qty * px) / (abs(pos.qty) + qty)
+            pos.qty += d
+        else:
+            closed = min(abs(d), abs(pos.qty))
+            side = 1 if pos.qty > 0 else -1
+            self.wallet += (closed * (px - pos.entry) * side).quantize(Q8, ROUND_HALF_EVEN)
+            rest = abs(d) - closed
+            pos.qty += d
+            if pos.qty == 0:
+                pos.entry = ZERO
+            elif rest > 0:
+                pos.entry = px
+        self.wallet -= fee
+        t = FakeTrade(o.symbol, self._next_trade, o.order_id, -1, px, qty, fee, "USDT", now, o.side == "BUY", maker)
+        self._next_trade += 1
+        self.trades.append(t)
+        o.executed_qty += qty
+        o.cum_quote += notional
+        o.update_time = now
+        o.status = "FILLED" if o.executed_qty == o.orig_qty else "PARTIALLY_FILLED"
+        return t
+
+    def _f_get_order(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        o = self._find(p)
+        if o is None:
+            raise Refuse(400, -2013, "Order does not exist.")
+        return self._f_order_json(o)
+
+    def _f_cancel_order(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        o = self._find(p)
+        if o is None or not o.is_open:
+            raise Refuse(400, -2011, "Unknown order sent.")
+        o.status = "CANCELED"
+        o.update_time = now
+        return self._f_order_json(o)
+
+    def _f_open_orders(self, p: dict[str, str], now: int) -> list[dict[str, Any]]:
+        sym = p.get("symbol")
+        if sym is not None:
+            self._spec(p)
+        return [self._f_order_json(o) for o in self.open_orders_of(sym)]
+
+    def _f_all_orders(self, p: dict[str, str], now: int) -> list[dict[str, Any]]:
+        spec = self._spec(p)
+        rows = [o for o in self.orders.values() if o.symbol == spec.symbol]
+        return [self._f_order_json(o) for o in rows[-min(int(p.get("limit", "500")), 1000):]]
+
+    def _f_user_trades(self, p: dict[str, str], now: int) -> list[dict[str, Any]]:
+        """``GET /fapi/v1/userTrades`` rows (the recorded row's fields)."""
+        spec = self._spec(p)
+        rows = [t for t in self.trades if t.symbol == spec.symbol
+                and ("orderId" not in p or t.order_id == int(p["orderId"]))]
+        out = []
+        for t in rows[: min(int(p.get("limit", "500")), 1000)]:
+            out.append({"symbol": t.symbol, "id": t.id, "orderId": t.order_id, "side": "BUY" if t.is_buyer else "SELL",
+                        "price": format(t.price, "f"), "qty": format(t.qty, "f"), "realizedPnl": "0",
+                        "marginAsset": "USDT", "quoteQty": s8(t.price * t.qty), "commission": s8(t.commission),
+                        "commissionAsset": t.commission_asset, "time": t.time, "positionSide": "BOTH",
+                        "maker": t.is_maker, "buyer": t.is_buyer})
+        return out

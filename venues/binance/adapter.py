@@ -130,21 +130,27 @@ class BinanceConfig:
     Attributes:
         name: the desk's venue name (``BINANCE``), the ``.VENUE`` of its
             instrument ids.
-        market: ``spot`` (done) or ``usdm`` (USD-M futures; not done, refused).
+        market: ``spot`` or ``usdm`` (USD-M perpetuals: the venue built is
+            :class:`venues.binance.usdm.BinanceUsdmVenue`).
         testnet: spot: Binance's spot testnet (ccxt sandbox); usdm: demo trading.
         symbols: venue symbols (``BTCUSDT``).
         recv_window_ms: ``recvWindow`` of every signed request (ms, 1..60000).
         api_key_env, api_secret_env: names of the environment variables that
             hold the credentials (the values never appear in config or logs).
         urls: replaces ccxt's ``urls['api']`` (tests: a local server).
-        leverage, margin_mode: USD-M settings (unused on spot).
+        leverage, margin_mode: USD-M settings set at start (``leverage``
+            1..125 x, ``margin_mode`` ``isolated`` or ``cross``; None keeps
+            the account's setting); refused on spot.
         timeout_ms: HTTP timeout.
         weight_headroom: fraction of the per-minute request-weight limit kept
             unused (0.1 = the desk uses at most 90 %).
         snapshot_orders: at start, read each symbol's recent orders and fills
             (``allOrders``, ``myTrades``: weight 40 per symbol) so that
             reconciliation's lookups are answered at once.
-        margin_account: always False for spot (the engine reads it).
+        margin_account: False for spot (long only), True for usdm (the
+            engine reads it to allow short positions); set from ``market``.
+        funding_poll_ns: usdm: the shortest clock time between two reads of
+            the funding payments (``GET /fapi/v1/income``, weight 30).
     """
 
     name: str = "BINANCE"
@@ -161,10 +167,24 @@ class BinanceConfig:
     weight_headroom: float = 0.1
     snapshot_orders: bool = True
     margin_account: bool = False
+    funding_poll_ns: int = 60 * NANOS_PER_SECOND
 
     def __post_init__(self) -> None:
         if self.market not in ("spot", "usdm"):
             raise BinanceStartupError(f"venues[{self.name}].market: expected 'spot' or 'usdm', got {self.market!r}")
+        object.__setattr__(self, "margin_account", self.market == "usdm")
+        if self.market == "spot":
+            for f in ("leverage", "margin_mode"):
+                if getattr(self, f) is not None:
+                    raise BinanceStartupError(f"venues[{self.name}].{f}: only for market usdm, got "
+                                              f"{getattr(self, f)!r} on spot")
+        if self.leverage is not None and (isinstance(self.leverage, bool) or not isinstance(self.leverage, int)
+                                          or not 1 <= self.leverage <= 125):
+            raise BinanceStartupError(f"venues[{self.name}].leverage: must be an integer 1..125, got "
+                                      f"{self.leverage!r}")
+        if self.margin_mode is not None and self.margin_mode not in ("isolated", "cross"):
+            raise BinanceStartupError(f"venues[{self.name}].margin_mode: expected 'isolated' or 'cross', got "
+                                      f"{self.margin_mode!r}")
         if not 1 <= int(self.recv_window_ms) <= 60_000:
             raise BinanceStartupError(f"venues[{self.name}].recv_window_ms: must be 1..60000, got {self.recv_window_ms}")
         if not self.symbols:
@@ -236,10 +256,19 @@ class BinanceVenue:
         exchange: a prebuilt :class:`~venues.binance.exchange.DeskBinance`
             (tests); by default one is made by ``make_exchange``.
 
+    ``BinanceVenue(config, ...)`` with ``config.market == "usdm"`` builds a
+    :class:`venues.binance.usdm.BinanceUsdmVenue` (``__new__`` picks the
+    class), so the wiring builds either market the same way.
+
     Raises:
         BinanceStartupError: at construction, a non-testnet venue without
-            ``live``, or the unfinished USD-M market.
+            ``live``, or a config of the other market for a subclass.
     """
+
+    #: the ``BinanceConfig.market`` this class trades
+    MARKET = "spot"
+    #: the account kind named in the start-up lines when the account read has no ``accountType``
+    ACCOUNT_KIND = "SPOT"
 
     #: no native amend is used (Binance spot's amend only lowers quantity): the OMS emulates
     supports_modify = False
@@ -248,16 +277,23 @@ class BinanceVenue:
     #: Binance does not cancel orders when the session drops
     cancel_on_disconnect = False
 
+    def __new__(cls, config: BinanceConfig, *args: Any, **kwargs: Any) -> "BinanceVenue":
+        if cls is BinanceVenue and getattr(config, "market", "spot") == "usdm":
+            from venues.binance.usdm import BinanceUsdmVenue
+
+            return object.__new__(BinanceUsdmVenue)
+        return object.__new__(cls)
+
     def __init__(self, config: BinanceConfig, clock: Clock, on_event: Callable[[Event], None] | None = None, *,
                  live: bool = False, env: Mapping[str, str] | None = None, exchange: DeskBinance | None = None) -> None:
         if not config.testnet and not live:
             raise BinanceStartupError(
                 f"{config.name}: testnet is false, so this venue trades real money; the desk refuses to start it "
                 f"without --live")
-        if config.market != "spot":
+        if config.market != self.MARKET:
             raise BinanceStartupError(
-                f"venues[{config.name}].market: {config.market!r} (USD-M futures) is not supported by this adapter "
-                f"yet; use market: spot")
+                f"venues[{config.name}].market: {config.market!r} given to {type(self).__name__}, which trades "
+                f"{self.MARKET!r}")
         self.config = config
         self.venue = config.name
         self.clock = clock
@@ -271,6 +307,8 @@ class BinanceVenue:
         self.instruments: dict[InstrumentId, Instrument] = {}
         self.unified: dict[InstrumentId, str] = {}
         self._by_unified: dict[str, InstrumentId] = {}
+        #: Binance's symbol (``BTCUSDT``) -> the desk's instrument
+        self._by_symbol: dict[str, InstrumentId] = {}
         self.quote = ""
         self.clock_offset_ms = 0
         self.throttled_until_ns: int | None = None
@@ -473,11 +511,13 @@ class BinanceVenue:
         self.budget.limit = request_weight_limit(ex.exchange_info, self.budget.limit)
         self.instruments, self.unified = instruments_for(list(cfg.symbols), markets, self.venue, cfg.market)
         self._by_unified = {u: iid for iid, u in self.unified.items()}
+        self._by_symbol = {self._venue_symbol(iid): iid for iid in self.instruments}
         self.quote = next(iter(self.instruments.values())).quote
-        account = await self._read("account", ex.privateGetAccount)
+        account = await self._read("account", self._api_account)
         self.account_info = account
         self._take_balances(account)
         perm_line = await self._check_permissions()
+        market_lines = await self._prepare_market()
         if cfg.snapshot_orders:
             for iid in self.instruments:
                 await self._snapshot(iid)
@@ -489,9 +529,10 @@ class BinanceVenue:
                  f"clock offset {self.clock_offset_ms:+d} ms"]
         bal = ", ".join(f"{a} {dec_str(canonical_decimal(f + lk))}" for a, (f, lk) in sorted(self._balances.items())
                         if f + lk != 0 and (a == self.quote or any(i.base == a for i in self.instruments.values())))
-        lines.append(f"{self.venue}: account {account.get('accountType', '?')}, canTrade "
+        lines.append(f"{self.venue}: account {account.get('accountType') or self.ACCOUNT_KIND}, canTrade "
                      f"{account.get('canTrade')}, balances {bal or 'none'}")
         lines.append(f"{self.venue}: {perm_line}")
+        lines += [f"{self.venue}: {x}" for x in market_lines]
         limits = "; ".join(f"{r.get('rateLimitType')} {r.get('limit')}/{r.get('intervalNum')} {r.get('interval')}"
                            for r in self.rate_limits)
         lines.append(f"{self.venue}: limits {limits or 'unknown'}; the desk budgets {self.budget.budget} request "
@@ -503,6 +544,16 @@ class BinanceVenue:
         for line in lines:
             log.info(line)
         return lines
+
+    async def _prepare_market(self) -> list[str]:
+        """Market-specific start-up after the account read (spot: nothing;
+        USD-M: position mode, margin type, leverage, brackets); returns
+        start-up lines."""
+        return []
+
+    def _venue_symbol(self, iid: InstrumentId) -> str:
+        """Binance's symbol of an instrument (``BTCUSDT``)."""
+        return iid.symbol
 
     async def _check_permissions(self) -> str:
         ex = self._exchange()
@@ -524,10 +575,9 @@ class BinanceVenue:
 
     async def _snapshot(self, iid: InstrumentId) -> None:
         """Recent orders and fills of one symbol (``allOrders``, ``myTrades``)."""
-        ex = self._exchange()
-        sym_id = iid.symbol
-        orders = await self._read("all orders", lambda: ex.privateGetAllOrders({"symbol": sym_id, "limit": 1000}))
-        trades = await self._read("my trades", lambda: ex.privateGetMyTrades({"symbol": sym_id, "limit": 1000}))
+        sym_id = self._venue_symbol(iid)
+        orders = await self._read("all orders", lambda: self._api_all_orders({"symbol": sym_id, "limit": 1000}))
+        trades = await self._read("my trades", lambda: self._api_my_trades({"symbol": sym_id, "limit": 1000}))
         by_order: dict[str, list[dict[str, Any]]] = {}
         for t in trades:
             by_order.setdefault(str(t["orderId"]), []).append(t)
@@ -663,13 +713,21 @@ class BinanceVenue:
             t.status = "REJECTED"
             self._emit(OrderRejected(**common, reason=f"{type(exc).__name__}: {exc.detail}"))
             return
-        self._on_order_answer(t, resp["info"], resp.get("status"))
+        extra = await self._answer_fills(t, resp["info"])
+        self._on_order_answer(t, resp["info"], resp.get("status"), extra)
 
-    def _on_order_answer(self, t: _Tracked, info: Mapping[str, Any], unified_status: str | None) -> None:
-        """Report what a new-order answer (``FULL``: with ``fills``) says."""
+    async def _answer_fills(self, t: _Tracked, info: Mapping[str, Any]) -> list[OrderFilled]:
+        """Fills of a new-order answer that the answer itself does not list
+        (spot ``FULL`` lists them: none; USD-M ``RESULT`` does not)."""
+        return []
+
+    def _on_order_answer(self, t: _Tracked, info: Mapping[str, Any], unified_status: str | None,
+                         extra: list[OrderFilled] | None = None) -> None:
+        """Report what a new-order answer (``FULL``: with ``fills``) says;
+        ``extra``: fills read separately (USD-M)."""
         vid = str(info["orderId"])
         ts = int(info.get("transactTime") or info.get("updateTime") or self._now() // NANOS_PER_MS) * NANOS_PER_MS
-        fills = []
+        fills = list(extra or [])
         for f in info.get("fills") or []:
             fills.append(OrderFilled(
                 ts_event=ts, ts_init=self._now(), client_order_id=t.client_order_id, instrument_id=t.instrument_id,
@@ -758,10 +816,9 @@ class BinanceVenue:
         self._apply(t, info, fills, ts, "canceled", reason=reason)
 
     async def _fetch_fills(self, t: _Tracked, venue_order_id: str) -> list[OrderFilled]:
-        ex = self._exchange()
-        sym_id = t.instrument_id.symbol
-        rows = await self._read("my trades", lambda: ex.privateGetMyTrades({"symbol": sym_id,
-                                                                            "orderId": venue_order_id}))
+        sym_id = self._venue_symbol(t.instrument_id)
+        rows = await self._read("my trades", lambda: self._api_my_trades({"symbol": sym_id,
+                                                                          "orderId": venue_order_id}))
         return [self._fill_from_trade(t.client_order_id, t.instrument_id, t.model_id, r, venue_order_id)
                 for r in rows]
 
@@ -885,8 +942,8 @@ class BinanceVenue:
             vid = str(info["orderId"])
             fills: list[OrderFilled] = []
             if Decimal(str(info.get("executedQty", "0"))) > 0:
-                sym_id = iid.symbol
-                rows = await self._read("my trades", lambda s=sym_id, v=vid: ex.privateGetMyTrades(
+                sym_id = self._venue_symbol(iid)
+                rows = await self._read("my trades", lambda s=sym_id, v=vid: self._api_my_trades(
                     {"symbol": s, "orderId": v}))
                 model_id = t.model_id if t is not None else ""
                 fills = [self._fill_from_trade(client_order_id, iid, model_id, r, vid) for r in rows]
@@ -1010,18 +1067,41 @@ class BinanceVenue:
     # ------------------------------------------------------------ polling
     async def refresh_balances(self) -> dict[str, Decimal]:
         """Read the account (``GET /api/v3/account``, weight 20)."""
-        ex = self._exchange()
-        account = await self._read("account", ex.privateGetAccount)
+        account = await self._read("account", self._api_account)
         self.account_info = account
         self._take_balances(account)
         return self.balances()
 
+    # ------------------------------------------------------------ endpoints (the USD-M subclass replaces them)
+    async def _api_account(self) -> Any:
+        """``GET /api/v3/account``."""
+        return await self._exchange().privateGetAccount()
+
+    async def _api_open_orders(self, symbol: str) -> Any:
+        """``GET /api/v3/openOrders?symbol=``."""
+        return await self._exchange().privateGetOpenOrders({"symbol": symbol})
+
+    async def _api_all_orders(self, params: dict[str, Any]) -> Any:
+        """``GET /api/v3/allOrders``."""
+        return await self._exchange().privateGetAllOrders(params)
+
+    async def _api_my_trades(self, params: dict[str, Any]) -> Any:
+        """``GET /api/v3/myTrades``."""
+        return await self._exchange().privateGetMyTrades(params)
+
+    async def _api_klines(self, params: dict[str, Any]) -> Any:
+        """``GET /api/v3/klines``."""
+        return await self._exchange().publicGetKlines(params)
+
+    async def _api_book_ticker(self, symbol: str) -> Any:
+        """``GET /api/v3/ticker/bookTicker?symbol=``."""
+        return await self._exchange().publicGetTickerBookTicker({"symbol": symbol})
+
     async def _refresh_open_orders(self) -> dict[str, Mapping[str, Any]]:
-        ex = self._exchange()
         rows: dict[str, Mapping[str, Any]] = {}
         for iid in self.instruments:
-            sym_id = iid.symbol
-            for o in await self._read("open orders", lambda s=sym_id: ex.privateGetOpenOrders({"symbol": s})):
+            sym_id = self._venue_symbol(iid)
+            for o in await self._read("open orders", lambda s=sym_id: self._api_open_orders(s)):
                 rows[str(o["clientOrderId"])] = o
         self._open_foreign = {c: Decimal(str(o.get("executedQty", "0"))) for c, o in rows.items()
                               if c not in self._orders}
@@ -1053,8 +1133,8 @@ class BinanceVenue:
 
     # ------------------------------------------------------------ streams
     def _bar_of(self, k: Mapping[str, Any], step_ns: int) -> Bar | None:
-        iid = InstrumentId(str(k["s"]), self.venue) if str(k.get("s", "")).isalnum() else None
-        if iid is None or iid not in self.instruments:
+        iid = self._by_symbol.get(str(k.get("s", "")))
+        if iid is None:
             return None
         ts_open = int(k["t"]) * NANOS_PER_MS
         return Bar(iid, Decimal(str(k["o"])), Decimal(str(k["h"])), Decimal(str(k["l"])), Decimal(str(k["c"])),
@@ -1138,7 +1218,7 @@ class BinanceVenue:
         if self.md_mode == "ws" or self._now() >= self._ws_retry_at:
             try:
                 await ex.watch_bids_asks([self.unified[instrument_id]])
-                raw = ex.book_tickers[instrument_id.symbol]
+                raw = ex.book_tickers[self._venue_symbol(instrument_id)]
                 return Decimal(raw["b"]), Decimal(raw["B"]), Decimal(raw["a"]), Decimal(raw["A"])
             except VenueError:
                 raise
@@ -1224,11 +1304,11 @@ class BinanceVenue:
         step = INTERVALS_NS.get(interval)
         if step is None:
             raise ValueError(f"interval: {interval!r} is not a fixed-length Binance kline interval")
-        ex = self._exchange()
-        req: dict[str, Any] = {"symbol": instrument_id.symbol, "interval": interval, "limit": int(limit)}
+        req: dict[str, Any] = {"symbol": self._venue_symbol(instrument_id), "interval": interval,
+                               "limit": int(limit)}
         if since_ms is not None:
             req["startTime"] = int(since_ms)
-        rows = await self._read("klines", lambda: ex.publicGetKlines(req))
+        rows = await self._read("klines", lambda: self._api_klines(req))
         venue_now_ms = self._now() // NANOS_PER_MS + self.clock_offset_ms
         bars = []
         for r in rows:
@@ -1246,8 +1326,8 @@ class BinanceVenue:
         Raises:
             TransientVenueError, VenueThrottled: the read failed.
         """
-        ex = self._exchange()
-        r = await self._read("book ticker", lambda: ex.publicGetTickerBookTicker({"symbol": instrument_id.symbol}))
+        sym = self._venue_symbol(instrument_id)
+        r = await self._read("book ticker", lambda: self._api_book_ticker(sym))
         return Decimal(r["bidPrice"]), Decimal(r["bidQty"]), Decimal(r["askPrice"]), Decimal(r["askQty"])
 
     async def close(self) -> None:

@@ -58,6 +58,13 @@ from venues.binance.errors import (
 #: trades, OCO), ``v1`` (/api/v1), ``sapi`` (/sapi/v1: key permissions)
 SPOT_API_KEYS = ("public", "private", "v1", "sapi")
 
+#: ccxt ``urls['api']`` keys a USD-M desk uses: ``fapiPublic`` (/fapi/v1
+#: market data, time, exchangeInfo), ``fapiPrivate`` (/fapi/v1 signed:
+#: orders, trades, income, margin type, leverage, brackets, position mode),
+#: ``fapiPrivateV2`` (/fapi/v2 signed: account, positionRisk), ``sapi``
+#: (key permissions; absent on demo trading)
+USDM_API_KEYS = ("fapiPublic", "fapiPrivate", "fapiPrivateV2", "sapi")
+
 #: Retry-After assumed when Binance omits it (seconds): 60 s for 429 (one
 #: weight window), 120 s for 418 (Binance bans start at 2 minutes)
 DEFAULT_RETRY_AFTER_429_S = 60
@@ -78,10 +85,12 @@ def redact(text: str) -> str:
     return _QUERY_RE.sub("?…", text)
 
 
-class DeskBinance(ccxt_pro.binance):
-    """ccxt's binance (the ``ccxt.pro`` class: async REST plus WebSocket
-    streams) with the desk's clock, request gate and typed errors (see the
-    module docstring).
+class _DeskExchange:
+    """What the desk adds to a ccxt Binance exchange class (spot
+    :class:`DeskBinance`, USD-M :class:`DeskBinanceUsdm`): the injected
+    clock, the request gate, the typed errors and the raw-payload capture
+    (see the module docstring). A mixin: it comes before the ccxt class in
+    the bases, so its methods override ccxt's.
 
     Attributes:
         clock: the injected clock (UTC ns).
@@ -117,7 +126,7 @@ class DeskBinance(ccxt_pro.binance):
         self.book_tickers: dict[str, dict[str, Any]] = {}
         self.exec_reports: list[dict[str, Any]] = []
         self.user_subscriptions = 0
-        super().__init__(config or {})
+        super().__init__(config or {})  # type: ignore[call-arg]
         # ccxt logs every request's headers (X-MBX-APIKEY) and signed query at DEBUG: never let that through
         self.logger = _QUIET
 
@@ -149,8 +158,8 @@ class DeskBinance(ccxt_pro.binance):
         if self._gate is not None:
             self._gate(section, method.upper(), path, params)
         self.requests.append((method.upper(), section, path))
-        response = await super().request(path, api, method, params, config or {})
-        if path == "exchangeInfo" and section == "public" and isinstance(response, dict):
+        response = await super().request(path, api, method, params, config or {})  # type: ignore[misc]
+        if path == "exchangeInfo" and section in ("public", "fapiPublic") and isinstance(response, dict):
             self.exchange_info = response
         return response
 
@@ -158,14 +167,14 @@ class DeskBinance(ccxt_pro.binance):
     def handle_ohlcv(self, client: Any, message: dict) -> None:  # type: ignore[override]
         """ccxt.pro's kline handler (floats), plus the raw closed kline kept
         with its exact strings."""
-        super().handle_ohlcv(client, message)
+        super().handle_ohlcv(client, message)  # type: ignore[misc]
         k = message.get("k") if isinstance(message, dict) else None
         if isinstance(k, dict) and k.get("x") is True and message.get("e") == "kline":
             self.closed_klines.append(k)
 
     def handle_bids_asks(self, client: Any, message: Any) -> None:  # type: ignore[override]
         """ccxt.pro's bookTicker handler, plus the raw event kept per symbol."""
-        super().handle_bids_asks(client, message)
+        super().handle_bids_asks(client, message)  # type: ignore[misc]
         if isinstance(message, dict) and "s" in message and "b" in message:
             self.book_tickers[str(message["s"])] = message
 
@@ -174,13 +183,13 @@ class DeskBinance(ccxt_pro.binance):
         ``executionReport`` kept with its exact strings."""
         if isinstance(message, dict) and message.get("e") == "executionReport":
             self.exec_reports.append(message)
-        super().handle_order_update(client, message)
+        super().handle_order_update(client, message)  # type: ignore[misc]
 
     def handle_user_data_stream_subscribe(self, client: Any, message: dict) -> None:  # type: ignore[override]
         """ccxt.pro's subscription acknowledgement, counted."""
         if isinstance((message or {}).get("result"), dict) and "subscriptionId" in message["result"]:
             self.user_subscriptions += 1
-        super().handle_user_data_stream_subscribe(client, message)
+        super().handle_user_data_stream_subscribe(client, message)  # type: ignore[misc]
 
     # ------------------------------------------------------------ errors
     def handle_errors(self, code: int, reason: str, url: str, method: str, headers: dict, body: str,  # type: ignore[override]
@@ -192,7 +201,8 @@ class DeskBinance(ccxt_pro.binance):
             BinanceBanned: HTTP 418.
             BinanceTimestampError: ``-1021``.
             DuplicateClientOrderId: ``-2010`` "Duplicate order sent.".
-            BinanceInsufficientFunds: ``-2010`` insufficient balance.
+            DuplicateClientOrderId: ``-4116`` (USD-M) "ClientOrderId is duplicated.".
+            BinanceInsufficientFunds: ``-2010`` insufficient balance, ``-2019`` (USD-M) margin insufficient.
             BinanceOrderNotFound: ``-2011``, ``-2013``.
             BinanceAuthError: ``-1022``, ``-2014``, ``-2015``, HTTP 401.
             BinanceUnknownOutcome: ``-1007``, ``-1006``, HTTP 5xx.
@@ -230,6 +240,10 @@ class DeskBinance(ccxt_pro.binance):
             if "insufficient balance" in msg.lower():
                 raise BinanceInsufficientFunds(venue, detail)
             raise BinanceRejected(venue, detail, bcode, code)
+        if bcode == -4116:  # USD-M futures: "ClientOrderId is duplicated."
+            raise DuplicateClientOrderId(venue, _client_id_of(requestBody, url))
+        if bcode == -2019:  # USD-M futures: "Margin is insufficient."
+            raise BinanceInsufficientFunds(venue, detail)
         if bcode in (-2011, -2013):
             raise BinanceOrderNotFound(venue, detail)
         if bcode in (-1022, -2014, -2015) or code == 401:
@@ -237,6 +251,19 @@ class DeskBinance(ccxt_pro.binance):
         if code >= 500:
             raise BinanceUnknownOutcome(venue, detail)
         raise BinanceRejected(venue, detail, bcode, code)
+
+
+class DeskBinance(_DeskExchange, ccxt_pro.binance):  # type: ignore[misc]
+    """ccxt's binance (the ``ccxt.pro`` class: async REST plus WebSocket
+    streams) with the desk's clock, request gate and typed errors
+    (:class:`_DeskExchange`; module docstring). Spot."""
+
+
+class DeskBinanceUsdm(_DeskExchange, ccxt_pro.binanceusdm):  # type: ignore[misc]
+    """ccxt's binanceusdm (USD-M futures, ``/fapi``: async REST plus
+    WebSocket streams) with the same clock, gate and typed errors as
+    :class:`DeskBinance`; ``exchange_info`` holds the raw ``GET
+    /fapi/v1/exchangeInfo``."""
 
 
 def _code_and_msg(response: Any, body: str | None) -> tuple[int | None, str]:
@@ -268,7 +295,8 @@ def _client_id_of(request_body: Any, url: str) -> str:
 def make_exchange(*, clock: Clock, market: str = "spot", testnet: bool = True, recv_window_ms: int = 5000,
                   api_key: str | None = None, secret: str | None = None, urls: dict[str, Any] | None = None,
                   venue_name: str = "BINANCE", gate: Gate | None = None,
-                  on_used_weight: Callable[[int], None] | None = None, timeout_ms: int = 10_000) -> DeskBinance:
+                  on_used_weight: Callable[[int], None] | None = None,
+                  timeout_ms: int = 10_000) -> DeskBinance | DeskBinanceUsdm:
     """Build the desk's ccxt exchange (see the module docstring).
 
     Args:
@@ -280,9 +308,10 @@ def make_exchange(*, clock: Clock, market: str = "spot", testnet: bool = True, r
         recv_window_ms: ``recvWindow`` sent with every signed request (1..60000).
         api_key, secret: credentials (from the environment; never logged).
         urls: replaces ``urls['api']`` entirely (tests point ccxt at a local
-            server; keys as in :data:`SPOT_API_KEYS`, plus ``ws``: the base
-            of the spot WebSocket streams, e.g. ``ws://127.0.0.1:9/ws``, and
-            ``ws-api``: the WebSocket API, e.g. ``ws://127.0.0.1:9/ws-api/v3``).
+            server; keys as in :data:`SPOT_API_KEYS` (spot) or
+            :data:`USDM_API_KEYS` (usdm), plus ``ws``: the base of the
+            WebSocket streams, e.g. ``ws://127.0.0.1:9/ws``, and ``ws-api``:
+            the WebSocket API, e.g. ``ws://127.0.0.1:9/ws-api/v3``).
         gate, on_used_weight: see :class:`DeskBinance`.
         timeout_ms: ccxt's HTTP timeout.
 
@@ -311,12 +340,13 @@ def make_exchange(*, clock: Clock, market: str = "spot", testnet: bool = True, r
         config["apiKey"] = api_key
     if secret:
         config["secret"] = secret
-    ex = DeskBinance(config, clock=clock, venue_name=venue_name, gate=gate, on_used_weight=on_used_weight)
+    cls = DeskBinance if market == "spot" else DeskBinanceUsdm
+    ex = cls(config, clock=clock, venue_name=venue_name, gate=gate, on_used_weight=on_used_weight)
     if urls is not None:
         api: dict[str, Any] = dict(urls)
         ws, ws_api = api.pop("ws", None), api.pop("ws-api", None)
         if isinstance(ws, str) or isinstance(ws_api, str):
-            api["ws"] = {"spot": ws, "margin": ws, "ws-api": {"spot": ws_api}}
+            api["ws"] = {"spot": ws, "margin": ws, "linear": ws, "ws-api": {"spot": ws_api, "linear": ws_api}}
         ex.urls["api"] = api
     elif testnet and market == "spot":
         ex.set_sandbox_mode(True)

@@ -24,7 +24,8 @@ adapter's REST klines and kline streams (issue 6).
   step at once with ``[]``, which ends the engine's run (``finite`` is
   False, so no end-of-data cancel).
 * **State** (``state_dict``): the open time of the last bar handed to the
-  engine per instrument; the engine checkpoints it with each step.
+  engine per instrument, and the venue's own restart state when it has one
+  (USD-M: the funding cursor); the engine checkpoints it with each step.
 
 Waits use the injected ``sleep`` (default ``asyncio.sleep``; wall seconds) and
 the venue's clock (``venue.clock``, plus the measured ``clock_offset_ms``) for
@@ -157,6 +158,20 @@ class BinanceLiveFeed(LiveFeedBase):
         super().load_state_dict(state)
         for iid, t in self.last.items():
             self._seed_venue(iid, t)
+        load = getattr(self.venue, "load_state_dict", None)
+        if load is not None and state.get("venue") is not None:
+            load(state["venue"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The shared feed state (``LiveFeedBase.state_dict``) plus, under
+        ``"venue"``, the venue's own restart state when it has one (USD-M:
+        the funding cursor, ``BinanceUsdmVenue.state_dict``), so the engine's
+        checkpoint keeps it with the portfolio it matches."""
+        out = super().state_dict()
+        state = getattr(self.venue, "state_dict", None)
+        if state is not None:
+            out["venue"] = state()
+        return out
 
     async def prepare(self) -> int:
         """Fetch the warm-up bars over REST (module docstring): the last

@@ -86,10 +86,16 @@ def instrument_of(market: Mapping[str, Any], venue: str) -> Instrument:
 
     Raises:
         BinanceStartupError: the symbol's status is not ``TRADING`` (named
-            with its status), or its filters are missing.
+            with its status), a USD-M contract whose ``contractType`` is not
+            ``PERPETUAL``, or its filters are missing.
     """
     f = symbol_filters(market)
-    status = (market.get("info") or {}).get("status")
+    info = market.get("info") or {}
+    status = info.get("status")
+    if "contractType" in info and info.get("contractType") != "PERPETUAL":
+        raise BinanceStartupError(
+            f"{venue}: symbol {f.symbol} is a {info.get('contractType')} contract, not PERPETUAL; the desk trades "
+            f"USD-M perpetuals only")
     if status != "TRADING":
         raise BinanceStartupError(
             f"{venue}: symbol {f.symbol} has status {status} in exchangeInfo, not TRADING; refused")
@@ -125,3 +131,24 @@ def instruments_for(symbols: list[str] | tuple[str, ...], markets: Mapping[str, 
     if len(quotes) > 1:
         raise BinanceStartupError(f"{venue}: symbols: all must share one quote currency, got {sorted(quotes)}")
     return out, unified
+
+
+def market_lot(market: Mapping[str, Any]) -> tuple[Any, Any, Any] | None:
+    """``(minQty, maxQty, stepSize)`` of the ``MARKET_LOT_SIZE`` filter of a
+    ccxt market (exact Decimals from ``market['info']['filters']``; USD-M
+    futures limit MARKET orders with it, e.g. BTCUSDT maxQty 1000 where
+    LOT_SIZE allows more for limits), or None when the symbol has none.
+
+    Raises:
+        BinanceStartupError: a value that is not a decimal string (named).
+    """
+    from decimal import Decimal, InvalidOperation
+
+    for f in (market.get("info") or {}).get("filters") or []:
+        if isinstance(f, dict) and f.get("filterType") == "MARKET_LOT_SIZE":
+            try:
+                return Decimal(str(f["minQty"])), Decimal(str(f["maxQty"])), Decimal(str(f["stepSize"]))
+            except (KeyError, InvalidOperation):
+                raise BinanceStartupError(
+                    f"{market.get('id')}: MARKET_LOT_SIZE filter unreadable: {f!r}") from None
+    return None

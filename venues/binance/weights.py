@@ -1,4 +1,5 @@
-"""Request-weight budget for Binance spot, kept on the engine clock.
+"""Request-weight budget for Binance spot and USD-M futures, kept on the
+engine clock.
 
 Binance limits the *weight* of REST requests per IP per minute
 (``exchangeInfo.rateLimits``: ``REQUEST_WEIGHT`` / ``MINUTE`` / 1, 1200 in
@@ -55,11 +56,40 @@ SPOT_WEIGHTS: Mapping[tuple[str, str, str], int] = {
     ("sapi", "GET", "account/apiRestrictions"): 1,
 }
 
+#: USD-M futures (``/fapi``) request weights (Binance Derivatives docs,
+#: "USDⓈ-M Futures" REST endpoints, each page's "Request Weight"); new
+#: orders weigh 0 on the IP weight limit (they count on the order limits).
+#: ``klines`` weighs 5 for limit 500..1000 (1 below 100, 2 below 500): 5 is
+#: charged whatever the limit (the heavy side).
+FAPI_WEIGHTS: Mapping[tuple[str, str, str], int] = {
+    ("fapiPublic", "GET", "ping"): 1,
+    ("fapiPublic", "GET", "time"): 1,
+    ("fapiPublic", "GET", "exchangeInfo"): 1,
+    ("fapiPublic", "GET", "klines"): 5,
+    ("fapiPublic", "GET", "ticker/bookTicker"): 2,
+    ("fapiPublic", "GET", "premiumIndex"): 1,
+    ("fapiPrivateV2", "GET", "account"): 5,
+    ("fapiPrivateV2", "GET", "positionRisk"): 5,
+    ("fapiPrivate", "GET", "positionSide/dual"): 30,
+    ("fapiPrivate", "POST", "marginType"): 1,
+    ("fapiPrivate", "POST", "leverage"): 1,
+    ("fapiPrivate", "GET", "leverageBracket"): 1,
+    ("fapiPrivate", "POST", "order"): 0,
+    ("fapiPrivate", "GET", "order"): 1,
+    ("fapiPrivate", "DELETE", "order"): 1,
+    ("fapiPrivate", "GET", "openOrders"): 1,
+    ("fapiPrivate", "GET", "allOrders"): 5,
+    ("fapiPrivate", "GET", "userTrades"): 5,
+    ("fapiPrivate", "GET", "income"): 30,
+}
+
 #: weights that depend on whether a symbol is given (with, without)
 _NO_SYMBOL_WEIGHTS: Mapping[tuple[str, str, str], int] = {
     ("private", "GET", "openOrders"): 80,
     ("public", "GET", "ticker/bookTicker"): 4,
     ("public", "GET", "ticker/price"): 4,
+    ("fapiPrivate", "GET", "openOrders"): 40,
+    ("fapiPublic", "GET", "ticker/bookTicker"): 5,
 }
 
 #: weight assumed for an endpoint missing from the table (errs on the heavy side)
@@ -78,6 +108,8 @@ def weight_of(api: str, method: str, path: str, params: Mapping[str, Any] | None
     key = (api, method.upper(), path)
     if key in _NO_SYMBOL_WEIGHTS and not (params and ("symbol" in params or "symbols" in params)):
         return _NO_SYMBOL_WEIGHTS[key]
+    if key in FAPI_WEIGHTS:
+        return FAPI_WEIGHTS[key]
     return SPOT_WEIGHTS.get(key, UNKNOWN_ENDPOINT_WEIGHT)
 
 
