@@ -384,3 +384,21 @@ async def test_engine_positions_reconcile_and_funding_is_booked_once_across_a_re
         eng2.store.close()
         await venue2.close()
         await srv.close()
+
+
+def test_the_usdm_demo_example_builds_the_futures_venue():
+    from pathlib import Path
+
+    from desk.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "examples" / "binance-usdm-demo.yaml")
+    (vc,) = cfg.venues
+    b = BinanceConfig.from_mapping(vc)
+    assert (b.market, b.testnet, b.symbols, b.leverage, b.margin_mode, b.margin_account) == (
+        "usdm", True, ("BTCUSDT",), 2, "isolated", True)
+    v = BinanceVenue(b, TestClock(0), env=ENV)  # what desk.live's _make_venue does
+    assert isinstance(v, BinanceUsdmVenue) and v.reconcile_cash is False
+    with pytest.raises(BinanceStartupError, match="leverage: only for market usdm"):
+        BinanceConfig(market="spot", leverage=2)
+    with pytest.raises(BinanceStartupError, match="margin_mode"):
+        BinanceConfig(market="usdm", margin_mode="portfolio")
