@@ -224,12 +224,23 @@ class Engine:
         self.executor = executor
         self.bus = MessageBus(on_error=self._on_handler_error)
         self.venue = venue_factory(self._on_venue_event)
-        venue_cfg = getattr(self.venue, "config", None)
-        #: a margin account (IBKR-style) can go short; spot is long-only
-        self.margin = bool(getattr(venue_cfg, "margin_account", False))
+        from core.venue_hub import VenueHub
+
+        #: venue name -> adapter (several when the venue is a ``core.venue_hub.VenueHub``)
+        self.venues: dict[str, Any] = (dict(self.venue.members) if isinstance(self.venue, VenueHub)
+                                       else {str(getattr(self.venue, "venue", "")): self.venue})
+        #: instruments that may go short: those of a margin account (IBKR-style, USD-M futures); spot is long-only
+        self.short_ok: set[InstrumentId] = set()
+        for v in self.venues.values():
+            if bool(getattr(getattr(v, "config", None), "margin_account", False)):
+                v_iids = set(getattr(v, "instruments", {}) or {}) if len(self.venues) > 1 else set(instruments)
+                self.short_ok |= v_iids & set(instruments)
+        #: True when every instrument may go short (one margin venue); see ``can_short`` per instrument
+        self.margin = bool(instruments) and self.short_ok == set(instruments)
         self.portfolio = Portfolio(config.router.capital, allow_short=self.margin)
-        for inst in instruments.values():  # the portfolio knows each instrument's quote (fees in USD, USDT, ...)
-            self.portfolio.register_instrument(inst)
+        for iid, inst in instruments.items():  # the portfolio knows each instrument's quote (fees in USD, USDT, ...)
+            self.portfolio.register_instrument(
+                inst, allow_short=None if (iid in self.short_ok) == self.margin else iid in self.short_ok)
         #: called with each committed batch of ``(seq, event)`` after the audit is written (API stream, metrics)
         self.commit_hooks: list[Callable[[list[tuple[int, Event]]], None]] = []
         self.orders: dict[str, Order] = {}
@@ -289,7 +300,9 @@ class Engine:
         from core.recovery import VenueSession  # local: recovery imports engine types
 
         #: the link to the venue: unknown submits, queued cancels, throttle, reconciliation (issue 5)
-        self.session = VenueSession(self)
+        from core.venue_hub import SessionGroup
+
+        self.session: Any = SessionGroup(self) if isinstance(self.venue, VenueHub) else VenueSession(self)
         from core.lifecycle import FamilySpec, Lifecycle, LifecycleConfig
 
         lc_cfg = config.lifecycle
@@ -647,11 +660,16 @@ class Engine:
                 f"{window // 1_000_000_000} s > {n}",
             )
 
+    def can_short(self, iid: InstrumentId) -> bool:
+        """True when ``iid`` may be held short (its venue is a margin account:
+        IBKR, USD-M futures); spot instruments are long-only."""
+        return self.margin or iid in self.short_ok
+
     def _reduces(self, model_id: str, iid: InstrumentId, side: OrderSide, qty: Decimal) -> bool:
         """Whether an order only reduces the model's exposure: on spot every
         sell does (a model never sells more than it holds); on a margin
         account a sell of at most the long, or a buy of at most the short."""
-        if not self.margin:
+        if not self.can_short(iid):
             return side == OrderSide.SELL
         pos = self.portfolio.position(model_id, iid).quantity
         return (side == OrderSide.SELL and 0 < qty <= pos) or (side == OrderSide.BUY and 0 < qty <= -pos)
@@ -751,7 +769,7 @@ class Engine:
         try:
             await amend(order, quantity, price, trigger_price)
         except VenueError as exc:  # refused at the venue edge (throttled, down): nothing amended
-            self.session.note_error(exc)
+            self.session.note_error(exc, order.instrument_id)
             self._on_venue_event(OrderModifyRejected(**common, reason=f"{type(exc).__name__}: {exc.detail}"))
         return True
 
@@ -978,7 +996,8 @@ class Engine:
                 self.emit(OrderFilled(
                     ts_event=now, ts_init=now, client_order_id=f"NHD-{self.stats.bars:x}-X-{n}", instrument_id=iid,
                     model_id=model_id, venue_order_id="INTERNAL", trade_id=f"X-{self.stats.bars:x}-{n}", side=side,
-                    last_qty=qty, last_px=price, commission=ZERO, commission_currency=self.venue.quote,
+                    last_qty=qty, last_px=price, commission=ZERO,
+                    commission_currency=self.instruments[iid].quote,
                     liquidity_side="INTERNAL",
                 ))
 
@@ -1044,6 +1063,10 @@ class Engine:
         (empty when nothing needed reconciling)."""
         from core.recovery import reconcile
 
+        if hasattr(self.session, "recover"):  # several venues: each reconciles its own, a difference halts it only
+            lines = await self.session.recover(max_resend_age_ns)
+            self.checkpoint()
+            return lines
         if not hasattr(self.venue, "lookup"):
             return []
         from core.venue_errors import VenueError

@@ -145,7 +145,7 @@ def _reduces(engine: "Engine", iid: InstrumentId, side: OrderSide, qty: Decimal)
     engine's rule: on spot every sell; on a margin account a sell of at most
     the long or a buy of at most the short)."""
     pos = engine.portfolio.position(MANUAL_MODEL_ID, iid).quantity
-    if not engine.margin:
+    if not engine.can_short(iid):
         return side == OrderSide.SELL
     return (side == OrderSide.SELL and 0 < qty <= pos) or (side == OrderSide.BUY and 0 < qty <= -pos)
 
@@ -249,7 +249,7 @@ def submit_manual_order(engine: "Engine", *, instrument_id: InstrumentId | str, 
         raise ManualOrderError("price", price, f"price: a MARKET order takes no price, got {price}")
     else:
         last_price(engine, iid)  # a market order needs a reference price for the rails
-    if not engine.margin and side == OrderSide.SELL:
+    if not engine.can_short(iid) and side == OrderSide.SELL:
         free = sellable(engine, iid)
         if quantity > free:
             raise ManualOrderError(
@@ -308,7 +308,7 @@ def route_signal(engine: "Engine", *, instrument_id: InstrumentId | str, side: O
     if qty <= 0:
         raise ManualOrderError("quote", quote_amount,
                                f"quote: {quote_amount} buys less than one step ({inst.step_size}) at {last}")
-    if not engine.margin and side == OrderSide.SELL and qty > sellable(engine, iid):
+    if not engine.can_short(iid) and side == OrderSide.SELL and qty > sellable(engine, iid):
         raise ManualOrderError("quote", quote_amount,
                                f"quote: SELL {qty} {iid} ({quote_amount} quote at {last}) exceeds what the manual "
                                f"book can sell, {sellable(engine, iid)}")

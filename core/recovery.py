@@ -85,15 +85,26 @@ async def _r(x: Any) -> Any:
     return await x if inspect.isawaitable(x) else x
 
 
-def _balance_assets(engine: "Engine") -> list[str]:
+def _balance_assets(engine: "Engine", session: "VenueSession | None" = None) -> list[str]:
     """The assets whose balances reconciliation compares: each instrument's
-    base (sorted) and the venue's quote."""
-    assets = sorted({inst.base for inst in engine.instruments.values()})
-    quote = getattr(engine.venue, "quote", "")
+    base (sorted) and the venue's quote; with ``session``, only its venue's
+    instruments and quote."""
+    assets = sorted({inst.base for iid, inst in engine.instruments.items()
+                     if session is None or session.owns(iid)})
+    quote = getattr(engine.venue if session is None else session.venue, "quote", "")
     return assets + ([quote] if quote and quote not in assets else [])
 
 
-async def balance_baseline(engine: "Engine", *, capture: bool = False) -> dict[str, Decimal]:
+def _meta_key(key: str, session: "VenueSession | None") -> str:
+    """The store meta key of one venue's session: ``key`` for the only
+    venue of a desk, ``key:<venue name>`` for each venue of a multi-venue
+    desk."""
+    name = getattr(session, "name", None)
+    return key if not name else f"{key}:{name}"
+
+
+async def balance_baseline(engine: "Engine", *, capture: bool = False,
+                           session: "VenueSession | None" = None) -> dict[str, Decimal]:
     """The venue's balances (total; base units, quote) before the desk
     traded: asset -> amount. Reconciliation compares only the *changes*
     since this baseline with the desk's book, so what a real account already
@@ -111,24 +122,28 @@ async def balance_baseline(engine: "Engine", *, capture: bool = False) -> dict[s
       ``equity_start`` (its starting cash), which is exactly what
       reconciliation compared before baselines existed.
 
+    With ``session`` (one venue of a multi-venue desk) the baseline is that
+    venue's, under the meta key ``balance_baseline:<venue name>``.
+
     Raises:
         TransientVenueError, VenueThrottled: when a balance read fails
             (``capture`` only).
     """
-    text = engine.store.meta_get(BASELINE_META_KEY)
+    key = _meta_key(BASELINE_META_KEY, session)
+    text = engine.store.meta_get(key)
     if text:
         return {a: Decimal(v) for a, v in json.loads(text).items()}
-    venue: Any = engine.venue
+    venue: Any = engine.venue if session is None else session.venue
     pf = engine.portfolio
-    if not capture or any(p.fills for p in pf.positions.values()):
-        base = {a: Decimal(0) for a in _balance_assets(engine)}
+    traded = any(p.fills for (_, iid), p in pf.positions.items() if session is None or session.owns(iid))
+    if not capture or traded:
+        base = {a: Decimal(0) for a in _balance_assets(engine, session)}
         quote = getattr(venue, "quote", "")
         if quote:
             base[quote] = pf.equity_start
         return base
-    baseline = {a: Decimal(await _r(venue.balance(a))) for a in _balance_assets(engine)}
-    engine.store.meta_set(BASELINE_META_KEY, json.dumps({a: format(v, "f") for a, v in baseline.items()},
-                                                        sort_keys=True))
+    baseline = {a: Decimal(await _r(venue.balance(a))) for a in _balance_assets(engine, session)}
+    engine.store.meta_set(key, json.dumps({a: format(v, "f") for a, v in baseline.items()}, sort_keys=True))
     return baseline
 
 
@@ -389,7 +404,8 @@ def _hms(ts_ns: int | None) -> str:
     return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "startup") -> ReconcileReport:
+async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "startup",
+                    session: "VenueSession | None" = None) -> ReconcileReport:
     """Reconcile ``engine`` with its venue (see the module docstring).
 
     ``mode="startup"`` looks up every working order and every id the venue
@@ -409,13 +425,23 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
     is not cash) has its cash left out.
     Venue reads may be synchronous or coroutines (:func:`_r`).
 
+    ``session`` (default ``engine.session``) names the venue: on a
+    multi-venue desk each venue's session reconciles its own orders,
+    instruments and balances (``VenueSession.owns``) against its own
+    adapter, and the cash against the realized PnL less the position cost
+    of its own instruments.
+
     Raises:
         TransientVenueError, VenueThrottled: when a read fails (the session
             retries later with backoff; what was applied stays applied).
         StoreError: at startup, when the commit fails.
     """
-    venue: Any = engine.venue
-    session: VenueSession | None = getattr(engine, "session", None)
+    scoped = session is not None and session.scope is not None
+    if session is None:
+        session = getattr(engine, "session", None)
+        if session is not None and not isinstance(session, VenueSession):
+            session = None  # a group of sessions: each reconciles its own venue (core.venue_hub)
+    venue: Any = engine.venue if session is None else session.venue
     unknown = session.unknown if session is not None else {}
     report = ReconcileReport(mode=mode)
     now = engine.clock.timestamp_ns()
@@ -426,6 +452,8 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
         open_now = await _r(venue.open_orders())
     to_resend = []
     for order in list(engine.working_orders()):
+        if scoped and not session.owns(order.instrument_id):  # type: ignore[union-attr]
+            continue
         coid = order.client_order_id
         if coid in queued:
             continue
@@ -505,11 +533,12 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
             await session.submit(order)
         else:
             await venue.submit_order(order)
-    baseline = await balance_baseline(engine)
+    baseline = await balance_baseline(engine, session=session if scoped else None)
     pf = engine.portfolio
     by_base: dict[str, list[Any]] = {}
     for iid, inst in sorted(engine.instruments.items(), key=lambda kv: str(kv[0])):
-        by_base.setdefault(inst.base, []).append(iid)
+        if not scoped or session.owns(iid):  # type: ignore[union-attr]
+            by_base.setdefault(inst.base, []).append(iid)
     pending = _deferred_balance_changes(engine)
     for asset, iids in by_base.items():
         # what the venue should hold: its balance before the desk traded plus the book's position
@@ -521,12 +550,17 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
             where = str(iids[0]) if len(iids) == 1 else f"{asset} ({', '.join(str(i) for i in iids)})"
             report.differences.append(f"{where}: the venue holds {venue_qty} {asset}, the store {expected}")
     if getattr(venue, "reconcile_cash", True):
-        book_cash = pf.equity_start + pf.realized() - sum((p.cost for p in pf.positions.values()), Decimal(0))
+        if scoped:  # this venue's share of the book's cash: its instruments' realized PnL less their cost
+            mine = [p for (_, iid), p in pf.positions.items() if session.owns(iid)]  # type: ignore[union-attr]
+            book_cash = pf.equity_start + sum((p.realized - p.cost for p in mine), Decimal(0))
+        else:
+            book_cash = pf.equity_start + pf.realized() - sum((p.cost for p in pf.positions.values()), Decimal(0))
         expected_cash = baseline.get(venue.quote, pf.equity_start) + (book_cash - pf.equity_start) \
             + pending.get(venue.quote, Decimal(0))
         venue_cash = Decimal(await _r(venue.balance(venue.quote)))
         if venue_cash != expected_cash:
-            report.differences.append(f"cash: the venue holds {venue_cash} {venue.quote}, the store {expected_cash}")
+            where = f"cash at {venue.venue}" if scoped else "cash"
+            report.differences.append(f"{where}: the venue holds {venue_cash} {venue.quote}, the store {expected_cash}")
     if session is not None:
         session.last_reconcile_ns = now
         session.reconciles += 1
@@ -560,9 +594,20 @@ class VenueSession:
         store_failed: True once the store failed: nothing is sent any more.
     """
 
-    def __init__(self, engine: "Engine", config: SessionConfig | None = None) -> None:
+    def __init__(self, engine: "Engine", config: SessionConfig | None = None, *, venue: Any = None,
+                 name: str | None = None, scope: frozenset[Any] | None = None) -> None:
         self.engine = engine
         self.config = config or SessionConfig()
+        self._venue: Any = venue
+        #: the venue's name on a multi-venue desk (its meta keys carry it), None for the only venue
+        self.name = name
+        #: the instruments this session's venue trades (None: all of the engine's)
+        self.scope = scope
+        #: why the venue's task group is failing (``mark_fault``), or None: the header reads DEGRADED
+        self.fault: str | None = None
+        self.fault_since_ns: int | None = None
+        #: True from a fault until the next reconciliation that completes: its working orders are unknown
+        self.suspect = False
         self.unknown: dict[str, UnknownSubmit] = {}
         self.cancels: dict[str, CancelRequest] = {}
         self.throttled_until_ns: int | None = None
@@ -584,8 +629,43 @@ class VenueSession:
         engine.bus.subscribe("OrderExpired", self._on_closed)
 
     # ------------------------------------------------------------ state
+    @property
+    def venue(self) -> Any:
+        """The venue adapter this session talks to: its own on a multi-venue
+        desk, else the engine's one venue (looked up each time)."""
+        return self.engine.venue if self._venue is None else self._venue
+
+    def owns(self, instrument_id: Any) -> bool:
+        """True when ``instrument_id`` trades at this session's venue."""
+        return self.scope is None or instrument_id in self.scope
+
+    def mark_fault(self, detail: str) -> None:
+        """The venue's task group failed or hangs (``desk.live``'s venue
+        runner): the header reads DEGRADED, its working orders are shown as
+        unknown until a reconciliation completes, an alert says why (once per
+        fault). Other venues are not touched."""
+        if self.fault is None:
+            self.fault_since_ns = self._now()
+            working = [o.client_order_id for o in self.engine.working_orders() if self.owns(o.instrument_id)]
+            self.engine.alert("WARNING", "VENUE_DEGRADED", (
+                f"{self.venue.venue}: {detail}; "
+                + (f"working orders unknown until reconciled: {', '.join(working)}" if working
+                   else "no working orders")))
+        self.fault = detail
+        self.suspect = True
+
+    def clear_fault(self) -> None:
+        """The venue's task group runs again: reconcile at the next tick
+        (the working orders stay unknown until then)."""
+        if self.fault is not None:
+            self.fault = None
+            self.fault_since_ns = None
+            self.last_reconcile_ns = None  # due at once
+
     def _on_closed(self, event: Any) -> None:
         o = self.engine.orders.get(event.client_order_id)
+        if o is not None and not self.owns(o.instrument_id):
+            return
         if o is not None and o.venue_executed_qty is not None and o.filled_qty < o.venue_executed_qty:
             self.outstanding.add(o.client_order_id)
 
@@ -593,7 +673,7 @@ class VenueSession:
         return self.engine.clock.timestamp_ns()
 
     def _load_unknown(self) -> None:
-        text = self.engine.store.meta_get(UNKNOWN_META_KEY)
+        text = self.engine.store.meta_get(_meta_key(UNKNOWN_META_KEY, self))
         if not text:
             return
         for coid, d in json.loads(text).items():
@@ -601,7 +681,7 @@ class VenueSession:
                                                int(d["attempts"]), str(d.get("detail", "")))
 
     def _persist_unknown(self) -> None:
-        self.engine.store.meta_set(UNKNOWN_META_KEY, json.dumps(
+        self.engine.store.meta_set(_meta_key(UNKNOWN_META_KEY, self), json.dumps(
             {c: u.to_json() for c, u in sorted(self.unknown.items())}, sort_keys=True))
 
     def forget(self, client_order_id: str) -> None:
@@ -632,12 +712,14 @@ class VenueSession:
         * ``""``: a venue without a connection state of its own (the paper
           venue) that is neither blocked nor down.
         """
-        v: Any = self.engine.venue
+        v: Any = self.venue
         until = self.blocked_until_ns
         if until is not None:
             return ("BANNED" if self.banned else "THROTTLED"), until
         if self.down:
             return "DISCONNECTED", self.down_since_ns
+        if self.fault is not None:
+            return "DEGRADED", self.fault_since_ns
         state = getattr(v, "state", None)
         if not isinstance(state, str) or not state:
             return "", None
@@ -664,12 +746,14 @@ class VenueSession:
         parts = []
         if self.store_failed:
             parts.append("STORE FAILED")
-        name = self.engine.venue.venue
+        name = self.venue.venue
         state, ts = self.venue_state()
         if state in ("BANNED", "THROTTLED"):
             parts.append(f"{name} {state} until {_hms(ts)}")
         elif state == "DISCONNECTED":
             parts.append(f"{name} DISCONNECTED since {_hms(ts)}")
+        elif state == "DEGRADED" and self.fault is not None:
+            parts.append(f"{name} DEGRADED since {_hms(ts)}")
         elif state:
             parts.append(f"{name} {state}")
         if self.unknown:
@@ -679,7 +763,7 @@ class VenueSession:
         return "; ".join(parts)
 
     def _reconciling(self) -> bool:
-        v = self.engine.venue
+        v = self.venue
         return hasattr(v, "lookup") and hasattr(v, "order_ids")
 
     # ------------------------------------------------------------ submits
@@ -702,7 +786,7 @@ class VenueSession:
             return "STORE_FAILED: the desk never trades without its journal"
         until = self.blocked_until_ns
         if until is not None:
-            return f"VENUE_THROTTLED: nothing is sent to {self.engine.venue.venue} until {until} ns (Retry-After)"
+            return f"VENUE_THROTTLED: nothing is sent to {self.venue.venue} until {until} ns (Retry-After)"
         if self.down:
             return f"VENUE_DISCONNECTED since {self.down_since_ns} ns: not sent"
         return None
@@ -715,7 +799,7 @@ class VenueSession:
             close_unplaced(e, order, why, now)
             return
         try:
-            await e.venue.submit_order(order)
+            await self.venue.submit_order(order)
         except DuplicateClientOrderId as exc:
             self._mark_unknown(order, now, attempt, exc.detail + " (looked up)", commit=False)
             try:
@@ -745,7 +829,7 @@ class VenueSession:
 
     async def _resolve_one(self, order: "Order", now: int) -> bool:
         """Look an unknown order up; True when the venue knew it (applied)."""
-        known = await _r(self.engine.venue.lookup(order.client_order_id))
+        known = await _r(self.venue.lookup(order.client_order_id))
         if known is None:
             return False
         apply_venue_report(self.engine, order, known, now)
@@ -812,7 +896,7 @@ class VenueSession:
         coid = order.client_order_id
         now = self._now()
         try:
-            await self.engine.venue.cancel_order(order, reason)
+            await self.venue.cancel_order(order, reason)
         except VenueThrottled as exc:
             self._throttle(now, exc)
             self.cancels[coid] = CancelRequest(coid, reason, self.throttled_until_ns or now, failures)
@@ -840,7 +924,7 @@ class VenueSession:
                 del self.cancels[coid]
                 continue
             if req.lookup_first and self._reconciling():
-                known = await _r(e.venue.lookup(coid))  # raises to tick(): retried with backoff
+                known = await _r(self.venue.lookup(coid))  # raises to tick(): retried with backoff
                 if known is None:
                     del self.cancels[coid]
                     close_unplaced(e, order, "NOT_SENT: canceled before it reached the venue", now)
@@ -862,7 +946,7 @@ class VenueSession:
             self.banned = ban or (self.banned and not fresh)
             if fresh:  # one code for both (policy rules count it); the text says BANNED for a ban
                 self.engine.alert("WARNING", "VENUE_THROTTLED", (
-                    f"{self.engine.venue.venue}: {'BANNED: ' if ban else ''}{exc.detail}; nothing is sent until "
+                    f"{self.venue.venue}: {'BANNED: ' if ban else ''}{exc.detail}; nothing is sent until "
                     f"{until} ns ({_hms(until)}), cancels queue"))
 
     def _went_down(self, now: int, detail: str) -> None:
@@ -870,15 +954,16 @@ class VenueSession:
             self.down = True
             self.down_since_ns = now
             e = self.engine
-            working = [o.client_order_id for o in e.working_orders()]
-            if getattr(e.venue, "cancel_on_disconnect", False):
+            working = [o.client_order_id for o in e.working_orders() if self.owns(o.instrument_id)]
+            self.suspect = True
+            if getattr(self.venue, "cancel_on_disconnect", False):
                 fate = (f"the venue cancels on disconnect: {', '.join(working)} canceled there"
                         if working else "no working orders")
             else:
                 fate = (f"may still be working at the venue: {', '.join(working)}" if working
                         else "no working orders")
             e.alert("WARNING", "VENUE_DISCONNECTED", (
-                f"{e.venue.venue}: {detail}; {fate}; its orders are reconciled when it is back"))
+                f"{self.venue.venue}: {detail}; {fate}; its orders are reconciled when it is back"))
 
     def defer_startup(self, exc: VenueError) -> str:
         """The venue could not be reached for the start-up reconciliation:
@@ -895,9 +980,10 @@ class VenueSession:
         log.warning("reconciliation: %s", line)
         return line
 
-    def note_error(self, exc: VenueError) -> None:
+    def note_error(self, exc: VenueError, instrument_id: Any = None) -> None:
         """Take note of a venue error met outside the session (e.g. an
-        amend): a throttle blocks the venue, a disconnect marks it down."""
+        amend): a throttle blocks the venue, a disconnect marks it down.
+        ``instrument_id`` is for a group of sessions (ignored here)."""
         now = self._now()
         if isinstance(exc, VenueThrottled):
             self._throttle(now, exc)
@@ -927,7 +1013,7 @@ class VenueSession:
             if now < self.throttled_until_ns:
                 return
             self.throttled_until_ns = None
-        v: Any = self.engine.venue
+        v: Any = self.venue
         is_connected = getattr(v, "is_connected", None)
         if is_connected is not None and not is_connected():
             self._went_down(now, "the venue session is down")
@@ -949,7 +1035,9 @@ class VenueSession:
             await self._resolve_unknowns(now)
             due = self.last_reconcile_ns is None or now - self.last_reconcile_ns >= self.config.reconcile_interval_ns
             if reconnect or due:
-                await self.reconcile("reconnect" if reconnect else "periodic")
+                await self.reconcile("reconnect" if reconnect or self.suspect else "periodic")
+                if self.fault is None:
+                    self.suspect = False  # reconciled after the fault: its orders are known again
             self.read_failures = 0
         except VenueThrottled as exc:
             self._throttle(now, exc)
@@ -966,7 +1054,7 @@ class VenueSession:
             TransientVenueError, VenueThrottled: a read failed.
         """
         e = self.engine
-        report = await reconcile(e, self.config.max_resend_age_ns, mode=mode)
+        report = await reconcile(e, self.config.max_resend_age_ns, mode=mode, session=self)
         new = [d for d in report.differences if d not in e.unreconciled]
         corrected = report.changed and (new or len(report.lines()) > len(report.differences))
         if corrected:  # a difference already reported (and halted on) is not logged again every check
@@ -977,8 +1065,11 @@ class VenueSession:
                     f"{mode}: " + "; ".join(lines)[:2000])
         if new:
             e.unreconciled.extend(new)
-            await e.governance.halt("reconciliation", "unreconciled difference with the venue: "
-                                    + "; ".join(new)[:500])
+            why = "unreconciled difference with the venue: " + "; ".join(new)[:500]
+            if self.name is not None:  # one venue of several: only it halts (DESIGN.md section 5)
+                await e.governance.halt_venue(self.venue.venue, "reconciliation", why)
+            else:
+                await e.governance.halt("reconciliation", why)
         return report
 
     # ------------------------------------------------------------ the store
