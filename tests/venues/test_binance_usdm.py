@@ -402,3 +402,26 @@ def test_the_usdm_demo_example_builds_the_futures_venue():
         BinanceConfig(market="spot", leverage=2)
     with pytest.raises(BinanceStartupError, match="margin_mode"):
         BinanceConfig(market="usdm", margin_mode="portfolio")
+
+
+async def test_the_feed_checkpoints_the_funding_cursor_and_reads_fapi_klines(fsrv, clock):
+    from tests.venues.conftest import KLINES
+    from venues.binance.feed import BinanceLiveFeed
+
+    fsrv.klines = json.loads(KLINES.read_text())  # recorded 12-field klines, served on /fapi/v1/klines
+    v = usdm_venue(fsrv, clock)
+    await v.start()
+    try:
+        # T0 is one minute after the last recorded kline closed: of the last 3 closed bars the file holds 2
+        feed = BinanceLiveFeed(v, warmup_bars=3)
+        assert await feed.prepare() == 2 and "/fapi/v1/klines" in fsrv.paths()
+        (b1, b2) = feed.warmup()
+        assert b2.instrument_id == PERP and b2.close == D(fsrv.klines[-1][4])
+        state = feed.state_dict()
+        assert state["venue"] == {"funding_since_ms": T0 // 1_000_000, "funding_ids": []}
+        # a restart restores the cursor through the feed's state (the engine checkpoint holds it)
+        v.funding_since_ms = 0
+        feed.load_state_dict(json.loads(json.dumps(state)))
+        assert v.funding_since_ms == T0 // 1_000_000
+    finally:
+        await v.close()

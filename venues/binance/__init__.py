@@ -1,7 +1,9 @@
-"""Binance venue through ccxt (async): spot trading on the testnet or live.
+"""Binance venue through ccxt (async): spot trading on the testnet or live,
+and USD-M perpetual futures on demo trading or live.
 
 Modules: ``adapter`` (:class:`~venues.binance.adapter.BinanceVenue`, the
-engine's venue), ``exchange`` (ccxt's binance subclassed: injected clock,
+engine's venue), ``usdm`` (:class:`~venues.binance.usdm.BinanceUsdmVenue`,
+``market: usdm``), ``exchange`` (ccxt's binance subclassed: injected clock,
 request gate, typed errors), ``instruments`` (filters from exchangeInfo's
 strings), ``errors`` (typed errors over ``core.venue_errors``), ``weights``
 (request-weight budget on the engine clock), ``download`` (klines to CSV,
