@@ -267,6 +267,8 @@ class Engine:
         self._speed_changed = asyncio.Event()
         self._coid_seq: dict[tuple[int, int], int] = {}
         self.last_bar_ts: dict[InstrumentId, int] = {}
+        #: this state dir's ClientOrderId tag (``core.identifiers.new_coid_tag``; live venues), "" on paper
+        self.coid_tag = ""
         from core.daily_pnl import EndOfDayMarks, zone
 
         zone(config.day_tz)  # an unknown zone is refused at start (ValueError naming it)
@@ -427,7 +429,8 @@ class Engine:
         self._coid_seq[key] = seq + 1
         now = self.clock.timestamp_ns()
         order = Order(
-            client_order_id=make_client_order_id(step, key[1], seq), model_id=model_id, instrument_id=iid,
+            client_order_id=make_client_order_id(step, key[1], seq, self.coid_tag), model_id=model_id,
+            instrument_id=iid,
             side=side, order_type=order_type, quantity=qty, price=price,
             time_in_force=TimeInForce.GTC if order_type == OrderType.LIMIT else TimeInForce.IOC,
             ts_init=now, step=step, ts_last=now,

@@ -61,20 +61,43 @@ class InstrumentId:
         return f"{self.symbol}.{self.venue}"
 
 
-def make_client_order_id(step: int, model_index: int, seq: int) -> str:
+#: the store meta key of a live state dir's ClientOrderId tag (:func:`new_coid_tag`)
+COID_TAG_META_KEY = "coid_tag"
+_TAG_RE = re.compile(r"^[a-z0-9]{1,6}$")
+
+
+def new_coid_tag() -> str:
+    """A new random tag (5 lowercase base-36 characters, about 6e7 values)
+    for the ClientOrderIds of one live state dir: a venue account outlives a
+    state dir, and a new state dir on an account the desk traded before
+    would otherwise regenerate ``NHD-1a-0-0`` and be answered "duplicate
+    order" (Binance ``-2010``) or mistaken for the old order. Chosen once, at
+    the state dir's first start, and kept in its store."""
+    import secrets
+
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+    return "".join(secrets.choice(alphabet) for _ in range(5))
+
+
+def make_client_order_id(step: int, model_index: int, seq: int, tag: str = "") -> str:
     """Derive the ClientOrderId for the ``seq``-th order of model number
     ``model_index`` at engine step ``step`` (the count of bars processed).
 
     Deterministic: the same bar, model and sequence give the same id, so a bar
     processed again after a crash regenerates the ids it produced before.
-    Format ``NHD-<step hex>-<model>-<seq>``, at most 36 ASCII characters.
+    Format ``NHD-<step hex>-<model>-<seq>``, or with a state dir's ``tag``
+    (:func:`new_coid_tag`, live venues) ``NHD-<step hex>-<model>-<seq>-<tag>``;
+    at most 36 ASCII characters.
 
     Raises:
-        ValueError: if any part is negative or the id would exceed 36 chars.
+        ValueError: if any part is negative, the tag is not 1-6 lowercase
+            letters or digits, or the id would exceed 36 chars.
     """
     if step < 0 or model_index < 0 or seq < 0:
         raise ValueError(f"client order id parts must be >= 0: {step}, {model_index}, {seq}")
-    coid = f"{DESK_ORDER_PREFIX}-{step:x}-{model_index}-{seq}"
+    if tag and not _TAG_RE.match(tag):
+        raise ValueError(f"client order id tag: 1-6 lowercase letters or digits, got {tag!r}")
+    coid = f"{DESK_ORDER_PREFIX}-{step:x}-{model_index}-{seq}" + (f"-{tag}" if tag else "")
     if not _COID_RE.match(coid):
         raise ValueError(f"client order id too long or not ASCII: {coid!r}")
     return coid

@@ -96,3 +96,105 @@ class LiveFeedBase:
             raise ValueError(f"feed state: interval {state.get('interval')!r} differs from {self.interval!r}")
         self.last = {InstrumentId.parse(i): int(t) for i, t in state.get("last", {}).items()}
         self._seen = dict(self.last)
+
+
+class MergedLiveFeed:
+    """The live feed of a multi-venue desk (issue 6, "Isolation"): one
+    member feed per venue, each pumped by its venue's own task group
+    (``desk.live``), their steps handed to the engine in the order they
+    arrive. A venue whose feed fails or hangs stops adding steps; the others
+    go on (the engine never waits on one venue's bars).
+
+    Args:
+        feeds: venue name -> that venue's live feed (``LiveFeedBase``).
+
+    Attributes:
+        feeds: as given.
+        last_step_at: venue name -> the loop time (``loop.time()``, seconds)
+            its feed last handed a step over (the watchdog's measure).
+    """
+
+    finite = False
+
+    def __init__(self, feeds: dict[str, Any]) -> None:
+        if not feeds:
+            raise ValueError("feeds: no venue feed")
+        self.feeds = dict(feeds)
+        self._queue: asyncio.Queue[list[Bar]] | None = None
+        self._stop: asyncio.Event | None = None
+        self._stopped = False
+        self.last_step_at: dict[str, float] = {}
+
+    def _q(self) -> "asyncio.Queue[list[Bar]]":
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        return self._queue
+
+    async def prepare(self) -> int:
+        """Each member's ``prepare`` (warm-up or catch-up bars); their total."""
+        n = 0
+        for f in self.feeds.values():
+            n += int(await f.prepare())
+        return n
+
+    def warmup(self) -> list[Bar]:
+        """Every member's warm-up bars, by close time then instrument."""
+        bars = [b for f in self.feeds.values() for b in f.warmup()]
+        bars.sort(key=lambda b: (b.ts_event, str(b.instrument_id)))
+        return bars
+
+    async def pump(self, name: str, on_step: Any = None) -> None:
+        """Forever (until stopped): venue ``name``'s steps into the queue the
+        engine reads; ``on_step(name)`` after each. Raises what the member
+        feed raises (its venue's task group handles it)."""
+        feed = self.feeds[name]
+        loop = asyncio.get_running_loop()
+        self.last_step_at.setdefault(name, loop.time())
+        while not self._stopped:
+            bars = await feed.next_step()
+            if not bars:
+                return  # stopped
+            self.last_step_at[name] = loop.time()
+            self._q().put_nowait(bars)
+            if on_step is not None:
+                on_step(name)
+
+    async def next_step(self) -> list[Bar]:
+        """The next step any venue handed over; ``[]`` once stopped."""
+        if self._stopped:
+            return []
+        if self._stop is None:
+            self._stop = asyncio.Event()
+        getter = asyncio.ensure_future(self._q().get())
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        return []
+
+    def stop(self) -> None:
+        """Stop every member and end a pending ``next_step`` with ``[]``."""
+        self._stopped = True
+        for f in self.feeds.values():
+            f.stop()
+        if self._stop is not None:
+            self._stop.set()
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"venues": {name: member state}}`` (each member's
+        ``state_dict``)."""
+        return {"venues": {n: f.state_dict() for n, f in self.feeds.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore each member from :meth:`state_dict` output (a venue new
+        to this state dir starts fresh).
+
+        Raises:
+            ValueError: a member refuses its state (named)."""
+        for n, s in state.get("venues", {}).items():
+            if n in self.feeds:
+                self.feeds[n].load_state_dict(s)

@@ -128,7 +128,8 @@ def next_client_order_id(engine: "Engine") -> str:
     memory and in the store's ``orders`` table (so never reused)."""
     step = engine.stats.bars
     prefix = f"{DESK_ORDER_PREFIX}-{step:x}-{MANUAL_MODEL_INDEX}-"
-    pattern = re.compile(re.escape(prefix) + r"(\d+)$")
+    tag = getattr(engine, "coid_tag", "")
+    pattern = re.compile(re.escape(prefix) + r"(\d+)(?:-[a-z0-9]+)?$")
     used = [m.group(1) for coid in engine.orders if (m := pattern.match(coid))]
     for (coid,) in engine.store.conn.execute(
         "SELECT client_order_id FROM orders WHERE client_order_id LIKE ?", (prefix + "%",)
@@ -137,7 +138,7 @@ def next_client_order_id(engine: "Engine") -> str:
         if m:
             used.append(m.group(1))
     n = 1 + max((int(u) for u in used), default=-1)
-    return make_client_order_id(step, MANUAL_MODEL_INDEX, n)
+    return make_client_order_id(step, MANUAL_MODEL_INDEX, n, tag)
 
 
 def _reduces(engine: "Engine", iid: InstrumentId, side: OrderSide, qty: Decimal) -> bool:

@@ -162,6 +162,22 @@ class VenueHub:
             if commit is not None:
                 commit()
 
+    async def close(self) -> None:
+        """Close every member (its sessions or connection); a failure to
+        close one is logged and the others are still closed."""
+        import inspect
+
+        for name, m in self.members.items():
+            close = getattr(m, "close", None)
+            if close is None:
+                continue
+            try:
+                r = close()
+                if inspect.isawaitable(r):
+                    await r
+            except Exception as exc:  # noqa: BLE001 - the others must still be closed
+                log.warning("closing venue %s: %s", name, exc)
+
     def is_connected(self) -> bool:
         """True when every member with a connection state is connected."""
         return all(bool(getattr(m, "is_connected", lambda: True)()) for m in self.members.values())

@@ -617,12 +617,9 @@ class _Daemon:
             log.warning("cannot write the api url file", extra={"kv": {"error": exc.strerror}})
         helpers = [asyncio.create_task(self._progress(), name="progress")]
         if self.live:  # commits between bars and the HALT file every second, the venue's order updates
-            from desk.live import _housekeeping, _pump_order_updates
+            from desk.live import start_venue_tasks
 
-            helpers.append(asyncio.create_task(_housekeeping(self.built, asyncio.sleep), name="housekeeping"))
-            if hasattr(self.built.venue, "next_order_updates"):
-                helpers.append(asyncio.create_task(_pump_order_updates(self.built, asyncio.sleep),
-                                                   name="order-updates"))
+            helpers += start_venue_tasks(self.built, asyncio.sleep)  # one supervised task group per venue
         else:
             helpers.append(asyncio.create_task(self._poll_halt_file(), name="halt-file"))
         if self.telegram_token is not None:

@@ -75,7 +75,7 @@ from core.clock import LiveClock
 from core.engine import Engine, EngineConfig, ModelSpec
 from core.enums import OrderType, TradingState
 from core.errors import EXIT_OK, EXIT_UNRECONCILED, ConfigError, DeskError
-from core.identifiers import InstrumentId, is_desk_order
+from core.identifiers import COID_TAG_META_KEY, InstrumentId, is_desk_order, new_coid_tag
 from core.instruments import Instrument
 from core.ports import FitExecutor, RegimeModel
 from core.risk import DESK_DEFAULT_LIMITS, RiskConfig, RiskEngine
@@ -125,21 +125,22 @@ def default_executor() -> FitExecutor:
     return ex
 
 
-def live_venue(cfg: Any) -> tuple[int, Any]:
-    """The one Binance or IBKR venue of ``cfg`` (a ``desk.config.DeskConfig``)
-    and its index in ``venues``.
+def live_venues(cfg: Any) -> list[tuple[int, Any]]:
+    """The Binance and IBKR venues of ``cfg`` (a ``desk.config.DeskConfig``)
+    with their index in ``venues``, in config order (the header's order).
 
     Raises:
-        ConfigError: no such venue, several of them, or one beside a paper
-            venue (one venue per desk in this build), naming them.
+        ConfigError: no such venue, or a paper venue beside them (a paper
+            venue runs on its own desk), naming them.
     """
     real = [(i, v) for i, v in enumerate(cfg.venues) if v.kind in ("binance", "ibkr")]
     if not real:
         raise ConfigError("venues: no binance or ibkr venue to run live")
-    if len(cfg.venues) > 1:
-        names = ", ".join(f"{v.name} ({v.kind})" for v in cfg.venues)
-        raise ConfigError(f"venues: {names}: this build runs one venue per desk; keep one entry")
-    return real[0]
+    if len(real) < len(cfg.venues):
+        names = ", ".join(f"{v.name} ({v.kind})" for v in cfg.venues if v.kind not in ("binance", "ibkr"))
+        raise ConfigError(f"venues: {names}: a paper venue runs on its own desk, not beside live venues; "
+                          f"remove it from this config")
+    return real
 
 
 def _venue_is_live(vc: Any) -> bool:
@@ -210,12 +211,15 @@ class LiveBuilt:
                     self.state.release()
 
 
-def _fingerprint(cfg: Any, vc: Any, digest: str, capital: Decimal, order_type: OrderType, day_tz: str,
+def _fingerprint(cfg: Any, vcs: list[Any], digest: str, capital: Decimal, order_type: OrderType, day_tz: str,
                  specs: list[tuple[ModelSpec, dict[str, Any]]]) -> str:
-    """The setup of a live state dir (JSON): another setup is refused."""
-    venue = vc.model_dump(mode="json", exclude={"urls"})
+    """The setup of a live state dir (JSON): another setup is refused. One
+    venue is written as ``venue`` (as before several venues existed), several
+    as ``venues``."""
+    dumped = [vc.model_dump(mode="json", exclude={"urls"}) for vc in vcs]
+    where: dict[str, Any] = {"venue": dumped[0]} if len(dumped) == 1 else {"venues": dumped}
     return json.dumps({
-        "mode": "live", "config_sha256": digest, "venue": venue, "capital": format(capital, "f"),
+        "mode": "live", "config_sha256": digest, **where, "capital": format(capital, "f"),
         "order_type": order_type.value, "day_tz": day_tz,
         "models": [[s.model_id, s.family, s.stage, format(s.weight, "f"), kw] for s, kw in specs],
     }, sort_keys=True)
@@ -331,11 +335,12 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
         make_model,
     )
 
-    index, vc = live_venue(cfg)
-    is_live = _venue_is_live(vc)
-    if is_live and not live:
-        what = "testnet is false" if vc.kind == "binance" else f"port {vc.port} / account {vc.account} is live"
-        raise ConfigError(f"venues[{index}] {vc.name}: {what}, so it trades real money; add --live to run it")
+    chosen = live_venues(cfg)
+    for index, vc in chosen:
+        if _venue_is_live(vc) and not live:
+            what = "testnet is false" if vc.kind == "binance" else f"port {vc.port} / account {vc.account} is live"
+            raise ConfigError(f"venues[{index}] {vc.name}: {what}, so it trades real money; add --live to run it")
+    is_live = any(_venue_is_live(vc) for _, vc in chosen)
     capital = capital if capital is not None else (cfg.capital if cfg.capital is not None else DEFAULT_CAPITAL)
     day_tz = day_tz or cfg.tz or "UTC"
     risk_file = risk_file if risk_file is not None else cfg.risk
@@ -343,35 +348,46 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
     digest = config_digest(config_path)
     specs = [(ModelSpec(s.model_id, s.weight, s.stage, s.family, kw), kw) for s, kw in default_model_specs()]
     warmup = max(_warmup_bars(kw) for _, kw in specs)
-    fp_text = _fingerprint(cfg, vc, digest, capital, order_type, day_tz, specs)
+    fp_text = _fingerprint(cfg, [vc for _, vc in chosen], digest, capital, order_type, day_tz, specs)
     clock = LiveEngineClock()
     state = StateDir(state_dir)
-    venue = None
+    venues: list[tuple[int, Any, Any]] = []  # (config index, config entry, adapter)
+    store = None
     try:
         from desk.wiring import open_setup_store
 
+        # the adapters first: missing credentials or a bad setting are refused before the store is created
+        for index, vc in chosen:
+            venues.append((index, vc, _make_venue(vc, clock, live=live, state_dir=state.path, env=env)))
         store, existing = open_setup_store(state, fp_text)
-        try:
-            venue = _make_venue(vc, clock, live=live, state_dir=state.path, env=env)
-            started = await venue.start()
-        except DeskError:
-            store.close()
-            raise
-        except VenueError as exc:
-            store.close()
-            raise LiveStartError(f"venue {vc.name} at start: {exc}") from None
-        except (OSError, asyncio.TimeoutError) as exc:
-            store.close()
-            raise LiveStartError(f"venue {vc.name} at start: cannot connect: {exc!r}") from None
-        except ValueError as exc:  # IBKR's ContractError: a contract IB does not know (named)
-            store.close()
-            raise ConfigError(f"venues[{index}] {vc.name}: {exc}") from None
-        lines = [str(x) for x in (started or [])]
+        lines: list[str] = []
+        for index, vc, venue in venues:
+            try:
+                started = await venue.start()
+            except DeskError:
+                raise
+            except VenueError as exc:
+                raise LiveStartError(f"venue {vc.name} at start: {exc}") from None
+            except (OSError, asyncio.TimeoutError) as exc:
+                raise LiveStartError(f"venue {vc.name} at start: cannot connect: {exc!r}") from None
+            except ValueError as exc:  # IBKR's ContractError: a contract IB does not know (named)
+                raise ConfigError(f"venues[{index}] {vc.name}: {exc}") from None
+            lines += [str(x) for x in (started or [])]
+            if not venue.instruments:
+                raise ConfigError(f"venues[{index}] {vc.name}: no instrument to trade")
         n_venue_lines = len(lines)
-        instruments = _with_multipliers(venue)
-        if not instruments:
-            store.close()
-            raise ConfigError(f"venues[{index}] {vc.name}: no instrument to trade")
+        instruments: dict[InstrumentId, Instrument] = {}
+        for _, _, venue in venues:
+            instruments.update(_with_multipliers(venue))
+        if len(venues) == 1:
+            hub: Any = venues[0][2]
+        else:
+            from core.venue_hub import VenueHub
+
+            try:
+                hub = VenueHub([v for _, _, v in venues])
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         model_ids = [s.model_id for s, _ in specs]
         risk = _risk(cfg, risk_file, instruments, capital, model_ids)
         if executor is None:
@@ -380,14 +396,23 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
             spec.model_id: {iid: make_model(spec.model_id, iid, spec.params) for iid in sorted(instruments, key=str)}
             for spec, _ in specs
         }
-        if vc.kind == "binance":
-            from venues.binance.feed import BinanceLiveFeed
+        feeds: dict[str, Any] = {}
+        for _, vc, venue in venues:
+            own = sorted(venue.instruments, key=str)
+            if vc.kind == "binance":
+                from venues.binance.feed import BinanceLiveFeed
 
-            feed: Any = BinanceLiveFeed(venue, sorted(instruments, key=str), interval=interval, warmup_bars=warmup)
+                feeds[venue.venue] = BinanceLiveFeed(venue, own, interval=interval, warmup_bars=warmup)
+            else:
+                from venues.ibkr.feed import IbkrLiveFeed
+
+                feeds[venue.venue] = IbkrLiveFeed(venue, own, interval=interval, warmup_bars=warmup)
+        if len(feeds) == 1:
+            feed: Any = next(iter(feeds.values()))
         else:
-            from venues.ibkr.feed import IbkrLiveFeed
+            from core.livefeed import MergedLiveFeed
 
-            feed = IbkrLiveFeed(venue, sorted(instruments, key=str), interval=interval, warmup_bars=warmup)
+            feed = MergedLiveFeed(feeds)
         audit_path = state.path / "audit" / "orders.jsonl"
         fixed = repair_audit(audit_path, store.iter_journal)
         if fixed["torn"] or (fixed["appended"] and store.load_checkpoint() is not None):
@@ -398,8 +423,11 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
             config=EngineConfig(router=router, day_tz=day_tz, lifecycle=default_lifecycle(),
                                 fit_apply_lag=REFIT_APPLY_LAG), clock=clock,  # type: ignore[arg-type]
             store=store, model_factory=make_model, audit=AuditLog(audit_path), feed=feed, instruments=instruments,
-            models=models, specs=[s for s, _ in specs], risk=risk, executor=executor, venue_factory=venue.bind,
+            models=models, specs=[s for s, _ in specs], risk=risk, executor=executor, venue_factory=hub.bind,
         )
+        from core.funding import attach_funding
+
+        attach_funding(engine)  # USD-M funding payments into the book (nothing on spot or IBKR)
         engine.speed = None  # the venue paces the bars
         engine.live = is_live  # type: ignore[attr-defined]  # the API's /status mode: LIVE (real money) or PAPER
         engine.config.yield_every = 1  # the HALT file and the loop are looked at every bar
@@ -407,9 +435,7 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
         engine.lifecycle.allocations_path = state.path / "capital_allocations.json"
         if policy_file is not None:  # before the restore: the checkpoint holds the rules' windows and cooldowns
             from core.policy_runtime import PolicyRuntime
-            from desk.policy_config import load_policy_file
-
-            from desk.policy_config import check_targets
+            from desk.policy_config import check_targets, load_policy_file
 
             policy = load_policy_file(policy_file)
             check_targets(policy, models=set(models), families={sp.family or sp.model_id for sp, _ in specs},
@@ -423,59 +449,78 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
         elif existing is None:
             store.meta_set("setup", fp_text)
             store.meta_set("status", "running")
+        if store.meta_get(COID_TAG_META_KEY) is None and not engine.orders \
+                and store.conn.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 0:
+            store.meta_set(COID_TAG_META_KEY, new_coid_tag())  # before the first order: ids unique per state dir
+        engine.coid_tag = store.meta_get(COID_TAG_META_KEY) or ""
         halted = store.meta_get("halted_venues")
         if halted:
             engine.halted_venues = set(halted.split(","))
         persisted = store.meta_get("trading_state")
         if persisted is not None:
             engine.trading_state = TradingState(persisted)  # the kill switch survives a restart
-        from core.recovery import BASELINE_META_KEY, balance_baseline
+        from core.recovery import balance_baseline
 
+        sessions = _sessions(engine)
+        baselines: dict[str, dict[str, Decimal]] = {}
         try:
-            if not continued:
-                await balance_baseline(engine, capture=True)
+            for name, session in sessions.items():
+                scoped = session if session.name is not None else None
+                baselines[name] = await balance_baseline(engine, capture=not continued, session=scoped)
             engine.flush()  # the setup and the baseline are committed before anything is traded
-            baseline = json.loads(store.meta_get(BASELINE_META_KEY) or "{}")
-            unknown = {c: u.deadline_ns for c, u in engine.session.unknown.items()}
-            if unknown and hasattr(venue, "expect_unknown"):
-                venue.expect_unknown(unknown)
-            if hasattr(venue, "prefetch"):
-                await venue.prefetch(sorted({o.client_order_id for o in engine.working_orders()} | set(unknown)))
+            for name, session in sessions.items():
+                venue = session.venue
+                unknown = {c: u.deadline_ns for c, u in session.unknown.items()}
+                if unknown and hasattr(venue, "expect_unknown"):
+                    venue.expect_unknown(unknown)
+                if hasattr(venue, "prefetch"):
+                    mine = {o.client_order_id for o in engine.working_orders() if session.owns(o.instrument_id)}
+                    await venue.prefetch(sorted(mine | set(unknown)))
             n_warm = await feed.prepare()
         except VenueError as exc:
-            raise LiveStartError(f"venue {vc.name} at start: {exc}") from None
-        env_word = "LIVE (real money)" if is_live else ("testnet" if vc.kind == "binance" else "paper account")
-        lines.insert(0, f"desk: {vc.name} ({vc.kind}, {env_word}); config {config_path} sha256={digest}")
+            raise LiveStartError(f"venue at start: {exc}") from None
+        for n, (_, vc, venue) in enumerate(venues):
+            live_word = _venue_is_live(vc)
+            env_word = "LIVE (real money)" if live_word else ("testnet" if vc.kind == "binance" else "paper account")
+            lines.insert(n, f"desk: {vc.name} ({vc.kind}, {env_word}); config {config_path} sha256={digest}")
         rc = risk.config
+        quotes = sorted({v.quote for _, _, v in venues})
         lines.append(
-            f"desk: capital {capital} {venue.quote}, order type {order_type.value}, max order notional "
-            f"{rc.limit('max_order_notional')} {venue.quote}, {rc.max_submits} submits per "
+            f"desk: capital {capital} {'/'.join(quotes)}, order type {order_type.value}, max order notional "
+            f"{rc.limit('max_order_notional')} {quotes[0]}, {rc.max_submits} submits per "
             f"{rc.window_ns // NANOS} s per venue, rails {'from ' + str(risk_file) if risk_file else 'default'}")
-        if baseline:
-            lines.append("desk: reconciliation baseline (the account before the desk traded): "
-                         + ", ".join(f"{a} {v}" for a, v in sorted(baseline.items())))
-        cash = venue.balance(venue.quote)
-        if getattr(venue, "reconcile_cash", True) and cash < capital and not continued:
-            lines.append(f"desk: WARNING: the account holds {cash} {venue.quote}, less than the capital {capital}: "
-                         f"buys beyond it will be refused by the venue")
-        foreign_open = [c for c in (venue.open_orders() if hasattr(venue, "open_orders") else {})
-                        if is_desk_order(c) and c not in engine.orders]
-        if foreign_open:
-            lines.append(f"desk: WARNING: the venue has open desk orders this state dir does not know: "
-                         f"{', '.join(sorted(foreign_open))} (the first reconciliation halts on them)")
+        if len(venues) > 1:
+            lines.append("desk: venues isolated: each runs in its own task group; one that fails or hangs is "
+                         "DEGRADED, its orders unknown until reconciled, the others keep trading")
+        for name in baselines:
+            baseline = json.loads(store.meta_get(_baseline_key(sessions[name])) or "{}")
+            if baseline:
+                lines.append(f"desk: reconciliation baseline of {name} (the account before the desk traded): "
+                             + ", ".join(f"{a} {v}" for a, v in sorted(baseline.items())))
+        for _, _, venue in venues:
+            cash = venue.balance(venue.quote)
+            if getattr(venue, "reconcile_cash", True) and cash < capital and not continued:
+                lines.append(f"desk: WARNING: {venue.venue} holds {cash} {venue.quote}, less than the capital "
+                             f"{capital}: buys beyond it will be refused by the venue")
+            foreign_open = [c for c in (venue.open_orders() if hasattr(venue, "open_orders") else {})
+                            if is_desk_order(c) and c not in engine.orders]
+            if foreign_open:
+                lines.append(f"desk: WARNING: {venue.venue} has open desk orders this state dir does not know: "
+                             f"{', '.join(sorted(foreign_open))} (the first reconciliation halts on them)")
         what = "catch-up bars since the last one processed" if continued else "warm-up bars"
         lines.append(f"desk: {n_warm} {what} of {', '.join(str(i) for i in sorted(instruments, key=str))} "
                      f"({interval}); {'continuing after bar ' + str(engine.stats.bars) if continued else 'a new run'}")
-        built = LiveBuilt(engine, venue, feed, state, executor, continued, is_live, lines, on_stop=on_stop,
+        built = LiveBuilt(engine, hub, feed, state, executor, continued, is_live, lines, on_stop=on_stop,
                           messages=lines)
         built.venue_lines = n_venue_lines
-        fee_px = await refresh_fee_asset_price(built)
-        if fee_px is not None:
-            lines.append(f"desk: fees paid in {FEE_ASSET} are booked at its price, {fee_px} {venue.quote} now "
-                         f"(read every {FEE_PRICE_EVERY_S} s)")
+        for _, _, venue in venues:
+            fee_px = await refresh_fee_asset_price(built, venue)
+            if fee_px is not None:
+                lines.append(f"desk: fees paid in {FEE_ASSET} at {venue.venue} are booked at its price, {fee_px} "
+                             f"{venue.quote} now (read every {FEE_PRICE_EVERY_S} s)")
         return built
     except BaseException:
-        if venue is not None:
+        for _, _, venue in venues:
             try:
                 close = getattr(venue, "close", None)
                 r = close() if close is not None else None
@@ -484,29 +529,49 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
             except Exception:  # noqa: BLE001
                 pass
         try:
-            if "store" in locals():
-                locals()["store"].close()
+            if store is not None:
+                store.close()
         except Exception:  # noqa: BLE001
             pass
         state.release()
         raise
 
 
+def _sessions(engine: Engine) -> dict[str, Any]:
+    """The engine's venue sessions by venue name (one, or a
+    ``core.venue_hub.SessionGroup``'s)."""
+    group = getattr(engine.session, "sessions", None)
+    if isinstance(group, dict):
+        return dict(group)
+    return {engine.session.venue.venue: engine.session}
+
+
+def _baseline_key(session: Any) -> str:
+    from core.recovery import BASELINE_META_KEY, _meta_key
+
+    return _meta_key(BASELINE_META_KEY, session if session.name is not None else None)
+
+
 # ---------------------------------------------------------------- running
-async def _pump_order_updates(built: LiveBuilt, sleep: Callable[[float], Any]) -> None:
+async def _pump_order_updates(built: LiveBuilt, sleep: Callable[[float], Any], venue: Any = None,
+                              session: Any = None, on_ok: Callable[[], None] | None = None) -> None:
     """Forever: the venue's order updates (Binance user data stream; its REST
     poll every :data:`ORDER_POLL_S` while the stream is down); a failed read
     is retried after ``min(2**n, 60)`` s. The reports reach the engine
-    through its venue callback."""
-    venue = built.venue
+    through its venue callback. ``venue``/``session`` default to the desk's
+    one venue and session; ``on_ok`` runs after each successful read."""
+    venue = built.venue if venue is None else venue
+    session = built.engine.session if session is None else session
     failures = 0
     while True:
         try:
             await venue.next_order_updates()
             failures = 0
+            if on_ok is not None:
+                on_ok()
         except VenueError as exc:
             failures += 1
-            built.engine.session.note_error(exc)
+            session.note_error(exc)
             wait = min(2 ** (failures - 1), 60)
             log.warning("%s order updates: %s; trying again in %d s", venue.venue, exc, wait)
             await sleep(wait)
@@ -521,14 +586,15 @@ FEE_ASSET = "BNB"
 FEE_PRICE_EVERY_S = 60
 
 
-async def refresh_fee_asset_price(built: LiveBuilt) -> Decimal | None:
+async def refresh_fee_asset_price(built: LiveBuilt, venue: Any = None) -> Decimal | None:
     """Binance, when the account holds BNB (so it may pay its fees with it,
     DESIGN.md section 4): read the mid of ``BNB<quote>`` (``GET
     /api/v3/ticker/bookTicker``) and hand it to the portfolio
     (``Portfolio.set_price``), which converts a fee charged in BNB into the
     quote at fill time (else such a fill cannot be booked). Returns the
-    price (quote per BNB), or None when not needed or not readable (logged)."""
-    venue = built.venue
+    price (quote per BNB), or None when not needed or not readable (logged).
+    ``venue``: the adapter to read (default the desk's one venue)."""
+    venue = built.venue if venue is None else venue
     fetch = getattr(venue, "fetch_best_bid_ask", None)
     quote = getattr(venue, "quote", "")
     if fetch is None or not quote or quote == FEE_ASSET or venue.balance(FEE_ASSET) <= 0:
@@ -545,24 +611,136 @@ async def refresh_fee_asset_price(built: LiveBuilt) -> Decimal | None:
 
 
 async def _housekeeping(built: LiveBuilt, sleep: Callable[[float], Any]) -> None:
-    """Every second: commit what the venue reported between bars (fills,
+    """Every second: commit what the venues reported between bars (fills,
     cancels: the journal and the audit log, so an acknowledged fill is never
-    lost while the next bar is a minute away) and look for the ``HALT`` file;
-    every minute: the fee asset's price (:func:`refresh_fee_asset_price`)."""
+    lost while the next bar is a minute away) and look for the ``HALT`` file.
+    (Each venue reads its fee asset's price in its own task group.)"""
     engine = built.engine
-    n = 0
     while True:
         await sleep(1.0)
-        n += 1
         try:
             if engine.store.has_journal_pending:
                 engine.checkpoint()
             await engine.check_halt_file()
-            if n % FEE_PRICE_EVERY_S == 0:
-                await refresh_fee_asset_price(built)
         except StoreError as exc:
             await engine.session.on_store_failure(exc)
             return
+
+
+async def _fee_prices(built: LiveBuilt, venue: Any, sleep: Callable[[float], Any]) -> None:
+    """Every :data:`FEE_PRICE_EVERY_S` s: ``venue``'s fee asset price
+    (:func:`refresh_fee_asset_price`)."""
+    while True:
+        await sleep(FEE_PRICE_EVERY_S)
+        await refresh_fee_asset_price(built, venue)
+
+
+#: a venue's bar feed is hung when no step came for this many bar intervals (plus the grace below)
+HUNG_AFTER_INTERVALS = 2
+#: seconds of grace before a feed without a new bar is declared hung
+HUNG_GRACE_S = 60.0
+#: seconds between two looks of the watchdog
+WATCH_EVERY_S = 5.0
+
+
+class VenueHung(Exception):
+    """A venue's bar feed handed no step for longer than allowed while its
+    market is open (the venue's task group is failed and restarted)."""
+
+
+class _FeedStopped(Exception):
+    """The feed was stopped: the venue's task group ends."""
+
+
+def _market_open(venue: Any, now_ns: int) -> bool:
+    """Whether any of ``venue``'s markets is open now (IBKR: a contract's
+    trading hours; a crypto venue always is)."""
+    contracts = getattr(venue, "contracts", None)
+    if not isinstance(contracts, dict) or not contracts:
+        return True
+    for c in contracts.values():
+        hours = getattr(c, "hours", None)
+        if hours is None or hours.is_open(now_ns):
+            return True
+    return False
+
+
+async def _watch_feed(built: LiveBuilt, name: str, venue: Any, sleep: Callable[[float], Any]) -> None:
+    """Raise :class:`VenueHung` when venue ``name``'s feed handed no step
+    for ``HUNG_AFTER_INTERVALS`` bar intervals plus ``HUNG_GRACE_S`` while
+    its market is open (loop time)."""
+    from venues.klines import INTERVALS_NS
+
+    feed = built.feed
+    member = feed.feeds[name]
+    limit = HUNG_AFTER_INTERVALS * INTERVALS_NS[member.interval] / NANOS + HUNG_GRACE_S
+    loop = asyncio.get_running_loop()
+    while True:
+        await sleep(WATCH_EVERY_S)
+        age = loop.time() - feed.last_step_at.get(name, loop.time())
+        if age > limit and _market_open(venue, built.engine.clock.timestamp_ns()):
+            raise VenueHung(f"no bar from its feed for {age:.0f} s (limit {limit:.0f} s)")
+
+
+async def _venue_group(built: LiveBuilt, name: str, venue: Any, sleep: Callable[[float], Any]) -> None:
+    """Venue ``name``'s own task group, supervised (issue 6, "Isolation"):
+    its order updates, its fee-asset price and, on a multi-venue desk, its
+    bar feed's pump and watchdog. A task that fails (or the watchdog seeing
+    the feed hang) fails only this group: the venue is marked DEGRADED
+    (``VenueSession.mark_fault``: an alert, its working orders unknown until
+    reconciled), the group restarts after ``min(2**n, 60)`` s, and the fault
+    clears at its first successful read or bar (then the session reconciles).
+    The other venues' groups and the engine go on. Ends when the feed stops."""
+    from core.livefeed import MergedLiveFeed
+
+    session = _sessions(built.engine)[name]
+    merged = isinstance(built.feed, MergedLiveFeed)
+    failures = 0
+
+    def ok(*_: Any) -> None:
+        session.clear_fault()
+
+    async def pump() -> None:
+        await built.feed.pump(name, on_step=ok)
+        raise _FeedStopped()
+
+    while True:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if hasattr(venue, "next_order_updates"):
+                    tg.create_task(_pump_order_updates(built, sleep, venue, session, on_ok=ok))
+                tg.create_task(_fee_prices(built, venue, sleep))
+                if merged:
+                    built.feed.last_step_at[name] = asyncio.get_running_loop().time()
+                    tg.create_task(pump())
+                    tg.create_task(_watch_feed(built, name, venue, sleep))
+        except BaseExceptionGroup as eg:
+            if eg.subgroup(_FeedStopped) is not None:
+                return
+            rest = eg.subgroup(Exception)
+            if rest is None:
+                raise
+            exc = rest.exceptions[0]
+            while isinstance(exc, BaseExceptionGroup):
+                exc = exc.exceptions[0]
+            failures += 1
+            wait = min(2 ** failures, 60)
+            log.error("venue %s: its task group failed (%s: %s); restarting in %d s", name, type(exc).__name__,
+                      exc, wait, exc_info=exc)
+            session.mark_fault(f"{type(exc).__name__}: {exc}")
+            await sleep(wait)
+            continue
+        return
+
+
+def start_venue_tasks(built: LiveBuilt, sleep: Callable[[float], Any] = asyncio.sleep) -> list[asyncio.Task[Any]]:
+    """What runs beside the engine of a live desk: the desk's housekeeping
+    (commits between bars, the ``HALT`` file) and one supervised task group
+    per venue (:func:`_venue_group`). Cancel the tasks to stop them."""
+    tasks = [asyncio.create_task(_housekeeping(built, sleep), name="housekeeping")]
+    for name, session in _sessions(built.engine).items():
+        tasks.append(asyncio.create_task(_venue_group(built, name, session.venue, sleep), name=f"venue:{name}"))
+    return tasks
 
 
 def _install_signals(engine: Engine, feed: Any) -> list[int]:
@@ -654,9 +832,7 @@ async def run_live(built: LiveBuilt, *, max_bars: int | None = None,
     difference)."""
     engine = built.engine
     sigs = _install_signals(engine, built.feed)
-    tasks = [asyncio.ensure_future(_housekeeping(built, sleep))]
-    if hasattr(built.venue, "next_order_updates"):
-        tasks.append(asyncio.ensure_future(_pump_order_updates(built, sleep)))
+    tasks = start_venue_tasks(built, sleep)
     t0 = time.perf_counter()
     bars0 = engine.stats.bars
     try:
@@ -777,9 +953,7 @@ def _tui(cfg: Any, config_path: Path, bars: int | None, kwargs: dict[str, Any]) 
             app = DeskApp(engine, speed=None, warm_up=not built.continued, mode="LIVE" if built.live else "PAPER",
                           market=market, max_bars=remaining)
             app.reconciled = built.continued
-            tasks = [asyncio.ensure_future(_housekeeping(built, asyncio.sleep))]
-            if hasattr(built.venue, "next_order_updates"):
-                tasks.append(asyncio.ensure_future(_pump_order_updates(built, asyncio.sleep)))
+            tasks = start_venue_tasks(built, asyncio.sleep)
             try:
                 code = await app.run_async()
             finally:
