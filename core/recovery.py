@@ -639,6 +639,11 @@ class VenueSession:
         """True when ``instrument_id`` trades at this session's venue."""
         return self.scope is None or instrument_id in self.scope
 
+    def suspect_venues(self) -> set[str]:
+        """``{venue name}`` while this venue's working orders are unknown
+        (down, a fault, or not reconciled since), else empty."""
+        return {str(self.venue.venue)} if (self.suspect or self.down or self.fault is not None) else set()
+
     def mark_fault(self, detail: str) -> None:
         """The venue's task group failed or hangs (``desk.live``'s venue
         runner): the header reads DEGRADED, its working orders are shown as

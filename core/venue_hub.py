@@ -396,12 +396,17 @@ class SessionGroup:
         return {n: s.venue_state() for n, s in self.sessions.items()}
 
     def status(self) -> str:
-        """The header line: each venue's ``VenueSession.status()`` (an
-        adapter without a connection state reads ``<name> OK``), joined
-        with ``" | "``."""
-        parts = []
+        """The header line: each venue's ``VenueSession.status()`` parts, the
+        first naming the venue and its state (an adapter without a connection
+        state reads ``<name> OK``), the others (unknown submits, queued
+        cancels) prefixed with the venue's name; all joined with ``"; "``
+        (the header tones each part)."""
+        parts: list[str] = []
         for n, s in self.sessions.items():
-            text = s.status()
-            parts.append(text if text.startswith(n) or text.startswith("STORE") else
-                         (f"{n} OK; {text}" if text else f"{n} OK"))
-        return " | ".join(parts)
+            own = [p for p in s.status().split("; ") if p and p != "STORE FAILED"]
+            if not own or not own[0].startswith(n + " "):
+                own.insert(0, f"{n} OK")
+            parts += [own[0]] + [f"{n} {p}" for p in own[1:]]
+        if self.store_failed:
+            parts.insert(0, "STORE FAILED")
+        return "; ".join(parts)

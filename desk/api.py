@@ -104,7 +104,7 @@ from core.manual import (
 )
 from core.orders import Order
 from core.store import ORDERS_COLUMNS, order_row
-from desk.metrics import DeskMetrics, family_weights, model_rows, venue_clients, venue_connections
+from desk.metrics import DeskMetrics, family_weights, model_rows, venue_clients, venue_connections, venue_session
 
 log = logging.getLogger("desk.api")
 
@@ -517,12 +517,17 @@ def health_json(engine: Any) -> tuple[dict[str, Any], int]:
             store_ok, store_detail = False, type(exc).__name__
     venues = {}
     connected = venue_connections(engine)
-    blocked = getattr(session, "blocked_until_ns", None)
     for name in venue_clients(engine):
+        own = venue_session(engine, name)
+        blocked = getattr(own, "blocked_until_ns", None)
         ok = connected.get(name, False)
-        status = "ok" if ok and blocked is None else ("throttled" if ok else "disconnected")
+        fault = getattr(own, "fault", None)
+        status = ("ok" if blocked is None and fault is None else ("throttled" if blocked is not None else "degraded")
+                  ) if ok else "disconnected"
         venues[name] = {"status": status, "connected": ok, "halted": name in engine.halted_venues,
                         "throttled_until_ns": blocked}
+        if fault is not None:
+            venues[name]["fault"] = fault
     components = {
         "engine": {"status": "ok", "trading_state": engine.trading_state.value, "bars": engine.stats.bars},
         "store": {"status": "ok" if store_ok else "down", "detail": store_detail},

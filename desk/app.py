@@ -477,6 +477,9 @@ class DeskApp(App[int]):
             state=e.trading_state.value, status=self.status, bars=e.stats.bars, working=len(self.working),
             venue=e.session.status() if hasattr(e, "session") else "",
         ))
+        suspect = getattr(getattr(e, "session", None), "suspect_venues", None)
+        if callable(suspect):
+            self.orders_pane.set_unknown_venues(suspect())
         state = e.trading_state
         self.banner.set_state(state == TradingState.HALTED, self.kill.armed, key_name(self._armed_key),
                               self.halt_reason if state == TradingState.HALTED else self.reduce_reason,

@@ -376,14 +376,22 @@ def venue_connections(engine: Any) -> dict[str, bool]:
     """Per venue name: whether its session is connected (the venue adapter's
     ``is_connected()`` when it has one, and the engine session not marked
     down)."""
-    session = getattr(engine, "session", None)
-    down = bool(getattr(session, "down", False))
     out: dict[str, bool] = {}
     for name, client in venue_clients(engine).items():
         probe = getattr(client, "is_connected", None)
         ok = bool(probe()) if callable(probe) else True
-        out[name] = ok and not down
+        out[name] = ok and not bool(getattr(venue_session(engine, name), "down", False))
     return out
+
+
+def venue_session(engine: Any, name: str) -> Any:
+    """The engine's session of venue ``name``: its own on a multi-venue desk
+    (``core.venue_hub.SessionGroup.sessions``), else the one session."""
+    session = getattr(engine, "session", None)
+    group = getattr(session, "sessions", None)
+    if isinstance(group, dict):
+        return group.get(name)
+    return session
 
 
 def venue_clients(engine: Any) -> dict[str, Any]:

@@ -56,7 +56,7 @@ class HeaderInfo:
 _VENUE_TONES: tuple[tuple[str, str], ...] = (
     ("STORE FAILED", "halted"), ("BANNED", "halted"), ("DISCONNECTED", "halted"),
     ("THROTTLED", "reducing"), ("DEGRADED", "reducing"), ("unknown", "reducing"), ("queued", "reducing"),
-    ("CONNECTED", "active"),
+    ("CONNECTED", "active"), (" OK", "active"),
 )
 
 
@@ -64,7 +64,8 @@ def venue_tone(part: str) -> str:
     """The header tone of one ``"; "``-separated part of the venue status:
     ``halted`` (red) for ``STORE FAILED``, ``BANNED`` and ``DISCONNECTED``;
     ``reducing`` (yellow) for ``THROTTLED``, ``DEGRADED``, unknown submits and
-    queued cancels; ``active`` (green) for ``CONNECTED``; ``reducing`` for
+    queued cancels; ``active`` (green) for ``CONNECTED`` and a venue without a
+    connection state of its own that is fine (``VA OK``); ``reducing`` for
     anything else (a state the header does not know is worth a look)."""
     for word, tone in _VENUE_TONES:
         if word in part:

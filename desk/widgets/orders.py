@@ -122,6 +122,8 @@ class OrdersPane(Vertical):
         self._raw: dict[str, dict[str, tuple[str, str | None]]] = {}
         #: denial code of each DENIED order (from its OrderDenied event)
         self.denial_codes: dict[str, str] = {}
+        #: venues whose working orders are unknown until reconciled (DEGRADED or DISCONNECTED)
+        self.unknown_venues: set[str] = set()
         self._instruments: dict[Any, Any] = {}
         self._subtitle = ""
 
@@ -167,8 +169,13 @@ class OrdersPane(Vertical):
             trig = ""
         code = self.denial_codes.get(o.client_order_id)
         reason = f"{code}: {o.reason}" if code and status == "DENIED" else o.reason
+        shown = (STATUS_SHORT.get(status, status), STATUS_TONE.get(status))
+        if o.is_working and o.instrument_id.venue in self.unknown_venues:
+            # its venue failed: what the venue did with it is unknown until reconciled (issue 6, "Isolation")
+            shown = ("UNKNOWN", "warning")
+            reason = f"{o.instrument_id.venue} not reconciled; last known {status}"
         return {
-            "status": (STATUS_SHORT.get(status, status), STATUS_TONE.get(status)),
+            "status": shown,
             "side": (o.side.value, "buy" if o.side.value == "BUY" else "sell"),
             "qty": (q(o.quantity), None),
             "type": (type_text(o), None),
@@ -214,6 +221,19 @@ class OrdersPane(Vertical):
             if changed:
                 self._texts[coid] = {**old_texts, **self.table.render_cells(changed)}
         self._raw[coid] = cells
+
+    def set_unknown_venues(self, venues: set[str]) -> None:
+        """Show the working orders of ``venues`` as ``UNKNOWN`` (their venue
+        is DEGRADED or DISCONNECTED and not reconciled since), the others as
+        their status; rewrites only the rows of venues that changed."""
+        changed = venues ^ self.unknown_venues
+        if not changed:
+            return
+        self.unknown_venues = set(venues)
+        for o in list(self._orders.values()):
+            if o.is_working and o.instrument_id.venue in changed:
+                self.order_changed(o)
+        self.end_batch()
 
     def order_denied(self, client_order_id: str, code: str) -> None:
         """Remember the denial code of an order (its ``OrderDenied`` event),

@@ -89,7 +89,7 @@ def test_each_order_goes_to_its_own_venue_and_both_books_agree(tmp_path):
     # periodic reconciliation ran against each venue and found nothing
     assert eng.session.sessions["VA"].reconciles > 0 and eng.session.sessions["VB"].reconciles > 0
     assert eng.unreconciled == [] and eng.trading_state == TradingState.ACTIVE
-    assert eng.session.status() == "VA OK | VB OK"
+    assert eng.session.status() == "VA OK; VB OK"
 
 
 def test_a_disconnected_venue_is_isolated_and_the_other_keeps_trading(tmp_path):
@@ -128,7 +128,7 @@ def test_a_disconnected_venue_is_isolated_and_the_other_keeps_trading(tmp_path):
     assert eng.orders[working_a[0]].status == OrderStatus.FILLED
     # after it: reconciled, trading again at VA, the header says OK, the books agree
     assert eng.session.suspect_venues() == set()
-    assert eng.session.status() == "VA OK | VB OK"
+    assert eng.session.status() == "VA OK; VB OK"
     assert any(o.status == OrderStatus.FILLED for o in orders_on(eng, A, end))
     assert eng.venue.members["VA"].balance("ETH") == eng.portfolio.quantity(A)
     assert eng.unreconciled == []
