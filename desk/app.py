@@ -523,6 +523,34 @@ class DeskApp(App[int]):
         """Halt at once (the palette's "Halt trading")."""
         self._start_halt(WHO, "halt from the command palette")
 
+    def halt_venue_now(self, venue: str) -> None:
+        """Halt one venue at once (the palette's "Halt venue V"): its working
+        desk orders canceled (protective stops kept), new orders to it
+        denied; the other venues keep trading. No confirmation (halting is
+        the safe direction)."""
+        async def go() -> None:
+            n = await self.engine.governance.halt_venue(venue, WHO, "venue halt from the command palette")
+            self.link.drain()
+            self.sample(force=True)
+            self.notify(f"{venue} halted: {n} working order{'s' if n != 1 else ''} canceled; "
+                        f"the other venues keep trading.", title="Halt venue")
+        self._start_governance(go())
+
+    def confirm_resume_venue(self, venue: str) -> None:
+        """Ask, then lift venue ``venue``'s halt (the palette's "Resume venue
+        V"; Cancel focused). The desk's own trading state is not touched."""
+        def done(ok: bool | None) -> None:
+            """Resume only on the confirm button."""
+            if ok:
+                self.engine.governance.resume_venue(venue, WHO, "venue resume from the command palette")
+                self.link.drain()
+                self.sample(force=True)
+                self.notify(f"{venue} resumed.", title="Resume venue")
+
+        body = (f"{venue} is halted. Resuming lets the models send orders to it again"
+                f" (the desk is {self.engine.trading_state.value}).")
+        self.push_screen(ConfirmScreen(f"Resume venue {venue}?", body, "Resume venue"), done)
+
     async def halt(self, who: str, reason: str) -> int:
         """HALTED and every working order canceled, through governance.
         Returns the number of cancels sent."""

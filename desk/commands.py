@@ -2,7 +2,9 @@
 
 Governance goes through the palette where a key would be too easy to hit:
 "Resume trading" (from HALTED or REDUCING; asks for confirmation, Cancel
-focused), "Halt trading" (at once: halting is the safe direction),
+focused), "Halt trading" (at once: halting is the safe direction), "Halt
+venue V" for each venue (at once; the others keep trading) and "Resume venue
+V" (asks),
 "Reduce-only (REDUCING)" (asks, Cancel focused), "Flatten all positions"
 (lists what will be closed, asks for the word FLATTEN), "Show reconciliation
 differences" (venue against store, side by side), pause or resume of each
@@ -32,6 +34,13 @@ def desk_commands(app: "DeskApp") -> Iterator[tuple[str, str, Callable[[], Any]]
     else:
         yield ("Resume trading", "Not halted: nothing to resume", app.action_resume_trading)
     yield ("Halt trading", "HALTED now and cancel every working order (no confirmation)", app.action_halt_now)
+    for venue in sorted({i.venue for i in app.engine.instruments}):
+        if venue in app.engine.halted_venues:
+            yield (f"Resume venue {venue}", f"Lift {venue}'s halt: orders to it pass again (asks first)",
+                   lambda v=venue: app.confirm_resume_venue(v))
+        else:
+            yield (f"Halt venue {venue}", f"No new order to {venue}, its working orders canceled; the other "
+                   f"venues keep trading (no confirmation)", lambda v=venue: app.halt_venue_now(v))
     yield ("Reduce-only (REDUCING)", "Only exposure-reducing orders pass (asks first)", app.action_reduce_only)
     yield ("Flatten all positions", "Halt, then close every position with reduce-only market sells "
            "(lists them; type FLATTEN)", app.action_flatten)

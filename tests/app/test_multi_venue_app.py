@@ -50,3 +50,37 @@ def test_header_tones_of_a_multi_venue_status():
     # each "; "-separated part gets its own tone: a paper venue that is fine is green, a drop red
     parts = "VA OK; VB DISCONNECTED since 00:04:00 UTC; VB 1 cancels queued; IBKR DEGRADED since 00:05:00 UTC"
     assert [venue_tone(p) for p in parts.split("; ")] == ["active", "halted", "reducing", "reducing"]
+
+
+async def test_palette_halts_one_venue_and_resumes_it_after_asking(tmp_path, wall):
+    from core.enums import OrderStatus, TradingState
+    from desk.commands import desk_commands
+    from desk.screens import ConfirmScreen
+
+    engine, _ = build(tmp_path, n=40)
+    await engine.warm_up()
+    await engine.run(max_bars=6)
+    app = DeskApp(engine, wall_clock=wall, autostart=False, install_signals=False)
+    async with app.run_test(size=(160, 48)) as pilot:
+        names = [n for n, _, _ in desk_commands(app)]
+        assert "Halt venue VA" in names and "Halt venue VB" in names
+        dict((n, cb) for n, _, cb in desk_commands(app))["Halt venue VA"]()
+        await app.wait_governance()
+        await pilot.pause()
+        assert engine.halted_venues == {"VA"} and engine.trading_state == TradingState.ACTIVE
+        assert not [o for o in engine.working_orders() if o.instrument_id == A]  # its working order canceled
+        cut = engine.stats.bars
+        await engine.run(max_bars=6)
+        later = [o for o in engine.orders.values() if o.step > cut]
+        assert all(o.status == OrderStatus.DENIED for o in later if o.instrument_id == A)
+        assert any(o.status == OrderStatus.FILLED for o in later if o.instrument_id == B)
+        gov = engine.store.conn.execute("SELECT who, action FROM governance_actions").fetchall()
+        assert gov[-1][1] == "VENUE_HALTED"
+        names = [n for n, _, _ in desk_commands(app)]
+        assert "Resume venue VA" in names and "Halt venue VA" not in names
+        dict((n, cb) for n, _, cb in desk_commands(app))["Resume venue VA"]()
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen) and engine.halted_venues == {"VA"}  # it asks first
+        await pilot.click("#confirm")
+        await pilot.pause()
+        assert engine.halted_venues == set()
