@@ -476,6 +476,16 @@ class BinanceVenue:
         return offset
 
     # ------------------------------------------------------------ start
+    def check_credentials(self) -> None:
+        """Refuse a start without the API key and secret in the environment
+        (before anything is created: ``desk.live`` calls it before the
+        store).
+
+        Raises:
+            BinanceStartupError: a variable named by ``api_key_env`` /
+                ``api_secret_env`` is not set (named)."""
+        self._credentials()
+
     def _credentials(self) -> tuple[str, str]:
         key = self._env.get(self.config.api_key_env)
         secret = self._env.get(self.config.api_secret_env)
