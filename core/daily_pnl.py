@@ -324,6 +324,9 @@ class FillPnl:
     fees: Decimal
     quantity: Decimal
     notional: Decimal
+    #: False for a perpetual's funding payment (``FundingPaid``, one model's
+    #: part): realized money, not a trade (no count, no volume)
+    trade: bool = True
 
 
 def journal_fill_pnl(conn: Any) -> tuple[list[FillPnl], list[str]]:
@@ -333,7 +336,8 @@ def journal_fill_pnl(conn: Any) -> tuple[list[FillPnl], list[str]]:
     ``FillAllocated`` parts, a repeated fill once, internal crosses as
     plain fills; the portfolio set up from ``meta``), and return one
     :class:`FillPnl` per booked fill in journal order, and the replay's
-    notes (fills it could not book, undecodable rows). So the export's
+    notes (fills it could not book, undecodable rows), with one record per
+    model's part of each funding payment (``trade=False``). So the export's
     realized per model sums to the stored positions' realized.
 
     Raises:
@@ -361,6 +365,16 @@ def journal_fill_pnl(conn: Any) -> tuple[list[FillPnl], list[str]]:
                 fill.ts_event, fill.model_id, fill.instrument_id, realized,
                 self.portfolio.positions[key].fees - fees_before, fill.last_qty,
                 quantize_money(fill.last_qty * fill.last_px)))
+
+        def on_funding(self, seq: int, event: Any) -> None:  # each model's part is realized that day
+            try:
+                parts = self.portfolio.apply_funding(event.instrument_id, event.amount, event.tran_id)
+            except (TypeError, ValueError) as exc:
+                self.note(f"seq {seq}: funding {event.tran_id} not booked: {exc}")
+                return
+            for model_id, part in sorted(parts.items()):
+                self.records.append(FillPnl(event.ts_event, model_id, event.instrument_id, part, ZERO, ZERO, ZERO,
+                                            trade=False))
 
     notes: list[str] = []
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -413,7 +427,9 @@ def pnl_export_rows(
     money as exact decimal strings:
 
     * ``realized``: Σ realized of the fills whose fill time is in
-      ``day_bounds(day, tz)`` (quote, net of fees: Portfolio.apply_fill).
+      ``day_bounds(day, tz)`` (quote, net of fees: Portfolio.apply_fill),
+      plus the perpetuals' funding parts paid or received in it
+      (``FundingPaid``, at its ``ts_event``).
     * ``unrealized``: the change of the stored end-of-day unrealized
       (``marks``, per local date, of the same ``tz``): ``day``'s mark minus
       the latest stored mark before it (normally the day before); a pair
@@ -447,7 +463,7 @@ def pnl_export_rows(
             s = slot((f.model_id, str(f.instrument_id)))
             s[0] += f.realized
             s[2] += f.fees
-            s[3] += 1
+            s[3] += 1 if f.trade else 0
             s[4] += f.notional
     marks = marks or {}
     if day in marks:

@@ -192,3 +192,38 @@ def test_no_store_and_empty_journal(tmp_path, capsys):
     assert export_pnl_main(tmp_path, "2026-01-02", "UTC") == 0  # with a date: the zero total row
     assert read(tmp_path / "exports" / "pnl_2026-01-02.csv") == [["2026-01-02", "TOTAL", "", "0", "0", "0", "0",
                                                                   "0", "0"]]
+
+
+def test_funding_payments_are_realized_on_their_day_and_are_not_trades(tmp_path):
+    from core.events import FundingPaid
+
+    perp = InstrumentId.parse("BTCUSDT-PERP.BINANCE")
+    sd = tmp_path / "state"
+    sd.mkdir()
+    store = Store(sd / "desk.sqlite")
+    store.meta_set("setup", json.dumps({"mode": "live", "day_tz": "UTC", "capital": "10000"}))
+    for coid, model, qty in (("1", "m1", "0.010"), ("2", "m2", "0.030")):
+        common = dict(client_order_id=coid, instrument_id=perp, model_id=model)
+        ts = JAN1 + H
+        store.append(OrderInitialized(ts_event=ts, ts_init=ts, side="BUY", order_type="MARKET", quantity=D(qty),
+                                      price=None, time_in_force="GTC", **common))
+        store.append(OrderSubmitted(ts_event=ts, ts_init=ts, **common))
+        store.append(OrderAccepted(ts_event=ts, ts_init=ts, venue_order_id="V" + coid, **common))
+        store.append(OrderFilled(ts_event=ts, ts_init=ts, venue_order_id="V" + coid, trade_id="T" + coid,
+                                 side="BUY", last_qty=D(qty), last_px=D("36567.10"), commission=D("0"),
+                                 commission_currency="USDT", liquidity_side="TAKER", **common))
+    # 08:00Z funding: the account pays 1.00 USDT on its 0.040 BTC; m1 holds 0.010 (1/4), m2 0.030 (3/4)
+    fund = FundingPaid(ts_event=JAN1 + 8 * H, ts_init=JAN1 + 8 * H, instrument_id=perp, amount=D("-1.00"),
+                       asset="USDT", tran_id="9001")
+    store.append(fund)
+    store.append(fund)  # reported twice (a restart read the income history again): booked once
+    store.flush()
+    store.close()
+    res = export_pnl(sd, "2026-01-01", "UTC")
+    # realized: m1 -1.00 x 0.010/0.040 = -0.25, m2 -0.75; no fee; trades 1 each, volume 0.010 x 36567.10 =
+    # 365.671 and 0.030 x 36567.10 = 1097.013 (the funding adds no trade and no volume)
+    same(read(res.path), [
+        ["2026-01-01", "m1", "BTCUSDT-PERP.BINANCE", "-0.25", "0", "0", "-0.25", "1", "365.671"],
+        ["2026-01-01", "m2", "BTCUSDT-PERP.BINANCE", "-0.75", "0", "0", "-0.75", "1", "1097.013"],
+        ["2026-01-01", "TOTAL", "", "-1.00", "0", "0", "-1.00", "2", "1462.684"],
+    ])
