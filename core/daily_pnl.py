@@ -368,7 +368,8 @@ def journal_fill_pnl(conn: Any) -> tuple[list[FillPnl], list[str]]:
 
         def on_funding(self, seq: int, event: Any) -> None:  # each model's part is realized that day
             try:
-                parts = self.portfolio.apply_funding(event.instrument_id, event.amount, event.tran_id)
+                parts = self.portfolio.apply_funding(event.instrument_id, event.amount, event.tran_id,
+                                                     at_ns=event.ts_event)
             except (TypeError, ValueError) as exc:
                 self.note(f"seq {seq}: funding {event.tran_id} not booked: {exc}")
                 return

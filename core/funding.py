@@ -32,6 +32,10 @@ def attach_funding(engine: Any) -> Callable[[Event], None]:
     alert ``FUNDING_UNBOOKED`` naming it. Returns the handler (for
     ``engine.bus.unsubscribe``).
 
+    The perpetuals' position changes are logged (``Portfolio.
+    track_positions``; the log is checkpointed) so each payment is split by
+    the positions held at its funding time (``FundingPaid.ts_event``).
+
     Call it once, after the engine is built and before it runs.
     """
 
@@ -40,7 +44,8 @@ def attach_funding(engine: Any) -> Callable[[Event], None]:
             return
         pf = engine.portfolio
         repeat = event.tran_id in pf.funding_seen
-        parts = pf.apply_funding(event.instrument_id, event.amount, event.tran_id)
+        pf.track_positions([event.instrument_id])  # a restore replaced the portfolio: idempotent
+        parts = pf.apply_funding(event.instrument_id, event.amount, event.tran_id, at_ns=event.ts_event)
         if repeat:
             return
         if not parts:
@@ -57,4 +62,15 @@ def attach_funding(engine: Any) -> Callable[[Event], None]:
             tally(event.ts_event, sum(parts.values(), Decimal(0)))
 
     engine.bus.subscribe("FundingPaid", on_funding)
+    engine.portfolio.track_positions(perpetuals(engine))  # checkpointed: a restored portfolio keeps logging
     return on_funding
+
+
+def perpetuals(engine: Any) -> list[Any]:
+    """The instruments of ``engine`` that pay funding: those of a venue
+    whose config says ``market: usdm`` (``engine.venues``)."""
+    out = []
+    for v in getattr(engine, "venues", {}).values():
+        if getattr(getattr(v, "config", None), "market", "") == "usdm":
+            out += [i for i in getattr(v, "instruments", {}) if i in engine.instruments]
+    return sorted(out, key=str)

@@ -161,6 +161,10 @@ class MissingPriceError(AccountingError):
         super().__init__(message)
 
 
+#: how far back the position changes of a perpetual are kept (``Portfolio.track_positions``): a funding
+#: payment read up to a day after its funding time (a desk down for hours) is split by the positions then
+POSITION_LOG_NS = 24 * 3600 * 1_000_000_000
+
 #: most points kept in the equity curve (see ``Portfolio.sample_equity``)
 EQUITY_CURVE_MAX = 240
 
@@ -193,6 +197,14 @@ class Portfolio:
     multipliers: dict[InstrumentId, Decimal] = field(default_factory=dict)
     #: venue transaction ids of the funding payments already booked (``apply_funding``; checkpointed)
     funding_seen: set[str] = field(default_factory=set)
+    #: perpetuals whose position changes are logged (``track_positions``), so a funding payment is
+    #: split by the positions held at its funding time
+    tracked: set[InstrumentId] = field(default_factory=set)
+    #: per tracked instrument, its position changes of the last ``POSITION_LOG_NS``:
+    #: ``(fill time ns, model id, signed quantity change)``, oldest first (checkpointed)
+    position_log: dict[InstrumentId, list[tuple[int, str, Decimal]]] = field(default_factory=dict)
+    #: log every instrument's changes (a journal replay: ``core.rebuild``), not only ``tracked``
+    track_all: bool = False
 
     # ---------------------------------------------------------- setup
     def register_instrument(self, instrument: Instrument, allow_short: bool | None = None) -> None:
@@ -212,6 +224,30 @@ class Portfolio:
             self.short_by_instrument.pop(instrument.id, None)
         else:
             self.short_by_instrument[instrument.id] = bool(allow_short)
+
+    def track_positions(self, instrument_ids: Any) -> None:
+        """Log the position changes of ``instrument_ids`` (perpetuals) for
+        ``POSITION_LOG_NS``, so :meth:`apply_funding` splits a payment by
+        the positions held at its funding time. Idempotent."""
+        for iid in instrument_ids:
+            self.tracked.add(iid)
+            self.position_log.setdefault(iid, [])
+
+    def positions_at(self, instrument_id: InstrumentId, ts_ns: int) -> dict[str, Decimal] | None:
+        """Each model's position in ``instrument_id`` at ``ts_ns`` (UTC ns):
+        the current one less every logged change after ``ts_ns``. None when
+        the instrument is not tracked or ``ts_ns`` is older than the log
+        covers (``POSITION_LOG_NS`` before its newest change)."""
+        log = self.position_log.get(instrument_id)
+        if log is None:
+            return None
+        if log and ts_ns < log[-1][0] - POSITION_LOG_NS:
+            return None
+        out = {m: p.quantity for (m, i), p in self.positions.items() if i == instrument_id}
+        for t, m, d in log:
+            if t > ts_ns:
+                out[m] = out.get(m, ZERO) - d
+        return out
 
     def shorts_allowed(self, instrument_id: InstrumentId) -> bool:
         """Whether positions in ``instrument_id`` may go below zero (the
@@ -350,6 +386,11 @@ class Portfolio:
             realized = close_cash - pos.cost
             pos.cost = -(cash - close_cash)
         pos.quantity = held + delta
+        if self.track_all or iid in self.tracked:
+            log = self.position_log.setdefault(iid, [])
+            log.append((fill.ts_event, fill.model_id, delta))
+            while log and log[0][0] < fill.ts_event - POSITION_LOG_NS:
+                log.pop(0)
         pos.realized += realized
         pos.fees += fee_value
         pos.fills += 1
@@ -357,7 +398,8 @@ class Portfolio:
         self.marks.setdefault(iid, px)
         return realized
 
-    def apply_funding(self, instrument_id: InstrumentId, amount: Decimal, tran_id: str) -> dict[str, Decimal]:
+    def apply_funding(self, instrument_id: InstrumentId, amount: Decimal, tran_id: str,
+                      at_ns: int | None = None) -> dict[str, Decimal]:
         """Book a funding payment of a perpetual (``core.events.FundingPaid``)
         into the models holding ``instrument_id``, pro rata to their signed
         positions, into their realized PnL (so into the book's quote cash
@@ -378,8 +420,12 @@ class Portfolio:
         model holds the instrument, or the models' positions net to zero,
         nothing can be split: the id is recorded and ``{}`` returned (the
         caller alerts; the payment is then the venue's, not the book's).
-        The split uses the positions at booking time (the venue reports
-        the payment after its funding time; a fill in between shifts it).
+        With ``at_ns`` (the funding time, ``FundingPaid.ts_event``) on a
+        tracked instrument (:meth:`track_positions`) the split uses the
+        positions held at that time (:meth:`positions_at`: the venue charges
+        the position at its funding time, and reports it later, after fills
+        may have moved it); otherwise, or when the log does not reach back
+        that far, the positions now.
 
         Returns:
             model id -> the part booked (quote, signed).
@@ -397,16 +443,19 @@ class Portfolio:
         if tran_id in self.funding_seen:
             return {}
         self.funding_seen.add(tran_id)
-        holders = sorted(((m, p) for (m, i), p in self.positions.items() if i == instrument_id and p.quantity != 0),
-                         key=lambda mp: mp[0])
-        net = sum((p.quantity for _, p in holders), ZERO)
+        then = self.positions_at(instrument_id, at_ns) if at_ns is not None else None
+        if then is None:
+            then = {m: p.quantity for (m, i), p in self.positions.items() if i == instrument_id}
+        holders = sorted((m, q) for m, q in then.items() if q != 0)
+        net = sum((q for _, q in holders), ZERO)
         if not holders or net == 0:
             return {}
         parts: dict[str, Decimal] = {}
         booked = ZERO
-        for n, (model_id, pos) in enumerate(holders):
-            part = amount - booked if n == len(holders) - 1 else quantize_money(amount * pos.quantity / net)
+        for n, (model_id, qty) in enumerate(holders):
+            part = amount - booked if n == len(holders) - 1 else quantize_money(amount * qty / net)
             booked += part
+            pos = self.positions.setdefault((model_id, instrument_id), Position())
             pos.realized += part
             pos.funding += part
             parts[model_id] = part
@@ -489,6 +538,9 @@ class Portfolio:
             "allow_short": self.allow_short,
             "asset_prices": {a: format(px, "f") for a, px in self.asset_prices.items()},
             "funding_seen": sorted(self.funding_seen),
+            **({"position_log": {str(i): [[t, m, format(d, "f")] for t, m, d in log]
+                                 for i, log in sorted(self.position_log.items(), key=lambda kv: str(kv[0]))}}
+               if self.tracked else {}),
             "instruments": {
                 str(i): [b, q, self.short_by_instrument.get(i)]
                 + ([format(self.multipliers[i], "f")] if i in self.multipliers else [])
@@ -504,6 +556,10 @@ class Portfolio:
         pf = cls(Decimal(d["equity_start"]), allow_short=bool(d.get("allow_short", False)))
         pf.asset_prices = {a: Decimal(px) for a, px in d.get("asset_prices", {}).items()}
         pf.funding_seen = set(d.get("funding_seen", ()))
+        for i, log in d.get("position_log", {}).items():
+            iid = InstrumentId.parse(i)
+            pf.tracked.add(iid)
+            pf.position_log[iid] = [(int(t), str(m), Decimal(q)) for t, m, q in log]
         for i, row in d.get("instruments", {}).items():
             b, q, short = row[0], row[1], row[2]
             iid = InstrumentId.parse(i)

@@ -303,6 +303,7 @@ class _Replay:
 
     def __init__(self, portfolio: Portfolio, allocated: set[str]) -> None:
         self.portfolio = portfolio
+        portfolio.track_all = True  # funding is split by the positions at its funding time (apply_funding)
         self.allocated = allocated
         self.orders: dict[str, Order] = {}
         self.step_known: dict[str, bool] = {}
@@ -423,10 +424,10 @@ class _Replay:
     def on_funding(self, seq: int, event: FundingPaid) -> None:
         """A perpetual's funding payment, booked as the engine books it
         (``core.funding.attach_funding``: ``Portfolio.apply_funding``, pro
-        rata to the positions at that point of the journal, each
-        ``tran_id`` once)."""
+        rata to the positions held at its funding time, each ``tran_id``
+        once; the replay logs every instrument's changes)."""
         try:
-            self.portfolio.apply_funding(event.instrument_id, event.amount, event.tran_id)
+            self.portfolio.apply_funding(event.instrument_id, event.amount, event.tran_id, at_ns=event.ts_event)
         except (TypeError, ValueError) as exc:
             self.note(f"seq {seq}: funding {event.tran_id} not booked: {exc}")
 
