@@ -58,8 +58,10 @@ tracking, status and fill mapping are the spot code itself. What differs:
   Binance's liquidation price and the desk's own (``core.margin``); a
   WARNING is logged when they differ by more than one tick.
 * **Order updates**: REST polling (:meth:`poll` every call of
-  :meth:`next_order_updates`; ``user_mode`` is ``rest``). The USD-M user
-  data stream (listenKey) is not used in this build.
+  :meth:`next_order_updates`; ``user_mode`` is ``poll``: REST by design,
+  not the spot adapter's ``rest`` fallback of a stream that is down, so the
+  header does not read the venue DEGRADED for it). The USD-M user data
+  stream (listenKey) is not used in this build.
 """
 
 from __future__ import annotations
@@ -142,8 +144,9 @@ class BinanceUsdmVenue(BinanceVenue):
         self.funding_since_ms: int | None = None
         self._funding_ids: set[str] = set()
         self._funding_next_ns = 0
-        #: order updates come from REST polling (no futures user data stream in this build)
-        self.user_mode = "rest"
+        #: order updates come from REST polling by design (no futures user data stream in this build):
+        #: "poll", not "rest" (the spot adapter's fallback while its stream is down, read as DEGRADED)
+        self.user_mode = "poll"
 
     # ------------------------------------------------------------ endpoints
     def _venue_symbol(self, iid: InstrumentId) -> str:
@@ -433,7 +436,7 @@ class BinanceUsdmVenue(BinanceVenue):
 
     async def next_order_updates(self, **_: Any) -> int:
         """One REST :meth:`poll` (the caller waits between calls while
-        ``user_mode`` is ``rest``); returns 0.
+        ``user_mode`` is ``poll`` or ``rest``); returns 0.
 
         Raises:
             TransientVenueError, VenueThrottled: a read failed.
