@@ -479,10 +479,14 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
             n_warm = await feed.prepare()
         except VenueError as exc:
             raise LiveStartError(f"venue at start: {exc}") from None
-        for n, (_, vc, venue) in enumerate(venues):
+        # one first line naming every venue: the venues' own lines follow it (``venue_lines``: the callers
+        # skip lines 1..venue_lines, logged by the venue itself)
+        named = []
+        for _, vc, venue in venues:
             live_word = _venue_is_live(vc)
             env_word = "LIVE (real money)" if live_word else ("testnet" if vc.kind == "binance" else "paper account")
-            lines.insert(n, f"desk: {vc.name} ({vc.kind}, {env_word}); config {config_path} sha256={digest}")
+            named.append(f"{vc.name} ({vc.kind}, {env_word})")
+        lines.insert(0, f"desk: {', '.join(named)}; config {config_path} sha256={digest}")
         rc = risk.config
         quotes = sorted({v.quote for _, _, v in venues})
         lines.append(
