@@ -230,13 +230,16 @@ def _make_venue(vc: Any, clock: LiveEngineClock, *, live: bool, state_dir: Path,
     """The venue adapter of a config entry (not started).
 
     Raises:
-        ConfigError: a bad venue setting, or a non-testnet venue without
-            ``--live`` (the adapters' own start-up errors are ConfigErrors).
+        ConfigError: a bad venue setting, a non-testnet venue without
+            ``--live``, or (Binance) a credential variable not set, named
+            (the adapters' own start-up errors are ConfigErrors).
     """
     if vc.kind == "binance":
         from venues.binance.adapter import BinanceConfig, BinanceVenue
 
-        return BinanceVenue(BinanceConfig.from_mapping(vc), clock, live=live, env=env)
+        venue = BinanceVenue(BinanceConfig.from_mapping(vc), clock, live=live, env=env)
+        venue.check_credentials()  # missing keys are refused here, before the store exists
+        return venue
     from venues.ibkr.adapter import IbkrVenue
     from venues.ibkr.config import IbkrConfig
 
