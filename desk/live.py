@@ -803,8 +803,9 @@ async def finish(built: LiveBuilt) -> list[str]:
 
 
 async def reconcile_at_stop(built: LiveBuilt, *, checkpoint: bool = True) -> list[str]:
-    """After the stop's cancels: read the venue once more (``poll``) and
-    reconcile (mode ``periodic``; a venue that cannot be read is logged),
+    """After the stop's cancels: read each venue once more (``poll``) and
+    reconcile it (mode ``periodic``; a venue that cannot be read is logged
+    and not reconciled),
     let the venue settle (IBKR's ledger), commit: a checkpoint, or only a
     flush with ``checkpoint=False`` (stopped before the warm-up ended: no
     resume point, or the next start would skip the warm-up). Returns the
@@ -813,17 +814,19 @@ async def reconcile_at_stop(built: LiveBuilt, *, checkpoint: bool = True) -> lis
     Raises:
         StoreError: the commit failed.
     """
-    engine, venue = built.engine, built.venue
-    try:
-        poll = getattr(venue, "poll", None)
-        if poll is not None:
-            await poll()
-        await engine.session.reconcile("periodic")
-    except VenueError as exc:
-        log.warning("the final reconciliation could not read the venue: %s", exc)
-    settle = getattr(venue, "settle", None)
-    if settle is not None:
-        await settle()
+    engine = built.engine
+    for name, session in _sessions(engine).items():  # each venue of a multi-venue desk: its own read
+        venue = session.venue
+        try:
+            poll = getattr(venue, "poll", None)
+            if poll is not None:
+                await poll()
+            await session.reconcile("periodic")
+        except VenueError as exc:
+            log.warning("the final reconciliation could not read the venue %s: %s", name, exc)
+        settle = getattr(venue, "settle", None)
+        if settle is not None:
+            await settle()
     if checkpoint:
         engine.checkpoint()
     else:
