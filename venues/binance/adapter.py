@@ -104,6 +104,7 @@ from core.venue_errors import (
 )
 from venues.binance.errors import (
     BinanceBanned,
+    BinanceOrderNotFound,
     BinanceRateLimited,
     BinanceRejected,
     BinanceStartupError,
@@ -810,13 +811,22 @@ class BinanceVenue:
         quantity. A ``-1021`` is retried once after measuring the offset.
 
         Raises:
-            OrderNotFound: ``-2011`` (unknown or already closed: look it up).
+            OrderNotFound: ``-2011`` (unknown or already closed: the order is
+                looked up in the background at once, its news reported
+                through the callback).
             BinanceBanned, BinanceRateLimited, TransientVenueError: as for a read.
         """
         ex = self._exchange()
         t = self._track(order)
         coid = order.client_order_id
-        resp = await self._read("cancel", lambda: ex.cancel_order(None, t.symbol, {"origClientOrderId": coid}))
+        try:
+            resp = await self._read("cancel", lambda: ex.cancel_order(None, t.symbol, {"origClientOrderId": coid}))
+        except BinanceOrderNotFound:
+            # closed at the venue (filled, expired) while the adapter still holds it open: ask now, so its fills
+            # and final status come through the callback without waiting for a poll or a stream event (USD-M
+            # has no user data stream here, and the caller's lookup reads what the adapter learnt)
+            self._schedule_lookup(coid)
+            raise
         info = resp["info"]
         executed = Decimal(str(info.get("executedQty", "0")))
         fills: list[OrderFilled] = []
