@@ -695,25 +695,57 @@ async def _venue_group(built: LiveBuilt, name: str, venue: Any, sleep: Callable[
     bar feed's pump and watchdog. A task that fails (or the watchdog seeing
     the feed hang) fails only this group: the venue is marked DEGRADED
     (``VenueSession.mark_fault``: an alert, its working orders unknown until
-    reconciled), the group restarts after ``min(2**n, 60)`` s, and the fault
-    clears at its first successful read or bar (then the session reconciles).
+    reconciled), the group restarts after ``min(2**n, 60)`` s (``n`` the
+    failures since the last successful read), and the fault clears at its
+    first successful read, or at its first bar once a ``poll`` of the venue
+    succeeded (then the session reconciles on fresh reads).
     The other venues' groups and the engine go on. Ends when the feed stops."""
     from core.livefeed import MergedLiveFeed
 
     session = _sessions(built.engine)[name]
     merged = isinstance(built.feed, MergedLiveFeed)
     failures = 0
+    group: list[asyncio.TaskGroup] = []
+    refresh: list[asyncio.Task[None]] = []
 
     def ok(*_: Any) -> None:
+        """A successful read of the venue: the fault clears (the session
+        reconciles at its next tick) and the restart backoff starts over."""
+        nonlocal failures
+        failures = 0
         session.clear_fault()
 
+    def stepped(*_: Any) -> None:
+        """A bar from the venue's feed: the market data works again, but
+        the account has not been read since the fault; the fault clears
+        after a successful ``poll`` (its orders, fills and balances), so the
+        reconciliation that follows compares fresh reads, not the
+        adapter's view from before the fault."""
+        poll = getattr(venue, "poll", None)
+        if session.fault is None or poll is None:
+            ok()
+            return
+        if refresh and not refresh[0].done():
+            return
+
+        async def read() -> None:
+            try:
+                await poll()
+            except VenueError as exc:
+                log.warning("venue %s: a bar came, but its account cannot be read yet: %s", name, exc)
+                return
+            ok()
+
+        refresh[:] = [group[0].create_task(read())]
+
     async def pump() -> None:
-        await built.feed.pump(name, on_step=ok)
+        await built.feed.pump(name, on_step=stepped)
         raise _FeedStopped()
 
     while True:
         try:
             async with asyncio.TaskGroup() as tg:
+                group[:] = [tg]
                 if hasattr(venue, "next_order_updates"):
                     tg.create_task(_pump_order_updates(built, sleep, venue, session, on_ok=ok))
                 tg.create_task(_fee_prices(built, venue, sleep))
