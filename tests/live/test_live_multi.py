@@ -323,6 +323,7 @@ def test_two_venues_trade_each_at_its_own_api(tmp_path, one, creds, drive, capsy
     assert code == 0, err[-3000:]
     assert "continuing after bar 12" in err and summary_of(out)["bars"] == 20
     assert meta(state, "coid_tag") == tag
+    assert len(one.spot.orders) + len(one.fut.orders) > n_spot + n_fut  # the restart sent orders of its own
     assert all(c.endswith("-" + tag) for c in {o.client_order_id for o in one.spot.orders.values()}
                | {o.client_order_id for o in one.fut.orders.values()})
 
