@@ -110,8 +110,9 @@ class MergedLiveFeed:
 
     Attributes:
         feeds: as given.
-        last_step_at: venue name -> the loop time (``loop.time()``, seconds)
-            its feed last handed a step over (the watchdog's measure).
+        last_step_at: venue name -> the clock time (UTC ns, the ``now_ns``
+            given to :meth:`pump`: the engine clock) its feed last handed a
+            step over (the watchdog's measure).
     """
 
     finite = False
@@ -123,7 +124,7 @@ class MergedLiveFeed:
         self._queue: asyncio.Queue[list[Bar]] | None = None
         self._stop: asyncio.Event | None = None
         self._stopped = False
-        self.last_step_at: dict[str, float] = {}
+        self.last_step_at: dict[str, int] = {}
 
     def _q(self) -> "asyncio.Queue[list[Bar]]":
         if self._queue is None:
@@ -143,18 +144,18 @@ class MergedLiveFeed:
         bars.sort(key=lambda b: (b.ts_event, str(b.instrument_id)))
         return bars
 
-    async def pump(self, name: str, on_step: Any = None) -> None:
+    async def pump(self, name: str, now_ns: Any, on_step: Any = None) -> None:
         """Forever (until stopped): venue ``name``'s steps into the queue the
-        engine reads; ``on_step(name)`` after each. Raises what the member
-        feed raises (its venue's task group handles it)."""
+        engine reads; ``on_step(name)`` after each; ``now_ns()`` (the engine
+        clock, UTC ns) stamps ``last_step_at``. Raises what the member feed
+        raises (its venue's task group handles it)."""
         feed = self.feeds[name]
-        loop = asyncio.get_running_loop()
-        self.last_step_at.setdefault(name, loop.time())
+        self.last_step_at.setdefault(name, now_ns())
         while not self._stopped:
             bars = await feed.next_step()
             if not bars:
                 return  # stopped
-            self.last_step_at[name] = loop.time()
+            self.last_step_at[name] = now_ns()
             self._q().put_nowait(bars)
             if on_step is not None:
                 on_step(name)

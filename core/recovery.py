@@ -736,8 +736,8 @@ class VenueSession:
         if state == "DISCONNECTED":
             return state, getattr(v, "down_since_ns", None)
         streams_down = getattr(v, "md_mode", "ws") == "rest" or getattr(v, "user_mode", "ws") == "rest"
-        if state == "CONNECTED" and (self.read_failures or self.unknown or streams_down):
-            return "DEGRADED", None
+        if state == "CONNECTED" and (self.read_failures or self.unknown or streams_down or self.suspect):
+            return "DEGRADED", None  # (suspect: back, but its orders are unknown until the reconciliation)
         return state, None
 
     def status(self) -> str:
@@ -994,6 +994,8 @@ class VenueSession:
             self._throttle(now, exc)
         elif isinstance(exc, TransientVenueError) and exc.kind == "disconnected":
             self._went_down(now, exc.detail)
+        elif isinstance(exc, TransientVenueError):
+            self.read_failures = max(self.read_failures, 1)  # DEGRADED until a tick's reads succeed again
 
     def _read_failed(self, now: int, exc: TransientVenueError) -> None:
         self.read_failures += 1

@@ -675,18 +675,19 @@ def _market_open(venue: Any, now_ns: int) -> bool:
 async def _watch_feed(built: LiveBuilt, name: str, venue: Any, sleep: Callable[[float], Any]) -> None:
     """Raise :class:`VenueHung` when venue ``name``'s feed handed no step
     for ``HUNG_AFTER_INTERVALS`` bar intervals plus ``HUNG_GRACE_S`` while
-    its market is open (loop time)."""
+    its market is open (engine clock; looked at every ``WATCH_EVERY_S``)."""
     from venues.klines import INTERVALS_NS
 
     feed = built.feed
     member = feed.feeds[name]
-    limit = HUNG_AFTER_INTERVALS * INTERVALS_NS[member.interval] / NANOS + HUNG_GRACE_S
-    loop = asyncio.get_running_loop()
+    limit_ns = int(HUNG_AFTER_INTERVALS * INTERVALS_NS[member.interval] + HUNG_GRACE_S * NANOS)
+    clock = built.engine.clock
     while True:
         await sleep(WATCH_EVERY_S)
-        age = loop.time() - feed.last_step_at.get(name, loop.time())
-        if age > limit and _market_open(venue, built.engine.clock.timestamp_ns()):
-            raise VenueHung(f"no bar from its feed for {age:.0f} s (limit {limit:.0f} s)")
+        now = clock.timestamp_ns()
+        age = now - feed.last_step_at.get(name, now)
+        if age > limit_ns and _market_open(venue, now):
+            raise VenueHung(f"no bar from its feed for {age / NANOS:.1f} s (limit {limit_ns / NANOS:.1f} s)")
 
 
 async def _venue_group(built: LiveBuilt, name: str, venue: Any, sleep: Callable[[float], Any]) -> None:
@@ -705,15 +706,25 @@ async def _venue_group(built: LiveBuilt, name: str, venue: Any, sleep: Callable[
     session = _sessions(built.engine)[name]
     merged = isinstance(built.feed, MergedLiveFeed)
     failures = 0
+    #: the last fault was the feed's (hung or failed): only a bar clears it, not an order-update read
+    feed_fault = False
     group: list[asyncio.TaskGroup] = []
     refresh: list[asyncio.Task[None]] = []
 
     def ok(*_: Any) -> None:
         """A successful read of the venue: the fault clears (the session
         reconciles at its next tick) and the restart backoff starts over."""
-        nonlocal failures
+        nonlocal failures, feed_fault
         failures = 0
+        feed_fault = False
         session.clear_fault()
+
+    def read_ok(*_: Any) -> None:
+        """An order-update read succeeded: it clears a fault of the account
+        side, not one of the bar feed (else a hung feed with working REST
+        reads would flap DEGRADED / CONNECTED at every watchdog round)."""
+        if not feed_fault:
+            ok()
 
     def stepped(*_: Any) -> None:
         """A bar from the venue's feed: the market data works again, but
@@ -739,7 +750,7 @@ async def _venue_group(built: LiveBuilt, name: str, venue: Any, sleep: Callable[
         refresh[:] = [group[0].create_task(read())]
 
     async def pump() -> None:
-        await built.feed.pump(name, on_step=stepped)
+        await built.feed.pump(name, built.engine.clock.timestamp_ns, on_step=stepped)
         raise _FeedStopped()
 
     while True:
@@ -747,10 +758,10 @@ async def _venue_group(built: LiveBuilt, name: str, venue: Any, sleep: Callable[
             async with asyncio.TaskGroup() as tg:
                 group[:] = [tg]
                 if hasattr(venue, "next_order_updates"):
-                    tg.create_task(_pump_order_updates(built, sleep, venue, session, on_ok=ok))
+                    tg.create_task(_pump_order_updates(built, sleep, venue, session, on_ok=read_ok))
                 tg.create_task(_fee_prices(built, venue, sleep))
                 if merged:
-                    built.feed.last_step_at[name] = asyncio.get_running_loop().time()
+                    built.feed.last_step_at[name] = built.engine.clock.timestamp_ns()
                     tg.create_task(pump())
                     tg.create_task(_watch_feed(built, name, venue, sleep))
         except BaseExceptionGroup as eg:
@@ -763,6 +774,7 @@ async def _venue_group(built: LiveBuilt, name: str, venue: Any, sleep: Callable[
             while isinstance(exc, BaseExceptionGroup):
                 exc = exc.exceptions[0]
             failures += 1
+            feed_fault = isinstance(exc, VenueHung) or feed_fault
             wait = min(2 ** failures, 60)
             log.error("venue %s: its task group failed (%s: %s); restarting in %d s", name, type(exc).__name__,
                       exc, wait, exc_info=exc)
