@@ -89,6 +89,16 @@ WHO = "tui"
 PANES = ("market", "orders", "positions", "models", "allocations", "alerts")
 
 
+def venue_line(engine: Any) -> str:
+    """The header's venue part: the session's status (each venue's
+    connection state) and ``<V> HALTED`` for each venue under a per-venue
+    halt (beside the global state: a venue halt leaves the desk ACTIVE)."""
+    session = getattr(engine, "session", None)
+    text = session.status() if session is not None else ""
+    halted = [f"{v} HALTED" for v in sorted(getattr(engine, "halted_venues", ()) or ())]
+    return "; ".join(p for p in [text, *halted] if p)
+
+
 class DeskApp(App[int]):
     """The desk's Textual app over one engine.
 
@@ -475,7 +485,7 @@ class DeskApp(App[int]):
         self.header.show(HeaderInfo(
             mode=self.mode, market=self.market, clock_ns=e.clock.timestamp_ns(), speed=e.speed,
             state=e.trading_state.value, status=self.status, bars=e.stats.bars, working=len(self.working),
-            venue=e.session.status() if hasattr(e, "session") else "",
+            venue=venue_line(e),
         ))
         suspect = getattr(getattr(e, "session", None), "suspect_venues", None)
         if callable(suspect):

@@ -54,7 +54,7 @@ class HeaderInfo:
 
 #: words of a venue status part and the tone they give it (the first found wins)
 _VENUE_TONES: tuple[tuple[str, str], ...] = (
-    ("STORE FAILED", "halted"), ("BANNED", "halted"), ("DISCONNECTED", "halted"),
+    ("STORE FAILED", "halted"), ("HALTED", "halted"), ("BANNED", "halted"), ("DISCONNECTED", "halted"),
     ("THROTTLED", "reducing"), ("DEGRADED", "reducing"), ("unknown", "reducing"), ("queued", "reducing"),
     ("CONNECTED", "active"), (" OK", "active"),
 )
@@ -62,7 +62,8 @@ _VENUE_TONES: tuple[tuple[str, str], ...] = (
 
 def venue_tone(part: str) -> str:
     """The header tone of one ``"; "``-separated part of the venue status:
-    ``halted`` (red) for ``STORE FAILED``, ``BANNED`` and ``DISCONNECTED``;
+    ``halted`` (red) for ``STORE FAILED``, a venue ``HALTED`` (per-venue
+    halt), ``BANNED`` and ``DISCONNECTED``;
     ``reducing`` (yellow) for ``THROTTLED``, ``DEGRADED``, unknown submits and
     queued cancels; ``active`` (green) for ``CONNECTED`` and a venue without a
     connection state of its own that is fine (``VA OK``); ``reducing`` for

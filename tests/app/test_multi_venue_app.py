@@ -76,6 +76,9 @@ async def test_palette_halts_one_venue_and_resumes_it_after_asking(tmp_path, wal
         assert any(o.status == OrderStatus.FILLED for o in later if o.instrument_id == B)
         gov = engine.store.conn.execute("SELECT who, action FROM governance_actions").fetchall()
         assert gov[-1][1] == "VENUE_HALTED"
+        app.sample(force=True)
+        header = app.header._render_info(app.header.info).plain
+        assert "VA HALTED" in header and " ACTIVE " in header  # the venue is halted, the desk is not
         names = [n for n, _, _ in desk_commands(app)]
         assert "Resume venue VA" in names and "Halt venue VA" not in names
         dict((n, cb) for n, _, cb in desk_commands(app))["Resume venue VA"]()
