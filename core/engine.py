@@ -238,9 +238,7 @@ class Engine:
         #: True when every instrument may go short (one margin venue); see ``can_short`` per instrument
         self.margin = bool(instruments) and self.short_ok == set(instruments)
         self.portfolio = Portfolio(config.router.capital, allow_short=self.margin)
-        for iid, inst in instruments.items():  # the portfolio knows each instrument's quote (fees in USD, USDT, ...)
-            self.portfolio.register_instrument(
-                inst, allow_short=None if (iid in self.short_ok) == self.margin else iid in self.short_ok)
+        self._register_instruments()
         #: called with each committed batch of ``(seq, event)`` after the audit is written (API stream, metrics)
         self.commit_hooks: list[Callable[[list[tuple[int, Event]]], None]] = []
         self.orders: dict[str, Order] = {}
@@ -321,6 +319,14 @@ class Engine:
         self.lifecycle = Lifecycle(self, lc_cfg, model_factory)
         #: the governance policy (``core.policy_runtime.PolicyRuntime``), set by the wiring when configured
         self.policy_runtime: Any = None
+
+    def _register_instruments(self) -> None:
+        """Tell the portfolio each instrument's assets, multiplier and
+        whether it may go short (its venue's, when that differs from the
+        portfolio-wide setting: spot beside futures)."""
+        for iid, inst in self.instruments.items():  # the quote of each (fees in USD, USDT, ...)
+            self.portfolio.register_instrument(
+                inst, allow_short=None if (iid in self.short_ok) == self.margin else iid in self.short_ok)
 
     # ------------------------------------------------------------ events
     def emit(self, event: Event) -> int:
@@ -1275,8 +1281,7 @@ class Engine:
         self.clock.set_time(int(snap["clock"]))
         self.feed.load_state_dict(snap["feed"])
         self.portfolio = Portfolio.from_dict(snap["portfolio"])
-        for inst in self.instruments.values():
-            self.portfolio.register_instrument(inst)
+        self._register_instruments()  # a perpetual beside spot may still go short after a restart
         if "lifecycle" in snap:
             lc = self.lifecycle
             lc.load_state_dict(snap["lifecycle"])

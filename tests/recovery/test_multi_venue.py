@@ -223,3 +223,19 @@ def test_hub_refuses_two_venues_of_one_name_and_an_instrument_at_two(tmp_path):
     va2 = PaperVenue(tmp_path / "b.sqlite", "VA", "USDT", {B: BTC}, clock, PaperConfig(), lambda e: None)
     with pytest.raises(ValueError, match="two venues are named 'VA'"):
         VenueHub([va, va2])
+
+
+def test_short_selling_per_venue_survives_a_restore(tmp_path):
+    # VB is a margin venue (futures-like: may go short), VA spot: after a checkpoint and a restore the
+    # portfolio still lets BTCUSDT.VB go short and keeps ETHUSDT.VA long-only
+    eng, _ = build(tmp_path, n=10)
+    eng.venue.members["VB"].config = type("Cfg", (), {"margin_account": True})()
+    from core.engine import Engine  # the per-venue rule is read at construction: build a second engine
+
+    eng2 = Engine(config=eng.config, clock=eng.clock, store=eng.store, audit=eng.audit, feed=eng.feed,
+                  instruments=eng.instruments, models=eng.models, specs=list(eng.specs.values()), risk=eng.risk,
+                  executor=eng.executor, venue_factory=lambda cb: eng.venue)
+    assert eng2.can_short(B) and not eng2.can_short(A) and not eng2.margin
+    assert eng2.portfolio.shorts_allowed(B) and not eng2.portfolio.shorts_allowed(A)
+    eng2.restore(eng2.snapshot_state())
+    assert eng2.portfolio.shorts_allowed(B) and not eng2.portfolio.shorts_allowed(A)
