@@ -2,8 +2,9 @@
 "Isolation"): ``BINANCE`` (spot, ``BTCUSDT.BINANCE``) and ``BINANCE_USDM``
 (USD-M futures, ``BTCUSDT-PERP.BINANCE_USDM``), run in-process through
 ``desk.cli.main`` against ONE local fake Binance that answers both the spot
-API (``/api/v3``, its streams on ``/ws``) and the futures API (``/fapi``, its
-streams on ``/fws``) on one port, each side with its own books and balances
+API (``/api/v3``, its streams on ``/ws``, its user data on ``/ws-api/v3``)
+and the futures API (``/fapi``, its market streams and its user data stream
+on ``/fws``) on one port, each side with its own books and balances
 (tests/venues/binance_server.py's ``FakeBinance`` and ``FakeBinanceUsdm``
 behind one dispatcher).
 
@@ -311,6 +312,11 @@ def test_two_venues_trade_each_at_its_own_api(tmp_path, one, creds, drive, capsy
     assert pos[PERP] == perp == f_bought - f_sold and perp > 0  # futures fees are USDT, not the position
     assert s["venue_state"] == "BINANCE CONNECTED; BINANCE_USDM CONNECTED"
     assert "unreconciled" not in s and s["trading_state"] == "ACTIVE"
+    # each venue's order updates came by its own user data stream: spot by the WebSocket API, futures by a
+    # listenKey (POST /fapi/v1/listenKey, the API key header only) and a stream connection on the futures base
+    assert ("WS", "/ws-api/v3") in one.requests
+    assert one.requests.count(("POST", "/fapi/v1/listenKey")) == 1 and one.fut.key_ok == one.fut.key_checked == 1
+    assert ("WS", "/fws") in one.fut.requests and one.fut.listen_keys  # /fws?listenKey=<key>
     # the ClientOrderIds carry the state dir's tag
     tag = meta(state, "coid_tag")
     assert tag and all(c.endswith("-" + tag) for c in spot_coids | fut_coids)
@@ -489,8 +495,8 @@ def test_a_per_venue_halt_denies_futures_orders_not_spot_ones(tmp_path, one, cre
 
 
 async def test_a_cancel_of_an_order_the_venue_closed_looks_it_up_at_once(tmp_path):
-    # USD-M has no user data stream here: a resting buy the venue filled is still open in the adapter's view
-    # until a poll. The cancel's -2011 "Unknown order sent." makes the adapter ask at once (GET /fapi/v1/order,
+    # no order updates are read here (as while the user data stream is down and before the next poll): a resting
+    # buy the venue filled is still open in the adapter's view. The cancel's -2011 "Unknown order sent." makes the adapter ask at once (GET /fapi/v1/order,
     # then its trades), so the fill reaches the engine now and the session's cancel retry finds it closed.
     from core.clock import TestClock
     from core.enums import OrderSide, OrderType, TimeInForce

@@ -272,6 +272,9 @@ class FakeBinance:
         # WebSocket API user-data subscribers: (connection, its outgoing queue)
         self.user_streams: list[tuple[web.WebSocketResponse, asyncio.Queue[dict[str, Any]]]] = []
         self.user_subscribed = asyncio.Event()
+        #: USER_STREAM requests (API key header only): how many, how many had the right key
+        self.key_checked = 0
+        self.key_ok = 0
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -334,7 +337,7 @@ class FakeBinance:
     # ------------------------------------------------------------ HTTP
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         method, path = request.method, request.path
-        if path.startswith("/ws") and request.headers.get("Upgrade", "").lower() == "websocket":
+        if self._is_ws_path(path) and request.headers.get("Upgrade", "").lower() == "websocket":
             if self.ws_refuse:
                 self.requests.append(("WS", path))
                 return web.Response(status=503, text="streams unavailable")
@@ -367,7 +370,9 @@ class FakeBinance:
             if route is None:
                 raise Refuse(404, -1000, f"unknown endpoint {method} {path}")
             handler, signed = route
-            if signed:
+            if signed == "apikey":  # USER_STREAM endpoints: the API key header, no signature
+                self._verify_key(request)
+            elif signed:
                 self._verify(request, body, params, now)
             result = handler(params, now)
             if result is _DROP:
@@ -381,6 +386,20 @@ class FakeBinance:
             return self._error(method, path, r.status, r.code, r.msg)
 
     # ------------------------------------------------------------ WebSocket streams
+    def _is_ws_path(self, path: str) -> bool:
+        """Whether a WebSocket upgrade on ``path`` is one of this server's
+        streams (spot: ``/ws/<n>`` raw streams, ``/ws-api/v3``)."""
+        return path.startswith("/ws")
+
+    def _verify_key(self, request: web.Request) -> None:
+        """A ``USER_STREAM`` endpoint (Binance "Endpoint security type"):
+        the ``X-MBX-APIKEY`` header must be the account's key; nothing is
+        signed. Counted in ``key_checked`` / ``key_ok``."""
+        self.key_checked += 1
+        if request.headers.get("X-MBX-APIKEY") != self.api_key:
+            raise Refuse(401, -2015, "Invalid API-key, IP, or permissions for action.")
+        self.key_ok += 1
+
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
         """Binance's raw streams endpoint: ``SUBSCRIBE`` requests are answered
         ``{"result": null, "id": N}``; events are pushed by the test
@@ -981,6 +1000,24 @@ class FakeBinanceUsdm(FakeBinance):
     Mark price and liquidation price are knobs (``marks``, ``liquidation``),
     not computed: a test sets the venue's figures it wants to compare with.
 
+    The user data stream (Binance Derivatives docs, "User Data Streams"):
+    ``POST /fapi/v1/listenKey`` (a new key, or the active one extended),
+    ``PUT`` (keepalive; ``-1125`` "This listenKey does not exist." without
+    an active key), ``DELETE`` (closes the key and its streams), each a
+    ``USER_STREAM`` endpoint (the ``X-MBX-APIKEY`` header checked, no
+    signature); a key lives 60 minutes of server time after its last
+    ``POST``/``PUT``. A WebSocket with the key (``?listenKey=`` on any
+    stream path, as ccxt builds ``<base>/private/ws?listenKey=``, or the
+    legacy ``/ws/<listenKey>``) receives, in order, an
+    ``ORDER_TRADE_UPDATE`` ("Event: Order Update": ``x`` NEW when an order
+    is accepted, TRADE per fill, CANCELED, EXPIRED) and, after each fill
+    and each funding payment, an ``ACCOUNT_UPDATE`` ("Event: Balance and
+    Position Update", reason ``a.m`` ORDER or FUNDING_FEE). A wrong or
+    expired key is refused (HTTP 400, ``-1125``). ``drop_user_streams``
+    closes the sockets (the client reconnects with the same key);
+    ``expire_listen_key`` sends ``listenKeyExpired`` and ends the key.
+    Every event sent is kept in ``user_events``.
+
     Args:
         clock, exchange_info, api_key, secret, klines, can_withdraw: as
             :class:`FakeBinance` (``exchange_info``: a USD-M exchangeInfo).
@@ -1007,6 +1044,13 @@ class FakeBinanceUsdm(FakeBinance):
         self._next_tran = 9_689_322_392  # the tranId of Binance's documentation example
         #: (path, params without timestamp/recvWindow/signature) of every signed request that verified
         self.signed_params: list[tuple[str, dict[str, str]]] = []
+        #: the account's user-data listenKey (None: none active), valid until this server time (ms)
+        self.listen_key: str | None = None
+        self.listen_key_until_ms = 0
+        #: every listenKey issued, in order
+        self.listen_keys: list[str] = []
+        #: every user data event sent (ORDER_TRADE_UPDATE, ACCOUNT_UPDATE, listenKeyExpired), in order
+        self.user_events: list[dict[str, Any]] = []
         for sym, bid, bq, ask, aq in book or []:
             self.set_book(sym, bid, ask, bq, aq)
 
@@ -1040,6 +1084,7 @@ class FakeBinanceUsdm(FakeBinance):
         self.income.append({"symbol": symbol, "incomeType": "FUNDING_FEE", "income": s8(amount), "asset": "USDT",
                             "info": "FUNDING_FEE", "time": time_ms, "tranId": self._next_tran, "tradeId": ""})
         self._next_tran += 1
+        self._account_update("FUNDING_FEE", [symbol] if self.margin_type.get(symbol, "cross") == "isolated" else [])
         return amount
 
     def params_of(self, path: str) -> list[dict[str, str]]:
@@ -1073,8 +1118,166 @@ class FakeBinanceUsdm(FakeBinance):
             ("GET", "/fapi/v1/userTrades"): (self._f_user_trades, True),
             ("GET", "/fapi/v1/income"): (self._f_income, True),
             ("GET", "/sapi/v1/account/apiRestrictions"): (self._f_api_restrictions, True),
+            ("POST", "/fapi/v1/listenKey"): (self._f_listen_key_new, "apikey"),
+            ("PUT", "/fapi/v1/listenKey"): (self._f_listen_key_keepalive, "apikey"),
+            ("DELETE", "/fapi/v1/listenKey"): (self._f_listen_key_close, "apikey"),
         }
         return table.get((method, path))
+
+    # ------------------------------------------------------------ user data stream
+    #: a listenKey's validity after its last POST/PUT (Binance: 60 minutes)
+    LISTEN_KEY_VALID_MS = 60 * 60 * 1000
+
+    def _f_listen_key_new(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        """``POST /fapi/v1/listenKey``: the active key, extended, or a new
+        one (64 characters, as Binance's)."""
+        if self.listen_key is None or now >= self.listen_key_until_ms:
+            n = len(self.listen_keys) + 1
+            self.listen_key = hashlib.sha256(f"listenKey-{n}".encode()).hexdigest()
+            self.listen_keys.append(self.listen_key)
+        self.listen_key_until_ms = now + self.LISTEN_KEY_VALID_MS
+        return {"listenKey": self.listen_key}
+
+    def _f_listen_key_keepalive(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        """``PUT /fapi/v1/listenKey``: extend the active key."""
+        if self.listen_key is None or now >= self.listen_key_until_ms:
+            raise Refuse(400, -1125, "This listenKey does not exist.")
+        self.listen_key_until_ms = now + self.LISTEN_KEY_VALID_MS
+        return {"listenKey": self.listen_key}
+
+    def _f_listen_key_close(self, p: dict[str, str], now: int) -> dict[str, Any]:
+        """``DELETE /fapi/v1/listenKey``: the key ends, its streams close."""
+        self.listen_key = None
+        loop = asyncio.get_running_loop()
+        for ws, _ in list(self.user_streams):
+            loop.create_task(ws.close())
+        return {}
+
+    def _is_ws_path(self, path: str) -> bool:
+        """USD-M stream paths: ccxt's ``<base>/market/ws``, ``/public/ws``,
+        ``/private/ws`` (a base ending in ``/ws``), the legacy ``/ws``, and
+        ``/fws`` (the multi-venue test's futures base)."""
+        return path.startswith(("/ws", "/fws", "/market/ws", "/public/ws", "/private/ws"))
+
+    def _key_of(self, request: web.Request) -> str | None:
+        key = request.query.get("listenKey")
+        if key:
+            return key
+        last = request.path.rstrip("/").rsplit("/", 1)[-1]
+        return last if last in self.listen_keys else None
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse | web.Response:  # type: ignore[override]
+        """A stream connection: the user data stream when the request names
+        a listenKey, else the market streams (``SUBSCRIBE``, as spot)."""
+        key = self._key_of(request)
+        if key is None:
+            return await super()._ws(request)
+        return await self._user_ws(request, key)
+
+    async def _user_ws(self, request: web.Request, key: str) -> web.WebSocketResponse | web.Response:
+        self.requests.append(("WS", request.path))
+        if self.ws_refuse:
+            return web.Response(status=503, text="streams unavailable")
+        if key != self.listen_key or self.now_ms() >= self.listen_key_until_ms:
+            self.errors.append((request.path, -1125))
+            return web.json_response({"code": -1125, "msg": "This listenKey does not exist."}, status=400)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def writer() -> None:
+            while True:
+                payload = await queue.get()
+                if ws.closed:
+                    return
+                await ws.send_json(payload)
+
+        task = asyncio.get_running_loop().create_task(writer())
+        entry = (ws, queue)
+        self.user_streams.append(entry)
+        self.user_subscribed.set()
+        try:
+            async for _ in ws:  # nothing is expected from the client (pings are answered by aiohttp)
+                pass
+        finally:
+            task.cancel()
+            if entry in self.user_streams:
+                self.user_streams.remove(entry)
+        return ws
+
+    def _send_user(self, event: dict[str, Any]) -> None:
+        self.user_events.append(event)
+        for _, q in self.user_streams:
+            q.put_nowait(event)
+
+    def _exec_report(self, o: FakeOrder, exec_type: str, trade: FakeTrade | None = None,  # type: ignore[override]
+                     realized: Decimal = ZERO) -> None:
+        """Send an ``ORDER_TRADE_UPDATE`` of ``o`` (Binance "Event: Order
+        Update", USD-M: the order in ``o``; ``N``/``n`` only with a fill; ``t``
+        0 without one), then, after a fill, an ``ACCOUNT_UPDATE`` (reason
+        ORDER) with the wallet and the position."""
+        now = self.now_ms()
+        avg = (o.cum_quote / o.executed_qty) if o.executed_qty else ZERO
+        open_ = [x for x in self.open_orders_of(o.symbol)]
+        bids = sum(((x.orig_qty - x.executed_qty) * x.price for x in open_ if x.side == "BUY"), ZERO)
+        asks = sum(((x.orig_qty - x.executed_qty) * x.price for x in open_ if x.side == "SELL"), ZERO)
+        body: dict[str, Any] = {
+            "s": o.symbol, "c": o.client_order_id, "S": o.side, "o": o.type, "f": o.time_in_force,
+            "q": format(o.orig_qty, "f"), "p": format(o.price, "f"), "ap": format(avg, "f"), "sp": "0",
+            "x": exec_type, "X": o.status, "i": o.order_id,
+            "l": format(trade.qty, "f") if trade else "0", "z": format(o.executed_qty, "f"),
+            "L": format(trade.price, "f") if trade else "0",
+        }
+        if trade is not None:
+            body["N"] = trade.commission_asset
+            body["n"] = s8(trade.commission)
+        body.update({
+            "T": trade.time if trade else now, "t": trade.id if trade else 0, "b": s8(bids), "a": s8(asks),
+            "m": trade.is_maker if trade else False, "R": o.reduce_only, "wt": "CONTRACT_PRICE", "ot": o.type,
+            "ps": "BOTH", "cp": False, "rp": s8(realized), "pP": False, "si": 0, "ss": 0, "V": "NONE",
+            "pm": "NONE", "gtd": 0,
+        })
+        self._send_user({"e": "ORDER_TRADE_UPDATE", "E": now, "T": trade.time if trade else now, "o": body})
+        if trade is not None:
+            self._account_update("ORDER", [o.symbol])
+
+    def _account_update(self, reason: str, symbols: list[str]) -> None:
+        """Send an ``ACCOUNT_UPDATE`` ("Event: Balance and Position
+        Update"): the USDT wallet (``wb``), cross wallet (``cw``) and the
+        one-way positions of ``symbols``."""
+        now = self.now_ms()
+        iso = sum((self._isolated_wallet(x) for x in self.symbols), ZERO)
+        positions = []
+        for sym in symbols:
+            pos = self.position(sym)
+            positions.append({"s": sym, "pa": format(pos.qty, "f"), "ep": format(pos.entry, "f"), "bep": "0",
+                              "cr": "0", "up": s8(self._upnl(sym)), "mt": self.margin_type.get(sym, "cross"),
+                              "iw": s8(self._isolated_wallet(sym)), "ps": "BOTH"})
+        self._send_user({"e": "ACCOUNT_UPDATE", "E": now, "T": now, "a": {
+            "m": reason, "B": [{"a": "USDT", "wb": s8(self.wallet), "cw": s8(self.wallet - iso), "bc": "0"}],
+            "P": positions}})
+
+    async def drop_user_streams(self) -> int:
+        """Close every user data stream socket (the stream drops; the key
+        stays valid). Returns how many were closed."""
+        self.user_subscribed.clear()
+        conns = list(self.user_streams)
+        for ws, _ in conns:
+            await ws.close()
+        return len(conns)
+
+    async def expire_listen_key(self) -> None:
+        """The key expires: ``listenKeyExpired`` is sent, the sockets close,
+        the key is gone (a new ``POST`` issues another)."""
+        if self.listen_key is not None:
+            self._send_user({"e": "listenKeyExpired", "E": self.now_ms(), "listenKey": self.listen_key})
+        self.listen_key = None
+        await asyncio.sleep(0)
+        for _ in range(50):  # let the writers send it before the sockets close
+            if all(q.empty() for _, q in self.user_streams):
+                break
+            await asyncio.sleep(0.001)
+        await self.drop_user_streams()
 
     # ------------------------------------------------------------ market data
     def _f_book_ticker(self, p: dict[str, str], now: int) -> dict[str, Any]:
@@ -1228,7 +1431,10 @@ class FakeBinanceUsdm(FakeBinance):
                       update_time=now, reduce_only=reduce_only)
         self._next_order += 1
         self.orders[o.order_id] = o
+        self._exec_report(o, "NEW")
         self._match_new(o, now)
+        if o.status == "EXPIRED":
+            self._exec_report(o, "EXPIRED")
         if self.drop_next_order == "after":
             self.drop_next_order = None
             return _DROP
@@ -1240,13 +1446,15 @@ class FakeBinanceUsdm(FakeBinance):
         fee = (notional * (self.maker_rate if maker else self.fee_rate)).quantize(Q8, ROUND_HALF_EVEN)
         pos = self.position(o.symbol)
         d = qty if o.side == "BUY" else -qty
+        realized = ZERO
         if pos.qty == 0 or (pos.qty > 0) == (d > 0):
             pos.entry = (abs(pos.qty) * pos.entry + qty * px) / (abs(pos.qty) + qty)
             pos.qty += d
         else:
             closed = min(abs(d), abs(pos.qty))
             side = 1 if pos.qty > 0 else -1
-            self.wallet += (closed * (px - pos.entry) * side).quantize(Q8, ROUND_HALF_EVEN)
+            realized = (closed * (px - pos.entry) * side).quantize(Q8, ROUND_HALF_EVEN)
+            self.wallet += realized
             rest = abs(d) - closed
             pos.qty += d
             if pos.qty == 0:
@@ -1261,6 +1469,7 @@ class FakeBinanceUsdm(FakeBinance):
         o.cum_quote += notional
         o.update_time = now
         o.status = "FILLED" if o.executed_qty == o.orig_qty else "PARTIALLY_FILLED"
+        self._exec_report(o, "TRADE", t, realized)
         return t
 
     def _f_get_order(self, p: dict[str, str], now: int) -> dict[str, Any]:
@@ -1275,6 +1484,7 @@ class FakeBinanceUsdm(FakeBinance):
             raise Refuse(400, -2011, "Unknown order sent.")
         o.status = "CANCELED"
         o.update_time = now
+        self._exec_report(o, "CANCELED")
         return self._f_order_json(o)
 
     def _f_open_orders(self, p: dict[str, str], now: int) -> list[dict[str, Any]]:

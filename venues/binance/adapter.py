@@ -823,8 +823,8 @@ class BinanceVenue:
             resp = await self._read("cancel", lambda: ex.cancel_order(None, t.symbol, {"origClientOrderId": coid}))
         except BinanceOrderNotFound:
             # closed at the venue (filled, expired) while the adapter still holds it open: ask now, so its fills
-            # and final status come through the callback without waiting for a poll or a stream event (USD-M
-            # has no user data stream here, and the caller's lookup reads what the adapter learnt)
+            # and final status come through the callback without waiting for a poll or a stream event (the
+            # stream may be down, and the caller's lookup reads what the adapter learnt)
             self._schedule_lookup(coid)
             raise
         info = resp["info"]
@@ -1270,32 +1270,34 @@ class BinanceVenue:
         return True
 
     async def next_order_updates(self, *, ws_retry_ns: int = 30 * NANOS_PER_SECOND) -> int:
-        """Wait for the next order updates of the user data stream (ccxt.pro
-        ``watch_orders``: on spot a ``userDataStream.subscribe.signature``
-        request on Binance's WebSocket API, signed like a REST request) and
+        """Wait for the next order updates of the user data stream and
         report them (``OrderAccepted``, ``OrderFilled`` with ``n``/``N`` as
         the commission and its asset, ``OrderCanceled``, ``OrderExpired``,
         ``OrderRejected``); returns how many execution reports were about
-        the desk's orders. After every (re)subscription the orders are
-        reconciled over REST first (:meth:`poll`), so nothing that happened
-        while the stream was down is missed. While the stream is down: one
-        REST :meth:`poll` per call, the stream tried again every
-        ``ws_retry_ns`` of clock.
+        the desk's orders. The stream is the market's own
+        (:meth:`_user_stream_connect`, :meth:`_user_stream_reports`: on spot
+        ccxt.pro ``watch_orders`` through a ``userDataStream.subscribe.
+        signature`` request on Binance's WebSocket API, signed like a REST
+        request; on USD-M the listenKey stream). After every
+        (re)subscription the orders are reconciled over REST first
+        (:meth:`poll`), so nothing that happened while the stream was down
+        is missed; ``user_mode`` is ``ws`` while the stream works. While it
+        is down (a ccxt network or exchange error): ``user_mode`` ``rest``
+        (the session reads the venue DEGRADED), one WARNING alert, one REST
+        :meth:`poll` per call, the stream tried again every ``ws_retry_ns``
+        of clock.
 
         Raises:
-            TransientVenueError, VenueThrottled: the REST fallback failed too.
+            TransientVenueError, VenueThrottled: the REST fallback failed too
+                (or a REST part of the stream's set-up, such as USD-M's
+                listenKey request).
         """
-        ex = self._exchange()
         if self.user_mode == "ws" or self._now() >= self._user_retry_at:
             try:
-                await ex.authenticate({"type": "spot"})  # subscribes once per connection
-                if ex.user_subscriptions != self._user_subs_seen:
-                    self._user_subs_seen = ex.user_subscriptions
+                if await self._user_stream_connect():
                     self.user_mode = "ws"
                     await self.poll()  # REST reconciliation after every (re)subscription
-                if not ex.exec_reports:
-                    await ex.watch_orders()
-                reports, ex.exec_reports = ex.exec_reports, []
+                reports = await self._user_stream_reports()
                 return sum(1 for r in reports if self._apply_exec_report(r))
             except VenueError:
                 raise
@@ -1308,6 +1310,37 @@ class BinanceVenue:
                         f"REST, the stream is tried again every {ws_retry_ns / NANOS_PER_SECOND:g} s"))
         await self.poll()
         return 0
+
+    async def _user_stream_connect(self) -> bool:
+        """Make sure the user data stream is subscribed (spot: ccxt.pro
+        ``authenticate``, a ``userDataStream.subscribe.signature`` request
+        once per WebSocket API connection). True when a new subscription
+        was made since the last call (the first, or one after a
+        reconnect): the caller reconciles over REST then.
+
+        Raises:
+            ccxt NetworkError / ExchangeError: the stream cannot be set up.
+        """
+        ex = self._exchange()
+        await ex.authenticate({"type": "spot"})  # subscribes once per connection
+        if ex.user_subscriptions != self._user_subs_seen:
+            self._user_subs_seen = ex.user_subscriptions
+            return True
+        return False
+
+    async def _user_stream_reports(self) -> list[Mapping[str, Any]]:
+        """The raw execution reports received since the last call (exact
+        strings, arrival order); waits for the next one (ccxt.pro
+        ``watch_orders``) when there is none yet.
+
+        Raises:
+            ccxt NetworkError / ExchangeError: the stream dropped.
+        """
+        ex = self._exchange()
+        if not ex.exec_reports:
+            await ex.watch_orders()
+        reports, ex.exec_reports = ex.exec_reports, []
+        return reports
 
     async def fetch_bars(self, instrument_id: InstrumentId, interval: str = "1m", since_ms: int | None = None,
                          limit: int = 500) -> list[Bar]:

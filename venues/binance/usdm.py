@@ -57,18 +57,42 @@ tracking, status and fill mapping are the spot code itself. What differs:
 * **Margin** (:meth:`BinanceUsdmVenue.position_risk`): each position with
   Binance's liquidation price and the desk's own (``core.margin``); a
   WARNING is logged when they differ by more than one tick.
-* **Order updates**: REST polling (:meth:`poll` every call of
-  :meth:`next_order_updates`; ``user_mode`` is ``poll``: REST by design,
-  not the spot adapter's ``rest`` fallback of a stream that is down, so the
-  header does not read the venue DEGRADED for it). The USD-M user data
-  stream (listenKey) is not used in this build.
+* **Order updates** from the USD-M user data stream through ccxt.pro
+  ``binanceusdm`` (:meth:`BinanceUsdmVenue.next_order_updates`, the spot
+  adapter's loop with the USD-M stream): ccxt's ``authenticate`` gets a
+  listenKey (``POST /fapi/v1/listenKey``, not signed, ``X-MBX-APIKEY``
+  only; ccxt renews it with ``PUT`` every 20 minutes), ``watch_orders``
+  connects to the ``linear`` WebSocket base with the ``private`` category
+  and ``?listenKey=`` (``wss://fstream.binance.com/private/ws?listenKey=``;
+  demo trading ``wss://fstream.binancefuture.com/private/ws?listenKey=``,
+  ccxt's ``urls['demo']['ws']['linear']``); a base that does not end in
+  ``/ws`` (a test server's) is used as it is. Each ``ORDER_TRADE_UPDATE``
+  event (Binance "Event: Order Update"; its ``o`` object has the spot
+  ``executionReport``'s one-letter fields: ``c``, ``S``, ``x``, ``X``,
+  ``i``, ``l``, ``z``, ``L``, ``n``, ``N``, ``T``, ``t``, ``m``) is
+  mapped by the spot code (``BinanceVenue._apply_exec_report``), the
+  commission as ``userTrades`` gives it (its absolute value), so a fill
+  read by the stream and by REST is the same fill (once, by trade id). An
+  ``ACCOUNT_UPDATE`` whose reason (``a.m``) is ``FUNDING_FEE`` reads the
+  funding payments at once; its balances and positions are not applied
+  (their order against ``ORDER_TRADE_UPDATE`` is not guaranteed: positions
+  move by the reported fills, the wallet at the next account read).
+  ``user_mode`` is ``ws`` while the stream is up; after every (re)connect
+  the orders are reconciled over REST (:meth:`~BinanceUsdmVenue.poll`);
+  while it is down ``user_mode`` is ``rest`` (the venue reads DEGRADED) and
+  each call is one REST :meth:`~BinanceUsdmVenue.poll`. A
+  ``listenKeyExpired`` event drops the key, so the next connection asks
+  for a new one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+import ccxt.async_support as ccxt_async
 
 from core.events import FundingPaid, OrderFilled
 from core.enums import LiquiditySide, OrderType, TimeInForce
@@ -144,9 +168,15 @@ class BinanceUsdmVenue(BinanceVenue):
         self.funding_since_ms: int | None = None
         self._funding_ids: set[str] = set()
         self._funding_next_ns = 0
-        #: order updates come from REST polling by design (no futures user data stream in this build):
-        #: "poll", not "rest" (the spot adapter's fallback while its stream is down, read as DEGRADED)
-        self.user_mode = "poll"
+        #: the ccxt.pro client (one WebSocket connection) of the user data stream in use
+        self._user_client: Any = None
+        #: ccxt.pro ``watch_orders`` on that connection (it fails when the connection drops)
+        self._user_watch: asyncio.Future[Any] | None = None
+        #: raw user data events received on it (``ORDER_TRADE_UPDATE``, ``ACCOUNT_UPDATE``), arrival order
+        self._user_events: list[Mapping[str, Any]] = []
+        self._user_wake: asyncio.Event | None = None  # made with the connection, in the loop that uses it
+        #: user data stream connections made so far (one more after every reconnect)
+        self.user_connections = 0
 
     # ------------------------------------------------------------ endpoints
     def _venue_symbol(self, iid: InstrumentId) -> str:
@@ -434,15 +464,158 @@ class BinanceUsdmVenue(BinanceVenue):
             await self.refresh_positions()
         await self.poll_funding()
 
-    async def next_order_updates(self, **_: Any) -> int:
-        """One REST :meth:`poll` (the caller waits between calls while
-        ``user_mode`` is ``poll`` or ``rest``); returns 0.
+    # ------------------------------------------------------------ user data stream
+    #: ccxt's user-data type of USD-M: the listenKey bucket (``options['linear']``) and the WebSocket URL type
+    USER_STREAM_TYPE = "linear"
+
+    async def _user_stream_connect(self) -> bool:
+        """Make sure the user data stream is connected (the spot adapter's
+        :meth:`~BinanceVenue.next_order_updates` calls it): ccxt.pro
+        ``authenticate`` (the listenKey: ``POST /fapi/v1/listenKey`` when
+        there is none, through the request gate and the typed errors), then
+        ``watch_orders`` on ``<linear ws base>/private/ws?listenKey=<key>``.
+        True when a new connection was made (the first, or one after a
+        drop), once it is open: the caller reconciles over REST then, and
+        whatever the stream sends meanwhile is kept.
 
         Raises:
-            TransientVenueError, VenueThrottled: a read failed.
+            BinanceRateLimited, BinanceBanned, TransientVenueError,
+                BinanceRejected: the listenKey request failed.
+            ccxt NetworkError / ExchangeError: the connection failed.
         """
-        await self.poll()
-        return 0
+        ex = self._exchange()
+        # ccxt's watch_orders would read every position over REST on a new connection (watchPositions snapshot)
+        ex.options.setdefault("watchPositions", {})["fetchPositionsSnapshot"] = False
+        kind = self.USER_STREAM_TYPE
+        await self._guard("listen key", lambda: ex.authenticate({"type": "swap", "subType": kind}))
+        key = (ex.options.get(kind) or {}).get("listenKey")
+        client = ex.client(ex.get_private_ws_url(kind, key))
+        watch = self._user_watch
+        if client is self._user_client and watch is not None:
+            if not watch.done():
+                return False
+            self._user_watch = None
+            self._raise_watch_error(watch)  # the connection failed
+            self._user_watch = asyncio.ensure_future(ex.watch_orders())  # an order event resolved it: again
+            return False
+        # a new connection: the first, or after the previous one closed (ccxt made a new client for the URL)
+        if watch is not None:
+            self._forget(watch)
+        self._user_client = None
+        if self._user_wake is None:
+            self._user_wake = asyncio.Event()
+        self._listen(client)
+        watch = self._user_watch = asyncio.ensure_future(ex.watch_orders())
+        opened = client.connected  # ccxt's future of this connection's opening (never rejected: the watch is)
+        await asyncio.wait({watch, opened}, return_when=asyncio.FIRST_COMPLETED)
+        if watch.done() and not opened.done():
+            self._user_watch = None
+            self._raise_watch_error(watch)  # the connection could not be made
+        self._user_client = client
+        self.user_connections += 1
+        return True
+
+    def _listen(self, client: Any) -> None:
+        """Keep the raw user data events of ``client`` (one ccxt.pro
+        WebSocket connection) before ccxt handles them: ccxt's handler of
+        every message is wrapped, so its own parsing still runs."""
+        if getattr(client, "desk_listener", None) is self:
+            return  # already listened to (a connect step that was cancelled while the connection opened)
+        client.desk_listener = self
+        handle: Callable[[Any, Any], Any] = client.on_message_callback
+        events = self._user_events
+
+        def on_message(c: Any, message: Any) -> Any:
+            if isinstance(message, dict):
+                e = message.get("e")
+                if e in ("ORDER_TRADE_UPDATE", "ACCOUNT_UPDATE"):
+                    events.append(message)
+                    if self._user_wake is not None:
+                        self._user_wake.set()
+                elif e == "listenKeyExpired":
+                    self._listen_key_expired()
+            return handle(c, message)
+
+        client.on_message_callback = on_message
+
+    def _listen_key_expired(self) -> None:
+        """Binance's ``listenKeyExpired``: the stream ends; the key is
+        dropped so the next connection asks for a new one."""
+        ex = self._exchange()
+        kind = self.USER_STREAM_TYPE
+        ex.options[kind] = {**(ex.options.get(kind) or {}), "listenKey": None, "lastAuthenticatedTime": 0}
+        log.warning("%s: the user data stream's listenKey expired; a new one is requested", self.venue)
+
+    @staticmethod
+    def _raise_watch_error(watch: asyncio.Future[Any]) -> None:
+        if watch.cancelled():
+            raise ccxt_async.NetworkError("the user data stream's watch was cancelled")
+        exc = watch.exception()
+        if exc is not None:
+            raise exc
+
+    @staticmethod
+    def _forget(watch: asyncio.Future[Any]) -> None:
+        """Cancel a watch of a connection no longer used (its error, if any,
+        is retrieved: nothing is logged as never retrieved)."""
+        if watch.done():
+            if not watch.cancelled():
+                watch.exception()
+        else:
+            watch.cancel()
+
+    async def _user_stream_reports(self) -> list[Mapping[str, Any]]:
+        """The ``o`` objects of the ``ORDER_TRADE_UPDATE`` events received
+        since the last call (arrival order), each commission as its
+        absolute value (as :meth:`_fill_from_trade` reads ``userTrades``);
+        waits for the next user data event when there is none yet. An
+        ``ACCOUNT_UPDATE`` of reason ``FUNDING_FEE`` reads the funding
+        payments (:meth:`poll_funding`, forced).
+
+        Raises:
+            ccxt NetworkError / ExchangeError: the stream dropped.
+            TransientVenueError, VenueThrottled: the funding read failed.
+        """
+        watch = self._user_watch
+        wake = self._user_wake
+        if not self._user_events and watch is not None and wake is not None:
+            wake.clear()
+            woken = asyncio.ensure_future(wake.wait())
+            try:
+                await asyncio.wait({watch, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+            if not self._user_events and watch.done():
+                self._user_watch = None
+                self._user_client = None
+                self._raise_watch_error(watch)
+        events, self._user_events[:] = list(self._user_events), []
+        reports: list[Mapping[str, Any]] = []
+        funding = False
+        for ev in events:
+            if ev.get("e") == "ACCOUNT_UPDATE":
+                funding = funding or (ev.get("a") or {}).get("m") == "FUNDING_FEE"
+                continue
+            o = ev.get("o")
+            if not isinstance(o, dict):
+                continue
+            r = dict(o)
+            if r.get("n") not in (None, ""):
+                r["n"] = abs(Decimal(str(r["n"])))
+            r.setdefault("E", ev.get("E"))
+            reports.append(r)
+        if funding:
+            await self.poll_funding(force=True)
+        return reports
+
+    async def close(self) -> None:
+        """Stop watching the user data stream, then as the spot adapter
+        (background requests, ccxt's session and WebSocket connections)."""
+        if self._user_watch is not None:
+            self._forget(self._user_watch)
+            self._user_watch = None
+        self._user_client = None
+        await super().close()
 
     async def poll_funding(self, force: bool = False) -> int:
         """Read the funding payments since :attr:`funding_since_ms` (``GET
