@@ -144,11 +144,15 @@ class VenueHub:
 
     def balance(self, asset: str) -> Decimal:
         """The sum of the members' cached balances of ``asset`` (base units
-        or quote; summaries only: reconciliation asks each venue itself)."""
+        or quote; summaries only: reconciliation asks each venue itself).
+        The hub's :attr:`quote` is the desk's one cash currency: asked for
+        it, each member counts its own quote (IBKR's USD plus Binance's USDT,
+        as the equity adds them), not only the members quoted in it."""
         total = Decimal(0)
         for m in self.members.values():
+            own = str(getattr(m, "quote", "") or asset) if asset == self.quote else asset
             try:
-                v = m.balance(asset)
+                v = m.balance(own)
             except (KeyError, ValueError):
                 continue
             if isinstance(v, Decimal):
