@@ -45,6 +45,7 @@ from core.events import (
     OrderExpired,
     OrderFilled,
     OrderModifyRejected,
+    OrderPendingCancel,
     OrderPendingUpdate,
     OrderRejected,
     OrderUpdated,
@@ -271,6 +272,60 @@ def effective_filled(order: Order) -> Decimal:
     return order.filled_qty if acked is None else max(order.filled_qty, acked)
 
 
+def order_state(o: Order) -> dict[str, Any]:
+    """Every field of an :class:`~core.orders.Order`, JSON-ready (Decimals as
+    strings: quantities in base units, prices quote per base; times UTC ns),
+    for the emulator's checkpoint of orders the engine does not hold (OTO
+    children not yet released). :func:`order_from_state` reads it back."""
+
+    def dec(v: Decimal | None) -> str | None:
+        return None if v is None else format(v, "f")
+
+    return {
+        "client_order_id": o.client_order_id, "model_id": o.model_id, "instrument_id": str(o.instrument_id),
+        "side": o.side.value, "order_type": o.order_type.value, "quantity": format(o.quantity, "f"),
+        "price": dec(o.price), "time_in_force": o.time_in_force.value, "ts_init": o.ts_init, "step": o.step,
+        "reduce_only": o.reduce_only, "status": o.status.value, "filled_qty": format(o.filled_qty, "f"),
+        "avg_px": dec(o.avg_px), "venue_order_id": o.venue_order_id, "ts_last": o.ts_last, "reason": o.reason,
+        "trade_ids": sorted(o.trade_ids),
+        "allocation": None if o.allocation is None else {m: format(q, "f") for m, q in o.allocation.items()},
+        "trigger_price": dec(o.trigger_price), "trailing_offset": dec(o.trailing_offset),
+        "trailing_offset_type": o.trailing_offset_type.value, "expire_time_ns": o.expire_time_ns,
+        "post_only": o.post_only, "contingency": o.contingency.value, "linked_order_ids": list(o.linked_order_ids),
+        "parent_order_id": o.parent_order_id, "ts_triggered": o.ts_triggered,
+        "venue_executed_qty": dec(o.venue_executed_qty),
+        "status_before_update": None if o.status_before_update is None else o.status_before_update.value,
+    }
+
+
+def order_from_state(d: dict[str, Any]) -> Order:
+    """The :class:`~core.orders.Order` written by :func:`order_state`.
+
+    Raises:
+        KeyError, ValueError: on a missing field or a bad enum/decimal value.
+    """
+
+    def dec(v: str | None) -> Decimal | None:
+        return None if v is None else Decimal(v)
+
+    return Order(
+        client_order_id=d["client_order_id"], model_id=d["model_id"],
+        instrument_id=InstrumentId.parse(d["instrument_id"]), side=OrderSide(d["side"]),
+        order_type=OrderType(d["order_type"]), quantity=Decimal(d["quantity"]), price=dec(d["price"]),
+        time_in_force=TimeInForce(d["time_in_force"]), ts_init=int(d["ts_init"]), step=int(d["step"]),
+        reduce_only=bool(d["reduce_only"]), status=OrderStatus(d["status"]), filled_qty=Decimal(d["filled_qty"]),
+        avg_px=dec(d["avg_px"]), venue_order_id=d["venue_order_id"], ts_last=int(d["ts_last"]), reason=d["reason"],
+        trade_ids=set(d["trade_ids"]),
+        allocation=None if d["allocation"] is None else {m: Decimal(q) for m, q in d["allocation"].items()},
+        trigger_price=dec(d["trigger_price"]), trailing_offset=dec(d["trailing_offset"]),
+        trailing_offset_type=TrailingOffsetType(d["trailing_offset_type"]), expire_time_ns=d["expire_time_ns"],
+        post_only=bool(d["post_only"]), contingency=ContingencyType(d["contingency"]),
+        linked_order_ids=tuple(d["linked_order_ids"]), parent_order_id=d["parent_order_id"],
+        ts_triggered=d["ts_triggered"], venue_executed_qty=dec(d["venue_executed_qty"]),
+        status_before_update=None if d["status_before_update"] is None else OrderStatus(d["status_before_update"]),
+    )
+
+
 class OrderEmulator:
     """Contingent orders (OCO, OTO, brackets) and the emulated cancel/replace,
     managed by the desk (NautilusTrader's ``OrderEmulator`` and
@@ -335,7 +390,10 @@ class OrderEmulator:
         self._root: dict[str, str] = {}  # an id -> the original id of its replace chain
         self._net: dict[str, Decimal] = {}  # root id -> net base received by the parent chain
         self._trades: set[tuple[str, str]] = set()
-        self._expected_cancels: set[str] = set()
+        self._expected_cancels: dict[str, str] = {}  # id -> reason of a cancel the emulator asked for
+        #: executed quantity (base units) of closed managed orders no longer held in ``orders`` (after a
+        #: restart the engine keeps only working orders): what the group sums still need
+        self._closed_filled: dict[str, Decimal] = {}
         self._replacing: dict[str, _Replace] = {}
         self._replace_seq: dict[str, int] = {}
 
@@ -345,6 +403,183 @@ class OrderEmulator:
         (a :class:`core.bus.MessageBus`)."""
         for name in sorted(ORDER_EVENT_TYPES):
             bus.subscribe(name, self.on_event)
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """The emulator's state for the engine's checkpoint
+        (``Engine.snapshot_state``), JSON-ready: quantities and prices are
+        Decimal strings (base units; quote per base), ids strings.
+
+        Only what can still matter is kept. Groups already closed are
+        dropped (with their ``group_of`` entries and any OTO parent whose
+        child groups are all closed); the ids kept are those of the open
+        groups' members and history, their OTO parents' replace chains and
+        every managed order still working. Orders are kept by how a restart
+        gets them back:
+
+        * ``live``: managed orders working now, ``{id: executed qty}``; the
+          engine's checkpoint holds them (its ``working`` list) and
+          :meth:`load_state_dict` re-binds them by id;
+        * ``held``: OTO children not yet released (``INITIALIZED``, never
+          sent, so unknown to the engine): the whole order, as
+          :func:`order_state`;
+        * ``closed_filled``: closed members of an open group's history (a
+          replaced member), ``{id: executed qty}`` (:func:`effective_filled`
+          at the checkpoint): the engine keeps no closed order across a
+          restart, and the group's remainder needs what they executed.
+
+        Shape (version 1)::
+
+            {"version": 1,
+             "groups": [{"group_id", "oco": bool, "target": qty, "members": [id],
+                         "history": [id], "parent_id": id | None, "held": bool}],
+             "live": {id: qty}, "held": [order_state], "closed_filled": {id: qty},
+             "group_of": {id: group_id}, "child_groups": {root id: [group_id]},
+             "root": {id: root id}, "net": {root id: qty}, "replacements": {id: id},
+             "discarded": [id], "trades": [[id, trade_id]], "expected_cancels": {id: reason},
+             "replacing": {id: {"total": qty, "price": px | None, "trigger_price": px | None,
+                                "group_driven": bool}},
+             "replace_seq": {base id: n}}
+        """
+        groups = {gid: g for gid, g in self.groups.items() if not g.closed}
+        ids: set[str] = set()
+        roots: set[str] = set()
+        for g in groups.values():
+            ids.update(g.members, g.history)
+            if g.parent_id is not None:
+                roots.add(g.parent_id)
+        child_groups = {r: [gid for gid in gids if gid in groups] for r, gids in self._child_groups.items()
+                        if r in roots}
+        child_groups = {r: gids for r, gids in child_groups.items() if gids}
+        for r in child_groups:
+            c = r
+            ids.add(c)
+            while c in self.replacements:
+                c = self.replacements[c]
+                ids.add(c)
+        ids.update(coid for coid, o in self.orders.items() if o.is_working)
+        live: dict[str, str] = {}
+        held: list[dict[str, Any]] = []
+        closed: dict[str, str] = {}
+        for coid in sorted(ids):
+            o = self.orders.get(coid)
+            if o is None or o.is_closed:
+                closed[coid] = format(self._filled(coid), "f")
+            elif o.status == OrderStatus.INITIALIZED:
+                held.append(order_state(o))
+            else:
+                live[coid] = format(effective_filled(o), "f")
+        bases = {_REPLACE_SUFFIX.sub("", c) for c in ids}
+
+        def px(v: Decimal | None) -> str | None:
+            return None if v is None else format(v, "f")
+
+        return {
+            "version": 1,
+            "groups": [{"group_id": g.group_id, "oco": g.oco, "target": format(g.target, "f"),
+                        "members": list(g.members), "history": list(g.history), "parent_id": g.parent_id,
+                        "held": g.held} for g in groups.values()],
+            "live": live,
+            "held": held,
+            "closed_filled": closed,
+            "group_of": {c: gid for c, gid in sorted(self._group_of.items()) if gid in groups},
+            "child_groups": child_groups,
+            "root": {c: r for c, r in sorted(self._root.items()) if c in ids},
+            "net": {r: format(self._net.get(r, ZERO), "f") for r in child_groups},
+            "replacements": {a: b for a, b in self.replacements.items() if a in ids or b in ids},
+            "discarded": list(self.discarded),
+            "trades": sorted([c, t] for c, t in self._trades if c in ids),
+            "expected_cancels": {c: r for c, r in sorted(self._expected_cancels.items()) if c in ids},
+            "replacing": {c: {"total": format(r.total, "f"), "price": px(r.price),
+                              "trigger_price": px(r.trigger_price), "group_driven": r.group_driven}
+                          for c, r in sorted(self._replacing.items()) if c in ids},
+            "replace_seq": {b: n for b, n in sorted(self._replace_seq.items()) if b in bases},
+        }
+
+    def load_state_dict(self, d: dict[str, Any] | None, orders: dict[str, Order]) -> None:
+        """Replace the emulator's state with ``d`` (from :meth:`state_dict`;
+        ``None`` or ``{}``, an older checkpoint without it, gives an empty
+        emulator), re-binding the managed working orders to ``orders`` (the
+        engine's restored ``Order`` objects, by ClientOrderId) so the
+        emulator and the OMS share one object per order again. Held OTO
+        children are rebuilt from the state (the engine never had them).
+
+        Call it after the engine's working orders are rebuilt and before the
+        start-up reconciliation, whose fills and cancels then reach the
+        emulator through the bus as live ones would (``Engine.restore`` then
+        ``Engine.recover``).
+
+        A cancel the emulator had asked for (an OCO sibling, a bracket's
+        entry, an emulated replace) whose ``OrderPendingCancel`` was not
+        journaled at the checkpoint (the process died between the decision
+        and the request) is asked again: ``OrderPendingCancel`` is reported
+        through ``actions.report`` (no event loop is needed at restore) and
+        the reconciliation then sends it (an order ``PENDING_CANCEL`` that
+        the venue still has open is canceled again, one never placed is
+        closed). A ``live`` order missing from ``orders`` (a checkpoint
+        that does not match) is treated as closed at its recorded executed
+        quantity and raises an ``EMULATOR_ORDER_MISSING`` alert.
+
+        Raises:
+            ValueError: on a ``version`` other than 1.
+        """
+        self.orders = {}
+        self.groups = {}
+        self.replacements = {}
+        self.discarded = []
+        self._group_of = {}
+        self._child_groups = {}
+        self._root = {}
+        self._net = {}
+        self._trades = set()
+        self._expected_cancels = {}
+        self._replacing = {}
+        self._replace_seq = {}
+        self._closed_filled = {}
+        if not d:
+            return
+        if d.get("version") != 1:
+            raise ValueError(f"emulator state: version {d.get('version')!r} is not 1")
+
+        def px(v: str | None) -> Decimal | None:
+            return None if v is None else Decimal(v)
+
+        self._closed_filled = {c: Decimal(q) for c, q in d["closed_filled"].items()}
+        for coid, filled in d["live"].items():
+            o = orders.get(coid)
+            if o is None:
+                self._closed_filled[coid] = Decimal(filled)
+                self._alert("EMULATOR_ORDER_MISSING", f"{coid}: working at the checkpoint but not restored; "
+                                                      f"counted closed at {filled} executed")
+                continue
+            self.orders[coid] = o
+        for od in d["held"]:
+            o = orders.get(od["client_order_id"]) or order_from_state(od)
+            self.orders[o.client_order_id] = o
+        for gd in d["groups"]:
+            g = ContingentGroup(gd["group_id"], bool(gd["oco"]), Decimal(gd["target"]), list(gd["members"]),
+                                list(gd["history"]), gd["parent_id"], bool(gd["held"]))
+            self.groups[g.group_id] = g
+        self._group_of = dict(d["group_of"])
+        self._child_groups = {r: list(gids) for r, gids in d["child_groups"].items()}
+        self._root = dict(d["root"])
+        self._net = {r: Decimal(q) for r, q in d["net"].items()}
+        self.replacements = dict(d["replacements"])
+        self.discarded = list(d["discarded"])
+        self._trades = {(c, t) for c, t in d["trades"]}
+        self._expected_cancels = dict(d["expected_cancels"])
+        self._replacing = {c: _Replace(Decimal(r["total"]), px(r["price"]), px(r["trigger_price"]),
+                                       bool(r["group_driven"])) for c, r in d["replacing"].items()}
+        self._replace_seq = {b: int(n) for b, n in d["replace_seq"].items()}
+        # cancels decided before the checkpoint but never journaled: ask again (see the docstring)
+        again = {**{c: "REPLACE" for c in self._replacing}, **self._expected_cancels}
+        now = self.clock.timestamp_ns()
+        for coid, reason in sorted(again.items()):
+            o = self.orders.get(coid)
+            if o is not None and o.is_working and o.status != OrderStatus.PENDING_CANCEL:
+                self.actions.report(OrderPendingCancel(
+                    ts_event=now, ts_init=now, client_order_id=coid, instrument_id=o.instrument_id,
+                    model_id=o.model_id, reason=reason))
 
     def _alert(self, code: str, message: str) -> None:
         self.alerts.append((code, message))
@@ -553,8 +788,8 @@ class OrderEmulator:
             if g.oco:
                 new.linked_order_ids = tuple(m for m in g.members if m != new.client_order_id)
                 for m in g.members:
-                    if m != new.client_order_id:
-                        o = self.orders[m]
+                    o = self.orders.get(m)
+                    if m != new.client_order_id and o is not None:
                         o.linked_order_ids = tuple(x for x in g.members if x != m)
         else:
             new.linked_order_ids = order.linked_order_ids
@@ -608,7 +843,9 @@ class OrderEmulator:
         release or re-size the children."""
         if g.closed or g.parent_id is None:
             return
-        first = self.orders[g.members[0]]
+        first = next((self.orders[m] for m in (*g.members, *g.history) if m in self.orders), None)
+        if first is None:
+            return  # every member closed and forgotten (a restart): nothing left to size
         target = floor_to_step(self._net.get(g.parent_id, ZERO), self._inst(first.instrument_id).step_size)
         if target <= g.target:
             return
@@ -623,7 +860,19 @@ class OrderEmulator:
             self._reconcile(g)
 
     def _group_filled(self, g: ContingentGroup) -> Decimal:
-        return sum((effective_filled(self.orders[i]) for i in g.history), ZERO)
+        return sum((self._filled(i) for i in g.history), ZERO)
+
+    def _filled(self, coid: str) -> Decimal:
+        """What a managed order executed (:func:`effective_filled`), or, for
+        a closed order forgotten at a restart, what it had executed then."""
+        o = self.orders.get(coid)
+        return effective_filled(o) if o is not None else self._closed_filled.get(coid, ZERO)
+
+    def _closed(self, coid: str) -> bool:
+        """A member is closed: its order is, or it was forgotten at a restart
+        (only closed orders are)."""
+        o = self.orders.get(coid)
+        return o is None or o.is_closed
 
     def _reconcile(self, g: ContingentGroup) -> None:
         """Bring every live member to the group's remainder; cancel them all
@@ -633,8 +882,8 @@ class OrderEmulator:
         remaining = g.target - self._group_filled(g)
         busy = (OrderStatus.INITIALIZED, OrderStatus.PENDING_UPDATE, OrderStatus.PENDING_CANCEL)
         for mid in list(g.members):
-            m = self.orders[mid]
-            if m.is_closed or mid in self._replacing or mid in self._expected_cancels or m.status in busy:
+            m = self.orders.get(mid)
+            if m is None or m.is_closed or mid in self._replacing or mid in self._expected_cancels or m.status in busy:
                 continue
             if remaining <= 0:
                 self._cancel(m, "OCO")
@@ -644,7 +893,7 @@ class OrderEmulator:
             self._close_group(g, "BRACKET_EXITED")
 
     def _cancel(self, order: Order, reason: str) -> None:
-        self._expected_cancels.add(order.client_order_id)
+        self._expected_cancels[order.client_order_id] = reason
         self.actions.cancel(order, reason)
 
     def _close_group(self, g: ContingentGroup, parent_reason: str) -> None:
@@ -664,13 +913,13 @@ class OrderEmulator:
         return self.orders.get(coid)
 
     def _member_gone(self, g: ContingentGroup, coid: str) -> None:
-        if coid in g.members and self.orders[coid].is_closed:
+        if coid in g.members and self._closed(coid):
             g.members.remove(coid)
 
     def _on_terminal(self, order: Order, event: OrderEvent) -> None:
         coid = order.client_order_id
         expected = coid in self._expected_cancels
-        self._expected_cancels.discard(coid)
+        self._expected_cancels.pop(coid, None)
         root = self._root.get(coid, coid)
         if root in self._child_groups and self._live_parent(root) is order:
             for gid in self._child_groups[root]:
@@ -686,15 +935,15 @@ class OrderEmulator:
         if not expected:
             # canceled, expired or rejected by someone else: the others go too
             for mid in g.members:
-                m = self.orders[mid]
-                if mid != coid and not m.is_closed and mid not in self._expected_cancels:
+                m = self.orders.get(mid)
+                if mid != coid and m is not None and not m.is_closed and mid not in self._expected_cancels:
                     self._cancel(m, "OCO")
             self._close_group(g, "BRACKET_BROKEN")
-        elif all(self.orders[m].is_closed or m in self._expected_cancels for m in g.members):
+        elif all(self._closed(m) or m in self._expected_cancels for m in g.members):
             self._close_group(g, "BRACKET_EXITED")
 
 
 __all__ = [
     "BarTrigger", "Bracket", "ContingentGroup", "OrderActions", "OrderEmulator", "Trailing", "child_order_id",
-    "effective_filled", "trailing_trigger", "walk_stop",
+    "effective_filled", "order_from_state", "order_state", "trailing_trigger", "walk_stop",
 ]
