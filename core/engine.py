@@ -1224,6 +1224,7 @@ class Engine:
             "working": [self._order_dict(o) for o in self.working_orders()],
             "lifecycle": self.lifecycle.state_dict(),
             "policy": None if self.policy_runtime is None else self.policy_runtime.state_dict(),
+            "emulator": self.emulator.state_dict(),
         }
 
     def _model_order(self, model_id: str) -> tuple[int, str]:
@@ -1354,6 +1355,8 @@ class Engine:
                 self.working[(o.model_id, o.instrument_id)] = o.client_order_id
             else:
                 self.extra_working.add(o.client_order_id)
+        # OCO/OTO/bracket groups and emulated replaces, bound to the orders just rebuilt (before reconciliation)
+        self.emulator.load_state_dict(snap.get("emulator"), self.orders)
 
     # ------------------------------------------------------------ figures
     def summary(self, wall_s: float, bars_here: int) -> dict[str, Any]:
