@@ -360,6 +360,12 @@ class OrderEmulator:
       and the new order is for 0.835, so the total filled never exceeds
       1.000. A fill that completes the order first abandons the replace.
 
+    Its state survives a restart: :meth:`state_dict` goes into the
+    engine's checkpoint and :meth:`load_state_dict` re-binds it to the
+    restored orders before the start-up reconciliation, whose fills and
+    cancels then reach it as live ones would (a leg filled while the desk
+    was down cancels its sibling at start).
+
     Feed it every order event *after* the OMS applied it (:meth:`attach`
     subscribes it to the engine's bus, which publishes after applying).
     Events of orders it does not manage are ignored, a repeated fill

@@ -33,6 +33,7 @@ from core.enums import LiquiditySide, OrderSide, OrderStatus, OrderType, TimeInF
 from core.events import OrderAccepted, OrderCanceled, OrderFilled, OrderPendingCancel, OrderSubmitted
 from core.faults import PaperFaults
 from core.orders import Order
+from core.rebuild import rebuild
 from core.risk import RiskConfig, RiskEngine
 from core.router import RouterConfig
 from core.store import Store
@@ -78,6 +79,13 @@ def die(eng):
     """The process ends: nothing more is committed than what is already."""
     for closer in (eng.audit.close, eng.venue.close, eng.store.close):
         closer()
+
+
+def assert_store_rebuilds(tmp_path):
+    """``desk check-store``: the tables equal what the journal gives (the
+    emulator's restore-time and reconciliation events included)."""
+    report = rebuild(tmp_path / "desk.sqlite", equity_start=D("10000"))
+    assert report.ok, report.lines()
 
 
 async def settle(eng, n=10):
@@ -162,6 +170,7 @@ def test_a_an_oco_pair_restored_cancels_the_other_leg_when_one_fills(tmp_path):
     asyncio.run(go())
     assert_oco_ended_once(eng)
     die(eng)
+    assert_store_rebuilds(tmp_path)
 
 
 def test_c_a_leg_filled_while_the_desk_was_down_cancels_its_sibling_at_start(tmp_path):
@@ -187,6 +196,7 @@ def test_c_a_leg_filled_while_the_desk_was_down_cancels_its_sibling_at_start(tmp
     assert eng.trading_state.value == "ACTIVE"
     assert_oco_ended_once(eng)
     die(eng)
+    assert_store_rebuilds(tmp_path)
 
 
 def test_a_cancel_decided_but_not_journaled_at_the_checkpoint_is_sent_after_the_restart(tmp_path):
@@ -223,6 +233,7 @@ def test_a_cancel_decided_but_not_journaled_at_the_checkpoint_is_sent_after_the_
     assert eng.portfolio.position("manual", IID).quantity == D("0.0999") == eng.venue.balance("ETH")
     assert eng.venue.working_orders() == [] and not eng.unreconciled
     die(eng)
+    assert_store_rebuilds(tmp_path)
 
 
 # the bracket: entry BUY LIMIT 1.0000 at 1950.00, take-profit SELL LIMIT 2100.00, stop-loss SELL STOP 1900.00
@@ -279,6 +290,7 @@ def test_b_a_bracket_restored_before_its_entry_filled_releases_the_pair_sized_to
     assert eng.venue.balance("ETH") == 0 and eng.venue.balance("USDT") == D("10145.8021")
     assert not eng.working_orders()
     die(eng)
+    assert_store_rebuilds(tmp_path)
 
 
 # the replace: a BUY LIMIT 0.1000 at 1950.00 moved to 1960.00 by cancel-then-new
@@ -331,6 +343,7 @@ def test_d_a_replace_in_flight_at_the_checkpoint_gives_one_replacement_after_res
     assert journal(eng, X + ".R1").count("OrderInitialized") == 1
     assert eng.portfolio.position("manual", IID).quantity == D("0.0999")  # 0.1000 less the 0.0001 fee
     die(eng)
+    assert_store_rebuilds(tmp_path)
 
 
 def test_d_the_replace_sequence_survives_a_restart_so_an_id_is_never_reused(tmp_path):
@@ -366,6 +379,7 @@ def test_d_the_replace_sequence_survives_a_restart_so_an_id_is_never_reused(tmp_
     assert r2.status == OrderStatus.ACCEPTED and r2.price == D("1970.00") and r2.quantity == D("0.1000")
     assert eng.venue.order_ids() == [X, X + ".R1", X + ".R2"]
     die(eng)
+    assert_store_rebuilds(tmp_path)
 
 
 # ------------------------------------------------------------------ the state itself
