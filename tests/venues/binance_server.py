@@ -1128,9 +1128,18 @@ class FakeBinanceUsdm(FakeBinance):
     #: a listenKey's validity after its last POST/PUT (Binance: 60 minutes)
     LISTEN_KEY_VALID_MS = 60 * 60 * 1000
 
+    @staticmethod
+    def _no_params(p: dict[str, str]) -> None:
+        """The listenKey endpoints of USD-M take no parameter (Binance:
+        ``-1104`` for parameters it did not read)."""
+        if p:
+            raise Refuse(400, -1104, f"Not all sent parameters were read; read '0' parameter(s) but was sent "
+                                     f"'{len(p)}'.")
+
     def _f_listen_key_new(self, p: dict[str, str], now: int) -> dict[str, Any]:
         """``POST /fapi/v1/listenKey``: the active key, extended, or a new
         one (64 characters, as Binance's)."""
+        self._no_params(p)
         if self.listen_key is None or now >= self.listen_key_until_ms:
             n = len(self.listen_keys) + 1
             self.listen_key = hashlib.sha256(f"listenKey-{n}".encode()).hexdigest()
@@ -1140,6 +1149,7 @@ class FakeBinanceUsdm(FakeBinance):
 
     def _f_listen_key_keepalive(self, p: dict[str, str], now: int) -> dict[str, Any]:
         """``PUT /fapi/v1/listenKey``: extend the active key."""
+        self._no_params(p)
         if self.listen_key is None or now >= self.listen_key_until_ms:
             raise Refuse(400, -1125, "This listenKey does not exist.")
         self.listen_key_until_ms = now + self.LISTEN_KEY_VALID_MS

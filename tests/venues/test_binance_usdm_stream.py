@@ -116,6 +116,20 @@ async def test_a_fill_arrives_by_the_stream_with_no_rest_order_read(fv, fsrv):
     assert fv.balance("BTC") == D("0.002")  # the position moved by the reported fill
     assert fv.user_mode == "ws"
 
+    # the next call waits on the same connection: a sell the venue cancels is reported with no REST read either
+    await fv.submit_order(order("NHD-f-0-1", OrderSide.SELL, "0.002", OrderType.LIMIT, "37000.0"))
+    mark = len(fsrv.requests)
+    task = asyncio.create_task(fv.next_order_updates())
+    await asyncio.sleep(0.01)
+    fsrv._f_cancel_order({"symbol": "BTCUSDT", "origClientOrderId": "NHD-f-0-1"}, fsrv.now_ms())
+    while not rec.of("OrderCanceled"):
+        await asyncio.wait_for(task, 3)
+        task = asyncio.create_task(fv.next_order_updates())
+    task.cancel()
+    assert fsrv.requests[mark:] == [] and fv.user_connections == 1
+    c = rec.of("OrderCanceled")[0]
+    assert (c.client_order_id, c.executed_qty) == ("NHD-f-0-1", D("0"))
+
 
 async def test_a_dropped_stream_polls_rest_then_reconnects_with_one_reconciliation(fv, fsrv, clock):
     rec = fv.rec
@@ -160,13 +174,80 @@ async def test_a_dropped_stream_polls_rest_then_reconnects_with_one_reconciliati
     assert len({f.trade_id for f in fills(rec)}) == 2
     assert fv.lookup("NHD-f-1-0").status == "FILLED" and fv.balance("BTC") == D("0.003")
 
-    # back on the stream: a cancel at the venue comes by the stream, no REST read
-    await fv.submit_order(order("NHD-f-1-1", OrderSide.SELL, "0.002", OrderType.LIMIT, "37000.0"))
+    task.cancel()
+
+async def test_a_fill_seen_by_the_reconciliation_and_by_the_stream_is_reported_once(fv, fsrv):
+    rec = fv.rec
+    await fv.submit_order(order("NHD-f-2-0", OrderSide.BUY, "0.002", OrderType.LIMIT, "36000.0"))
+    # the venue fills the buy just as the reconciliation after connecting starts (its first read, open orders):
+    # the stream, already open, sends the fill's ORDER_TRADE_UPDATE, and the poll reads the same trade over REST
+
+    def fill_now(method: str, path: str) -> None:
+        if (method, path) == ("GET", "/fapi/v1/openOrders") and fsrv.order_by_client_id("NHD-f-2-0").is_open:
+            fsrv.set_book("BTCUSDT", "35990.0", "35990.1")
+
+    fsrv.on_request = fill_now
+    assert await asyncio.wait_for(fv.next_order_updates(), 3) == 1  # the stream's report, about a desk order
+    trade = fsrv.trades[-1]
+    sent = [e["o"] for e in fsrv.user_events if e["e"] == "ORDER_TRADE_UPDATE" and e["o"]["x"] == "TRADE"]
+    assert [(o["c"], o["t"], o["l"]) for o in sent] == [("NHD-f-2-0", trade.id, "0.002")]
+    assert ("GET", "/fapi/v1/userTrades") in fsrv.requests  # the poll read it too
+    assert [(f.trade_id, f.last_qty, f.last_px) for f in fills(rec)] == [(str(trade.id), D("0.002"), D("36000.0"))]
+    assert len(rec.of("OrderAccepted")) == 1 and fv.balance("BTC") == D("0.002")  # the position moved once
+
+
+async def test_an_expired_listen_key_is_replaced_after_the_rest_interval(fv, fsrv, clock):
+    rec = fv.rec
+    task = await connect(fv, fsrv)
+    first = fsrv.listen_key
+    await fsrv.expire_listen_key()  # listenKeyExpired, then the socket closes
+    assert await asyncio.wait_for(task, 3) == 0 and fv.user_mode == "rest"
+    # the old key is refused now; 30 s of clock later a new key is asked and the stream comes back on it
+    await fv.submit_order(order("NHD-f-3-0", OrderSide.BUY, "0.002", OrderType.LIMIT, "36000.0"))
+    clock.advance(30 * S)
+    task = asyncio.create_task(fv.next_order_updates())
+    await asyncio.wait_for(fsrv.user_subscribed.wait(), 3)
+    assert fsrv.listen_keys == [first, fsrv.listen_key] and fsrv.listen_key != first
+    assert [r for r in fsrv.requests if r[1] == "/fapi/v1/listenKey"] == [("POST", "/fapi/v1/listenKey")] * 2
+    assert not [e for e in fsrv.errors if e[1] == -1125]  # the expired key was never tried again
+    fsrv.set_book("BTCUSDT", "35990.0", "35990.1")
+    while not fills(rec):
+        await asyncio.wait_for(task, 3)
+        task = asyncio.create_task(fv.next_order_updates())
+    task.cancel()
+    assert fv.user_mode == "ws" and fv.user_connections == 2
+    assert [(f.client_order_id, f.last_qty) for f in fills(rec)] == [("NHD-f-3-0", D("0.002"))]
+
+
+async def test_a_funding_account_update_reads_the_payment_at_once(fv, fsrv, clock):
+    rec = fv.rec
+    task = await connect(fv, fsrv)
+    # a long of 0.002 BTCUSDT (the venue's figure; isolated so the ACCOUNT_UPDATE names the position too)
+    fsrv.position("BTCUSDT").qty, fsrv.position("BTCUSDT").entry = D("0.002"), D("36567.1")
+    fsrv.margin_type["BTCUSDT"] = "isolated"
     mark = len(fsrv.requests)
-    fsrv._f_cancel_order({"symbol": "BTCUSDT", "origClientOrderId": "NHD-f-1-1"}, fsrv.now_ms())
-    await asyncio.wait_for(task, 3)
-    while not rec.of("OrderCanceled"):
-        await asyncio.wait_for(fv.next_order_updates(), 3)
-    assert not [r for r in fsrv.requests[mark:] if r in ORDER_READS]
-    c = rec.of("OrderCanceled")[0]
-    assert (c.client_order_id, c.executed_qty) == ("NHD-f-1-1", D("0"))
+    # funding at rate 0.0001: income = -0.002 x mark x 0.0001, mark = mid (36567.00 + 36567.10) / 2 = 36567.05,
+    # so -0.0073134100 USDT (the long pays)
+    assert fsrv.pay_funding("BTCUSDT", "0.0001", fsrv.now_ms()) == D("-0.00731341")
+    assert await asyncio.wait_for(task, 3) == 0  # no order report
+    # the ACCOUNT_UPDATE (reason FUNDING_FEE) made the adapter read the income now, though its 60 s funding
+    # interval (config.funding_poll_ns) had not passed since the connection's reconciliation read it
+    assert fsrv.requests[mark:] == [("GET", "/fapi/v1/income")]
+    (p,) = rec.of("FundingPaid")
+    assert (p.amount, p.asset, p.tran_id) == (D("-0.00731341"), "USDT", "9689322392")
+
+
+async def test_the_user_stream_urls_of_demo_trading_and_the_live_venue(clock):
+    # ccxt 4.5's URL of the USD-M user data stream: the linear base with the "private" category and the key as
+    # a parameter; demo trading's streams are on fstream.binancefuture.com (Binance's demo trading FAQ), its
+    # REST (where the listenKey is asked) on demo-fapi.binance.com; the live venue's on fstream.binance.com
+    demo = make_exchange(clock=clock, market="usdm", testnet=True)
+    live = make_exchange(clock=clock, market="usdm", testnet=False)
+    try:
+        assert demo.get_private_ws_url("linear", "K") == "wss://fstream.binancefuture.com/private/ws?listenKey=K"
+        assert demo.urls["api"]["fapiPrivate"] == "https://demo-fapi.binance.com/fapi/v1"
+        assert live.get_private_ws_url("linear", "K") == "wss://fstream.binance.com/private/ws?listenKey=K"
+        assert live.urls["api"]["fapiPrivate"] == "https://fapi.binance.com/fapi/v1"
+    finally:
+        await demo.close()
+        await live.close()

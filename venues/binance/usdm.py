@@ -143,6 +143,11 @@ class BinanceUsdmVenue(BinanceVenue):
             are read next; None until the venue started.
         requests_seen: the signed parameters the venue was sent at start
             (``marginType``, ``leverage``), for the start-up lines.
+        user_mode: ``ws`` while the user data stream is up, ``rest`` while
+            it is down (orders polled; the session reads the venue
+            DEGRADED).
+        user_connections: user data stream connections made so far (one
+            REST reconciliation follows each).
 
     Raises:
         BinanceStartupError: as the spot adapter, or a config whose market
