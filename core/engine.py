@@ -723,6 +723,10 @@ class Engine:
         self.checkpoint()
         self.crash_point("after_order_written")
         batch, self._to_send = self._to_send, []
+        submit_batch = getattr(self.session, "submit_batch", None)
+        if submit_batch is not None:  # several venues: side by side, a slow one does not hold the others
+            await submit_batch(batch)
+            return
         for order in batch:
             await self.session.submit(order)  # never retried blindly: an unknown outcome stays in flight
             self.crash_point("after_send")

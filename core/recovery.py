@@ -608,6 +608,8 @@ class VenueSession:
         self.fault_since_ns: int | None = None
         #: True from a fault until the next reconciliation that completes: its working orders are unknown
         self.suspect = False
+        #: engine time since which this venue's requests run past the step's budget (``core.venue_hub``), or None
+        self.slow_since_ns: int | None = None
         self.unknown: dict[str, UnknownSubmit] = {}
         self.cancels: dict[str, CancelRequest] = {}
         self.throttled_until_ns: int | None = None
@@ -725,6 +727,8 @@ class VenueSession:
             return "DISCONNECTED", self.down_since_ns
         if self.fault is not None:
             return "DEGRADED", self.fault_since_ns
+        if self.slow_since_ns is not None:
+            return "DEGRADED", self.slow_since_ns
         state = getattr(v, "state", None)
         if not isinstance(state, str) or not state:
             return "", None
@@ -759,6 +763,8 @@ class VenueSession:
             parts.append(f"{name} DISCONNECTED since {_hms(ts)}")
         elif state == "DEGRADED" and self.fault is not None:
             parts.append(f"{name} DEGRADED since {_hms(ts)}")
+        elif state == "DEGRADED" and self.slow_since_ns is not None:
+            parts.append(f"{name} DEGRADED (slow) since {_hms(ts)}")
         elif state:
             parts.append(f"{name} {state}")
         if self.unknown:

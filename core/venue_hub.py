@@ -23,6 +23,7 @@ Names: a venue is named by its adapter's ``venue`` (the ``VENUE`` part of
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -37,6 +38,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from core.recovery import ReconcileReport, SessionConfig, UnknownSubmit, VenueSession
 
 log = logging.getLogger("desk.core.venue_hub")
+
+#: seconds one engine step waits for a venue's submits, cancels or reads (``SessionGroup.step_budget_s``)
+STEP_BUDGET_S = 1.0
 
 
 class VenueHub:
@@ -211,19 +215,101 @@ class SessionGroup:
             for name, m in hub.members.items()
         }
         self.config = next(iter(self.sessions.values())).config
+        #: seconds a step waits for one venue's submits, cancels or reads before it goes on without them
+        self.step_budget_s = STEP_BUDGET_S
+        #: venue name -> its last submit/tick task: a venue's submits and reads run one after the other
+        #: (a reconciliation never looks at an order whose submit is still on its way), apart from the others
+        self._tails: dict[str, asyncio.Task[None]] = {}
+        #: venue name -> the task still running past the budget (the venue is slow: DEGRADED)
+        self._slow: dict[str, asyncio.Task[None]] = {}
 
     def of(self, instrument_id: InstrumentId) -> "VenueSession":
         """The session of ``instrument_id``'s venue."""
         return self.sessions[self.engine.venue.owner[instrument_id]]
 
+    # ------------------------------------------------------------ isolation in time
+    async def _guarded(self, name: str, coro: Any) -> None:
+        """Run one venue's work; its failure stays its own: ``StoreError``
+        halts the desk (``on_store_failure``), anything else is logged and
+        marks that venue DEGRADED."""
+        from core.store import StoreError
+
+        try:
+            await coro
+        except StoreError as exc:
+            await self.on_store_failure(exc)
+        except Exception as exc:  # noqa: BLE001 - one venue's failure must not stop the others
+            log.exception("venue %s: session work failed", name)
+            self.sessions[name].mark_fault(f"session failed: {type(exc).__name__}: {exc}")
+
+    def _chain(self, name: str, make: Callable[[], Any]) -> "asyncio.Task[None]":
+        """Start ``make()`` on venue ``name`` after its previous submit or
+        tick has finished (one at a time per venue); returns the task."""
+        prev = self._tails.get(name)
+
+        async def run() -> None:
+            if prev is not None and not prev.done():
+                await asyncio.wait({prev})
+            await self._guarded(name, make())
+
+        task = asyncio.ensure_future(run())
+        self._tails[name] = task
+        return task
+
+    async def _within_budget(self, tasks: dict[str, "asyncio.Task[None]"]) -> None:
+        """Wait for ``tasks`` (venue name -> its work) at most
+        ``step_budget_s``: a venue whose work is still running after that is
+        slow (DEGRADED, :meth:`venue_states`); it goes on in the background
+        and the step goes on without it."""
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(set(tasks.values()), timeout=self.step_budget_s)
+        for name, t in tasks.items():
+            if t in pending:
+                if name not in self._slow:
+                    self.sessions[name].slow_since_ns = self.engine.clock.timestamp_ns()
+                    log.warning("venue %s: its requests take longer than %g s; the other venues go on",
+                                name, self.step_budget_s)
+                self._slow[name] = t
+                t.add_done_callback(lambda _t, n=name: self._unslow(n, _t))
+
+    def _unslow(self, name: str, task: "asyncio.Task[None]") -> None:
+        if self._slow.get(name) is task:
+            del self._slow[name]
+            self.sessions[name].slow_since_ns = None
+
     # ------------------------------------------------------------ sending
     async def submit(self, order: "Order") -> None:
-        """``VenueSession.submit`` at the order's venue."""
-        await self.of(order.instrument_id).submit(order)
+        """``VenueSession.submit`` at the order's venue, after that venue's
+        earlier submits and reads; waits at most ``step_budget_s`` (a venue
+        that hangs does not hold the others' orders: see :meth:`submit_batch`)."""
+        name = self.engine.venue.owner[order.instrument_id]
+        await self._within_budget({name: self._chain(name, lambda: self.sessions[name].submit(order))})
+
+    async def submit_batch(self, orders: list["Order"]) -> None:
+        """Send a step's orders: each venue's in order, one after the other,
+        the venues side by side; waits at most ``step_budget_s`` for the
+        slowest (the rest goes on in the background, the venue reads
+        DEGRADED meanwhile). Raises nothing from the venues."""
+        by_venue: dict[str, list["Order"]] = {}
+        for o in orders:
+            by_venue.setdefault(self.engine.venue.owner[o.instrument_id], []).append(o)
+
+        def sender(name: str, batch: list["Order"]) -> Callable[[], Any]:
+            async def send() -> None:
+                for o in batch:
+                    await self.sessions[name].submit(o)
+            return send
+
+        await self._within_budget({n: self._chain(n, sender(n, b)) for n, b in by_venue.items()})
 
     async def cancel(self, order: "Order", reason: str) -> None:
-        """``VenueSession.cancel`` at the order's venue."""
-        await self.of(order.instrument_id).cancel(order, reason)
+        """``VenueSession.cancel`` at the order's venue, at once (cancels are
+        not queued behind submits: a kill reaches every venue in parallel);
+        waits at most ``step_budget_s``."""
+        name = self.engine.venue.owner[order.instrument_id]
+        task = asyncio.ensure_future(self._guarded(name, self.sessions[name].cancel(order, reason)))
+        await self._within_budget({name: task})
 
     def note_error(self, exc: Exception, instrument_id: InstrumentId | None = None) -> None:
         """``VenueSession.note_error`` at ``instrument_id``'s venue (every
@@ -239,19 +325,18 @@ class SessionGroup:
 
     # ------------------------------------------------------------ the step
     async def tick(self) -> None:
-        """Each venue's ``tick``, one after the other; an unexpected error in
-        one venue's is logged and marks that venue DEGRADED, the others
-        still run (their reads are their own). Raises only ``StoreError``."""
-        from core.store import StoreError
-
+        """Each venue's ``tick`` (queued cancels, unknown submits,
+        reconciliation), the venues side by side, each after its own earlier
+        submits; a venue whose previous tick still runs is skipped. Waits at
+        most ``step_budget_s``; an unexpected error in one venue's is logged
+        and marks that venue DEGRADED, the others still run. Raises nothing
+        (a ``StoreError`` halts through ``on_store_failure``)."""
+        tasks = {}
         for name, s in self.sessions.items():
-            try:
-                await s.tick()
-            except StoreError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one venue's failure must not stop the others
-                log.exception("venue %s: session tick failed", name)
-                s.mark_fault(f"session failed: {type(exc).__name__}: {exc}")
+            if name in self._slow:
+                continue  # still busy with the last step's work
+            tasks[name] = self._chain(name, s.tick)
+        await self._within_budget(tasks)
 
     async def reconcile(self, mode: str = "periodic") -> "ReconcileReport":
         """Reconcile every venue (``VenueSession.reconcile``); one report

@@ -239,3 +239,42 @@ def test_short_selling_per_venue_survives_a_restore(tmp_path):
     assert eng2.portfolio.shorts_allowed(B) and not eng2.portfolio.shorts_allowed(A)
     eng2.restore(eng2.snapshot_state())
     assert eng2.portfolio.shorts_allowed(B) and not eng2.portfolio.shorts_allowed(A)
+
+
+def test_a_venue_whose_requests_hang_does_not_hold_the_other_venues_orders(tmp_path):
+    eng, _ = build(tmp_path, n=40)
+    eng.session.step_budget_s = 0.01  # wall seconds a step waits for a venue (default 1 s)
+    vb = eng.venue.members["VB"]
+    gate = None
+    held = []
+
+    async def hanging_submit(order, _real=vb.submit_order):
+        held.append(order.client_order_id)
+        await gate.wait()  # the venue does not answer until released
+        await _real(order)
+
+    async def go():
+        nonlocal gate
+        gate = asyncio.Event()
+        await eng.warm_up()
+        await eng.run(max_bars=6)
+        vb.submit_order = hanging_submit
+        cut = eng.stats.bars
+        await eng.run(max_bars=8)
+        status = eng.session.status()
+        end = eng.stats.bars
+        gate.set()  # VB answers again
+        await eng.run(max_bars=6)
+        return cut, end, status
+    cut, end, status = asyncio.run(go())
+    assert "VB DEGRADED (slow) since" in status and "VA OK" in status
+    assert len(held) >= 1  # VB's submit hung...
+    # ... while VA's orders of those steps were sent and filled
+    a_during = [o for o in orders_on(eng, A, cut) if o.step < end]
+    assert a_during and all(o.venue_order_id for o in a_during)
+    assert any(o.status == OrderStatus.FILLED for o in a_during)
+    # once VB answered, the held order was sent exactly once and VB is not slow any more
+    first = eng.orders[held[0]]
+    assert first.venue_order_id and held.count(held[0]) == 1
+    assert "slow" not in eng.session.status()
+    assert eng.venue.members["VB"].balance("BTC") == eng.portfolio.quantity(B)
