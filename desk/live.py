@@ -86,7 +86,7 @@ from core.venue_errors import VenueError
 log = logging.getLogger("desk.live")
 
 NANOS = 1_000_000_000
-#: seconds between REST polls of the order updates while the user data stream is down (USD-M: always)
+#: seconds between REST polls of the order updates while the user data stream is down
 #: (Binance: open orders per symbol + the account, ~26 weight; 6 a minute stay far under 1,200)
 ORDER_POLL_S = 10.0
 
@@ -583,7 +583,7 @@ async def _pump_order_updates(built: LiveBuilt, sleep: Callable[[float], Any], v
             log.warning("%s order updates: %s; trying again in %d s", venue.venue, exc, wait)
             await sleep(wait)
             continue
-        if getattr(venue, "user_mode", "ws") in ("rest", "poll"):  # polled: REST fallback, or by design (USD-M)
+        if getattr(venue, "user_mode", "ws") in ("rest", "poll"):  # polled: the stream is down (or not used)
             await sleep(ORDER_POLL_S)
 
 

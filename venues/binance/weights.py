@@ -74,6 +74,9 @@ FAPI_WEIGHTS: Mapping[tuple[str, str, str], int] = {
     ("fapiPrivate", "POST", "marginType"): 1,
     ("fapiPrivate", "POST", "leverage"): 1,
     ("fapiPrivate", "GET", "leverageBracket"): 1,
+    ("fapiPrivate", "POST", "listenKey"): 1,  # the user data stream's key: create, keep alive, close
+    ("fapiPrivate", "PUT", "listenKey"): 1,
+    ("fapiPrivate", "DELETE", "listenKey"): 1,
     ("fapiPrivate", "POST", "order"): 0,
     ("fapiPrivate", "GET", "order"): 1,
     ("fapiPrivate", "DELETE", "order"): 1,
