@@ -1029,7 +1029,8 @@ class VenueSession:
         v: Any = self.venue
         is_connected = getattr(v, "is_connected", None)
         if is_connected is not None and not is_connected():
-            self._went_down(now, "the venue session is down")
+            since = getattr(v, "down_since_ns", None)  # when the adapter saw it drop (the session sees it now)
+            self._went_down(since if isinstance(since, int) and since <= now else now, "the venue session is down")
             return
         if now < self.retry_at_ns:
             return

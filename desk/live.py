@@ -686,6 +686,9 @@ async def _watch_feed(built: LiveBuilt, name: str, venue: Any, sleep: Callable[[
         await sleep(WATCH_EVERY_S)
         now = clock.timestamp_ns()
         age = now - feed.last_step_at.get(name, now)
+        up = getattr(venue, "is_connected", None)
+        if callable(up) and not up():
+            continue  # disconnected: the header says so and the adapter reconnects; no bar is expected
         if age > limit_ns and _market_open(venue, now):
             raise VenueHung(f"no bar from its feed for {age / NANOS:.1f} s (limit {limit_ns / NANOS:.1f} s)")
 

@@ -148,3 +148,24 @@ async def test_a_hung_feed_is_degraded_once_and_cleared_by_its_next_bar(monkeypa
     assert await feed.next_step() == ["bar"]
     feed.stop()
     await asyncio.wait_for(task, 5)  # the feed stopped: the group ends
+
+
+async def test_a_disconnected_venue_is_not_called_hung(monkeypatch):
+    # no bar for 10 minutes while the adapter says it is disconnected (a gateway restart): the header already
+    # reads DISCONNECTED and the adapter reconnects; the watchdog does not add a fault and restart the group
+    monkeypatch.setattr(desk.live, "HUNG_AFTER_INTERVALS", 2)
+    monkeypatch.setattr(desk.live, "HUNG_GRACE_S", 60.0)
+    monkeypatch.setattr(desk.live, "WATCH_EVERY_S", 5.0)
+    clock = TestClock(1_700_000_000 * NANOS)
+    vt = VirtualTime(clock)
+    session, venue, member = Session(), Venue(), HangingFeed()
+    venue.is_connected = lambda: False  # type: ignore[attr-defined]
+    feed = MergedLiveFeed({"VB": member})
+    built = SimpleNamespace(engine=SimpleNamespace(clock=clock, session=SimpleNamespace(sessions={"VB": session})),
+                            feed=feed, venue=venue)
+    task = asyncio.create_task(desk.live._venue_group(built, "VB", venue, vt.sleep))
+    t0 = clock.timestamp_ns()
+    await vt.run_until(lambda: clock.timestamp_ns() - t0 >= 600 * NANOS)
+    assert session.faults == []
+    feed.stop()
+    await vt.run_until(lambda: task.done())

@@ -138,8 +138,11 @@ _LOG_PREFIX = re.compile(r"^(Error|Warning) -?\d+, reqId -?\d+: ")
 
 
 def _dec(x: float) -> Decimal:
-    """An IB float as its shortest repr (``187.25`` -> ``Decimal("187.25")``)."""
-    return Decimal(repr(float(x)))
+    """An IB float as its shortest repr (``187.25`` -> ``Decimal("187.25")``);
+    a whole number without a fractional part (``19.0`` -> ``Decimal("19")``:
+    IB sends share counts as floats)."""
+    d = Decimal(repr(float(x)))
+    return d.quantize(Decimal(1)) if d.is_finite() and d == d.to_integral_value() else d
 
 
 def ib_text(message: str) -> str:
