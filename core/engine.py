@@ -1252,6 +1252,9 @@ class Engine:
             "trailing_offset_type": o.trailing_offset_type.value, "expire_time_ns": o.expire_time_ns,
             "post_only": o.post_only, "contingency": o.contingency.value,
             "linked_order_ids": list(o.linked_order_ids), "parent_order_id": o.parent_order_id,
+            "ts_last": o.ts_last, "reason": o.reason, "ts_triggered": o.ts_triggered,
+            "venue_executed_qty": None if o.venue_executed_qty is None else format(o.venue_executed_qty, "f"),
+            "status_before_update": None if o.status_before_update is None else o.status_before_update.value,
         }
 
     def checkpoint(self) -> None:
@@ -1353,6 +1356,10 @@ class Engine:
                 expire_time_ns=d.get("expire_time_ns"), post_only=bool(d.get("post_only", False)),
                 contingency=ContingencyType(d.get("contingency", "NO_CONTINGENCY")),
                 linked_order_ids=tuple(d.get("linked_order_ids", ())), parent_order_id=d.get("parent_order_id"),
+                ts_last=int(d.get("ts_last", 0)), reason=str(d.get("reason", "")), ts_triggered=d.get("ts_triggered"),
+                venue_executed_qty=None if d.get("venue_executed_qty") is None else Decimal(d["venue_executed_qty"]),
+                status_before_update=(None if d.get("status_before_update") is None
+                                      else OrderStatus(d["status_before_update"])),
             )
             self.orders[o.client_order_id] = o
             if d.get("router", True):
