@@ -903,8 +903,8 @@ class Engine:
                 await self.cancel(order, "REPRICE")
             if key in self.working:
                 waiting = True
-        if waiting or self.trading_state == TradingState.HALTED:
-            return
+        if waiting or self.trading_state == TradingState.HALTED or iid.venue in self.halted_venues:
+            return  # (a halted venue: the router sends it nothing, as a halted desk; the rails would deny each)
         buys: dict[str, Decimal] = {}
         sells: dict[str, Decimal] = {}
         planned = [ZERO]  # buy notional already planned in this pass (caps the next buyer's cash)

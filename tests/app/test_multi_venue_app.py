@@ -72,7 +72,7 @@ async def test_palette_halts_one_venue_and_resumes_it_after_asking(tmp_path, wal
         cut = engine.stats.bars
         await engine.run(max_bars=6)
         later = [o for o in engine.orders.values() if o.step > cut]
-        assert all(o.status == OrderStatus.DENIED for o in later if o.instrument_id == A)
+        assert [o for o in later if o.instrument_id == A] == []  # the router sends a halted venue nothing
         assert any(o.status == OrderStatus.FILLED for o in later if o.instrument_id == B)
         gov = engine.store.conn.execute("SELECT who, action FROM governance_actions").fetchall()
         assert gov[-1][1] == "VENUE_HALTED"

@@ -451,6 +451,15 @@ def test_a_per_venue_halt_denies_futures_orders_not_spot_ones(tmp_path, one, cre
         rec["cancels"] = await eng.governance.halt_venue("BINANCE_USDM", "test", "futures halted by the operator")
         rec["halt_at"] = len(one.requests)
         rec["canceled"] = [eng.orders[c].status.value for c in working]
+        # an order asked for by hand (what POST /orders does) is denied at the rails, naming the venue halt
+        from core.enums import OrderSide, OrderType
+        from core.identifiers import InstrumentId
+
+        perp = InstrumentId.parse(PERP)
+        px = eng.instruments[perp].round_price(str(eng.portfolio.marks[perp]))
+        manual = eng.submit("manual", perp, OrderSide.BUY, D("0.002"), px, px, OrderType.LIMIT)
+        rec["manual"] = (manual.client_order_id, manual.status.value)
+        rec["halt_bar"] = eng.stats.bars
         for k in range(3, 9):
             await push(one, "spot", k)
             await push(one, "fut", k)
@@ -482,8 +491,11 @@ def test_a_per_venue_halt_denies_futures_orders_not_spot_ones(tmp_path, one, cre
     assert not [r for r in halted if r[1] == "/fapi/v1/order" and r[0] == "POST"]  # no futures order
     inits = {j["client_order_id"]: j["instrument_id"] for j in journal(state, "OrderInitialized")}
     denied = journal(state, "OrderDenied")
-    assert denied and {inits[d["client_order_id"]] for d in denied} == {PERP}
+    assert rec["manual"][1] == "DENIED" and [d["client_order_id"] for d in denied] == [rec["manual"][0]]
     assert {(d["code"], d["reason"]) for d in denied} == {("TRADING_HALTED", "venue BINANCE_USDM is HALTED")}
+    # while halted the router sent the futures venue nothing (no order, so no denial flood), spot went on
+    assert not [c for c, i in inits.items() if i == PERP and c != rec["manual"][0]
+                and rec["halt_bar"] <= int(c.split("-")[1], 16) < 18]
     assert meta(state, "halted_venues") == ""  # resumed
     assert ("POST", "/fapi/v1/order") in one.requests[rec["resume_at"]:]
     # the order filled just before the stop is in the book: the final reconciliation polled BINANCE_USDM
