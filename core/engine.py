@@ -221,6 +221,13 @@ class Engine:
         self.model_index = {s.model_id: i for i, s in enumerate(specs)}
         self.weights: dict[str, Decimal] = {s.model_id: s.weight for s in specs}
         self.risk = risk
+        from core.errors import ConfigError
+        from core.risk import unreachable_minimums
+
+        cfg = getattr(risk, "config", None)
+        bad = unreachable_minimums(cfg, instruments, [s.model_id for s in specs]) if cfg is not None else []
+        if bad:  # refused at start: a desk that can never trade must not look ACTIVE
+            raise ConfigError("risk: " + "; ".join(bad))
         self.executor = executor
         self.bus = MessageBus(on_error=self._on_handler_error)
         self.venue = venue_factory(self._on_venue_event)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 from core.enums import DenialReason, OrderSide, TradingState
 from core.identifiers import InstrumentId
@@ -137,6 +137,26 @@ class RiskConfig:
 
 
 LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
+
+
+def unreachable_minimums(config: RiskConfig, instruments: Mapping[InstrumentId, Any],
+                         model_ids: Iterable[str]) -> list[str]:
+    """Limits under which a model can never trade an instrument: a
+    ``max_order_notional`` (quote) below the instrument's ``min_notional``
+    (every order would be skipped by the router, silently: the desk would
+    look ACTIVE and never trade). One line per (model, instrument), naming
+    the limit, its scope's value and the minimum; empty when none."""
+    out = []
+    for iid, inst in sorted(instruments.items(), key=lambda kv: str(kv[0])):
+        floor = getattr(inst, "min_notional", None)
+        if not floor:
+            continue
+        for mid in model_ids:
+            cap = config.limit("max_order_notional", model_id=mid, instrument_id=iid)
+            if cap is not None and Decimal(cap) < floor:
+                out.append(f"max_order_notional {cap} for model {mid} is below the min notional {floor} of {iid}: "
+                           f"it could never trade there")
+    return out
 
 
 class RiskContext(Protocol):

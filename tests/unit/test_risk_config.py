@@ -139,3 +139,24 @@ def test_the_desk_default_rails_hold_unless_a_file_sets_or_turns_them_off(tmp_pa
     f.write_text("defaults:\n  collar_pct: '0.02'\n  stale_after_s: null\n")
     d = load_risk_config(f, allowed_symbols=None, max_order_notional=None).defaults
     assert (d.collar_pct, d.stale_after_ns) == (Decimal("0.02"), None)
+
+
+def test_a_max_order_notional_below_the_minimum_is_refused_at_start(tmp_path, capsys):
+    # with every order capped at 1 USDT no BTCUSDT order could ever reach Binance's min notional: the desk
+    # would run ACTIVE and never trade (a break test saw exactly that, exit 0, no alert); refused, exit 2
+    from core.identifiers import InstrumentId
+    from core.instruments import Instrument
+    from core.risk import Limits, RiskConfig, unreachable_minimums
+
+    iid = InstrumentId("BTCUSDT", "BINANCE")
+    inst = Instrument(iid, "BTC", "USDT", D("0.01"), D("0.00001"), D("0.00001"), min_notional=D("5"))
+    cfg = RiskConfig(max_order_notional=D("1000"), per_model={"canary": Limits(max_order_notional=D("4.99"))})
+    assert unreachable_minimums(cfg, {iid: inst}, ["live", "canary"]) == [
+        "max_order_notional 4.99 for model canary is below the min notional 5 of BTCUSDT.BINANCE: "
+        "it could never trade there"]
+    data = write(tmp_path, "BTCUSDT-1m-x.csv", good_rows(10))
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text('defaults: {max_order_notional: "1"}\n')
+    code = main(["run", "--headless", "--data", str(data), "--risk", str(tiny), "--state-dir", str(tmp_path / "u")])
+    err = capsys.readouterr().err
+    assert code == 2 and "max_order_notional 1 for model hmm_v1 is below the min notional" in err
