@@ -1005,7 +1005,9 @@ def create_app(engine: Any, *, token: str, metrics: DeskMetrics | None = None,
     @app.post("/resume", dependencies=auth, responses=_AUTH_RESPONSES, tags=["governance"])
     async def resume(request: Request, body: Annotated[ResumeRequest | None, Body()] = None) -> dict[str, Any]:
         """Return to ACTIVE (the only way out of a halt), or with ``venue``
-        lift that venue's halt only. Audited with the caller and reason."""
+        lift that venue's halt only. Audited with the caller and reason.
+        409 while the state dir's ``HALT`` file exists (it would halt the
+        desk again at once)."""
         body = body or ResumeRequest()
         who = who_of(request)
         reason = body.reason or "POST /resume"
@@ -1016,6 +1018,10 @@ def create_app(engine: Any, *, token: str, metrics: DeskMetrics | None = None,
                                    body.venue)
             e.governance.resume_venue(body.venue, who, reason)
         else:
+            halt_file = getattr(e, "halt_file", None)
+            if halt_file is not None and halt_file.exists():  # it would halt the desk again within a second
+                raise HTTPException(409, f"the HALT file {halt_file} is in the state dir: remove it first "
+                                         f"(it halts the desk at start and while running)")
             e.governance.resume(who, reason)
         log.warning("resume%s by %s: %s", f" {body.venue}" if body.venue else "", who, reason)
         return {"trading_state": e.trading_state.value, "halted_venues": sorted(e.halted_venues)}

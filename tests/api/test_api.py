@@ -501,3 +501,19 @@ def test_create_app_refuses_a_bad_token_without_echoing_it(tmp_path):
             create_app(engine, token=bad)
         assert bad.strip() == "" or bad not in str(ei.value)
     close_engine(engine)
+
+
+async def test_resume_is_refused_while_the_halt_file_exists(desk, tmp_path):
+    # the HALT file halts the desk at start and while running: a resume with it present would be undone
+    # within a second (a break test saw ACTIVE answered, then HALTED again); 409 naming the file, nothing changed
+    e = desk.engine
+    e.halt_file = tmp_path / "HALT"
+    r = await desk.client.post("/kill", json={"enabled": False, "reason": "k"}, headers=AUTH)
+    assert r.json()["trading_state"] == "HALTED"
+    e.halt_file.write_text("operator\n")
+    r = await desk.client.post("/resume", json={"reason": "back"}, headers=AUTH)
+    assert r.status_code == 409 and str(e.halt_file) in r.json()["detail"]
+    assert e.trading_state.value == "HALTED"
+    e.halt_file.unlink()
+    r = await desk.client.post("/resume", json={"reason": "back"}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["trading_state"] == "ACTIVE"
