@@ -591,6 +591,11 @@ class DeskApp(App[int]):
         if self.engine.trading_state == TradingState.ACTIVE:
             self.notify("Trading is ACTIVE: nothing to resume.", title="Resume trading")
             return
+        halt_file = getattr(self.engine, "halt_file", None)
+        if halt_file is not None and halt_file.exists():  # it would halt the desk again within a second
+            self.notify(f"The HALT file {halt_file} is in the state dir: remove it first.", title="Resume trading",
+                        severity="warning")
+            return
         working = len(self.working)
         paused = sorted(self.engine.paused)
         body = (f"The desk is {self.engine.trading_state.value}"

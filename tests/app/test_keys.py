@@ -258,6 +258,19 @@ async def test_resume_through_the_palette_asks_with_cancel_focused(scripted, wal
         assert gov[-1] == ("tui", "ACTIVE")
 
 
+async def test_resume_is_refused_while_the_halt_file_exists(scripted, wall, tmp_path):
+    engine = scripted
+    engine.halt_file = tmp_path / "HALT"
+    app = _app(engine, wall)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await app.halt("test", "setup")
+        engine.halt_file.write_text("ops\n")
+        await _palette_run(pilot, app, "Resume trading")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)  # not even asked: the file would halt it again
+        assert engine.trading_state == TradingState.HALTED
+
+
 async def test_halt_from_the_palette(scripted, wall):
     app = _app(scripted, wall)
     async with app.run_test(size=(160, 48)) as pilot:
