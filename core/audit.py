@@ -17,8 +17,10 @@ every order event, denial, governance command and model decision
   ``CanaryAnalysed``, ``"allocator"`` for ``AllocationChanged``,
   ``"policy:<rule>"`` for ``PolicyTriggered``; for the governance actions
   that are journaled as alerts (``VENUE_HALTED``, ``VENUE_RESUMED``,
-  ``FLATTEN``) the ``who`` written in the message (``core.governance``'s
-  wording, read as :mod:`core.rebuild` reads it), else ``"governance"``;
+  ``FLATTEN``, and the daemon's stop ``DAEMON_STOPPED``: actor ``daemon``,
+  reason what stopped it) the ``who`` written in the message
+  (``core.governance``'s wording, read as :mod:`core.rebuild` reads it),
+  else ``"governance"``;
 * ``reason``: the event's ``reason`` ("" when it has none);
 * then every field of the event (``Event.to_dict``: ``type``, ``v``,
   ``ts_event``, ``ts_init``, ...), unchanged.
@@ -50,6 +52,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from core.events import ORDER_EVENT_TYPES, Event
+from core.governance import STOP_MESSAGE_RE
 
 #: lifecycle and policy decisions (issue 7): audited with their figures
 DECISION_TYPES = frozenset({
@@ -59,7 +62,7 @@ DECISION_TYPES = frozenset({
 #: every event type that is audited whatever its payload
 AUDITED_TYPES = ORDER_EVENT_TYPES | {"TradingStateChanged", "ModelStateChanged", "FillAllocated"} | DECISION_TYPES
 #: alert codes that record a governance action (``core.governance``): audited too
-GOVERNANCE_ALERT_CODES = frozenset({"VENUE_HALTED", "VENUE_RESUMED", "FLATTEN"})
+GOVERNANCE_ALERT_CODES = frozenset({"VENUE_HALTED", "VENUE_RESUMED", "FLATTEN", "DAEMON_STOPPED"})
 #: order events the venue reports (actor ``"venue"``); the other order events are the desk's (actor = model id)
 VENUE_REPORT_TYPES = frozenset({
     "OrderAccepted", "OrderRejected", "OrderCanceled", "OrderFilled", "OrderTriggered", "OrderUpdated",
@@ -75,6 +78,7 @@ _GOV_WHO = {
     "VENUE_HALTED": re.compile(r"^\S+ halted by (?P<who>.*?): (?P<reason>.*)\Z", re.DOTALL),
     "VENUE_RESUMED": re.compile(r"^\S+ resumed by (?P<who>.*?): (?P<reason>.*)\Z", re.DOTALL),
     "FLATTEN": re.compile(r"^flatten by (?P<who>.*?): (?P<reason>.*)\Z", re.DOTALL),
+    "DAEMON_STOPPED": STOP_MESSAGE_RE,
 }
 _SUFFIX = re.compile(r"^\.(\d+)$")
 

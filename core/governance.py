@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("desk.governance")
 
+#: the ``DAEMON_STOPPED`` alert's message (:meth:`Governance.daemon_stopped`), read back by
+#: :mod:`core.rebuild` (the ``STOP`` governance row) and :mod:`core.audit` (actor and reason)
+STOP_MESSAGE_RE = re.compile(
+    r"^(?P<who>daemon) stopped by (?P<reason>.*): (?P<orders>\d+) working orders (?P<done>canceled|kept) "
+    r"\(api\.on_stop=(?P<on_stop>[^)]*)\); (?P<still_working>\d+) still working\Z", re.DOTALL)
+
 
 class GovernanceError(Exception):
     """An operator command that cannot apply (unknown model, bad state)."""
@@ -35,8 +42,46 @@ class Governance:
     def __init__(self, engine: "Engine") -> None:
         self.engine = engine
 
-    def _record(self, seq: int, who: str, action: str, reason: str, details: dict[str, Any]) -> None:
-        self.engine.store.record_governance(seq, self.engine.clock.timestamp_ns(), who, action, reason, details)
+    def _record(self, seq: int, ts: int, who: str, action: str, reason: str, details: dict[str, Any]) -> None:
+        """Buffer the ``governance_actions`` row of the event journaled at
+        ``seq``; ``ts`` (UTC ns) is that event's ``ts_event``, never a second
+        clock read, so :mod:`core.rebuild` derives the same row."""
+        self.engine.store.record_governance(seq, ts, who, action, reason, details)
+
+    def daemon_stopped(self, why: str, on_stop: str, orders: int, still_working: int) -> tuple[int, str]:
+        """Journal the daemon's stop (``desk.daemon``): a ``DAEMON_STOPPED``
+        alert (WARNING) and its governance row (who ``daemon``, action
+        ``STOP``, reason ``why``, details ``{"on_stop", "orders",
+        "still_working"}``), both at one clock read, so the row is the one
+        :mod:`core.rebuild` derives from the alert's message
+        (:data:`STOP_MESSAGE_RE`). Nothing is committed here.
+
+        Args:
+            why: what stopped it (the signal name, ``failure`` or ``stop``).
+            on_stop: ``cancel`` (the desk's working orders were canceled) or
+                ``keep`` (any other value reads as kept: the stop's last
+                commit must not fail over a label; ``desk.config`` checks it).
+            orders: how many working orders were canceled (or kept).
+            still_working: working orders left after the cancels.
+
+        Returns:
+            ``(seq, message)``: the alert's journal sequence and its message.
+
+        Raises:
+            ValueError: naming the field, for a negative or non-int count.
+        """
+        for name, n in (("orders", orders), ("still_working", still_working)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ValueError(f"{name}: expected a count (int >= 0), got {n!r}")
+        e = self.engine
+        done = "canceled" if on_stop == "cancel" else "kept"
+        msg = (f"daemon stopped by {why}: {orders} working orders {done} (api.on_stop={on_stop}); "
+               f"{still_working} still working")
+        now = e.clock.timestamp_ns()
+        seq = e.emit(AlertRaised(ts_event=now, ts_init=now, level="WARNING", code="DAEMON_STOPPED", message=msg))
+        self._record(seq, now, "daemon", "STOP", why,
+                     {"on_stop": on_stop, "orders": orders, "still_working": still_working})
+        return seq, msg
 
     def _set_state(self, state: TradingState, who: str, reason: str) -> bool:
         e = self.engine
@@ -48,7 +93,7 @@ class Governance:
         now = e.clock.timestamp_ns()
         seq = e.emit(TradingStateChanged(ts_event=now, ts_init=now, state=state.value, previous=prev.value,
                                          who=who, reason=reason))
-        self._record(seq, who, state.value, reason, {"previous": prev.value})
+        self._record(seq, now, who, state.value, reason, {"previous": prev.value})
         return True
 
     async def halt(self, who: str, reason: str, cancel_stops: bool = False) -> int:
@@ -97,7 +142,7 @@ class Governance:
         now = e.clock.timestamp_ns()
         seq = e.emit(AlertRaised(ts_event=now, ts_init=now, level="WARNING", code="VENUE_HALTED",
                                  message=f"{venue} halted by {who}: {reason}"))
-        self._record(seq, who, "VENUE_HALTED", reason, {"venue": venue})
+        self._record(seq, now, who, "VENUE_HALTED", reason, {"venue": venue})
         working = [o for o in e.working_orders() if o.instrument_id.venue == venue
                    and is_desk_order(o.client_order_id) and not (o.reduce_only and o.order_type in STOP_TYPES)]
         await asyncio.gather(*(e.cancel(o, f"HALT venue {venue}") for o in working))
@@ -114,7 +159,7 @@ class Governance:
         now = e.clock.timestamp_ns()
         seq = e.emit(AlertRaised(ts_event=now, ts_init=now, level="INFO", code="VENUE_RESUMED",
                                  message=f"{venue} resumed by {who}: {reason}"))
-        self._record(seq, who, "VENUE_RESUMED", reason, {"venue": venue})
+        self._record(seq, now, who, "VENUE_RESUMED", reason, {"venue": venue})
         e.flush()
 
     async def halt_model(self, model_id: str, who: str, reason: str) -> int:
@@ -173,7 +218,7 @@ class Governance:
         summary = "; ".join(f"{r['model']} {r['instrument']} {r['quantity']}: {r['status']}" for r in report)
         seq = e.emit(AlertRaised(ts_event=now, ts_init=now, level="WARNING", code="FLATTEN",
                                  message=f"flatten by {who}: {summary or 'no positions'}"))
-        self._record(seq, who, "FLATTEN", reason, {"positions": report})
+        self._record(seq, now, who, "FLATTEN", reason, {"positions": report})
         e.flush()
         return report
 
@@ -197,7 +242,7 @@ class Governance:
         now = e.clock.timestamp_ns()
         state = "PAUSED" if paused else "ACTIVE"
         seq = e.emit(ModelStateChanged(ts_event=now, ts_init=now, model_id=model_id, state=state, who=who, reason=reason))
-        self._record(seq, who, f"MODEL_{state}", reason, {"model_id": model_id})
+        self._record(seq, now, who, f"MODEL_{state}", reason, {"model_id": model_id})
         e.lifecycle.set_paused(model_id, paused, who, reason)
         e.flush()
 

@@ -41,7 +41,12 @@ live, so a store written by the engine rebuilds with no difference):
   compared, and kept as stored when the table is rewritten. ``AlertRaised``
   codes ``VENUE_HALTED``/``VENUE_RESUMED`` give the per-venue actions
   (venue, who and reason read from the message ``<venue> halted by <who>:
-  <reason>``; details ``{"venue": ...}``).
+  <reason>``; details ``{"venue": ...}``). ``AlertRaised`` code
+  ``DAEMON_STOPPED`` gives the daemon's ``STOP`` (who ``daemon``, reason and
+  details ``{"on_stop", "orders", "still_working"}`` read from the message,
+  :data:`core.governance.STOP_MESSAGE_RE`). Every row's ``ts`` is its
+  event's ``ts_event`` (``core.governance`` records it from the same clock
+  read).
 * ``alerts``: one row per ``AlertRaised``.
 
 ``models`` and ``allocations`` are not compared: the lifecycle events
@@ -78,6 +83,7 @@ from core.events import (
     TradingStateChanged,
     event_from_dict,
 )
+from core.governance import STOP_MESSAGE_RE
 from core.identifiers import InstrumentId
 from core.orders import ContingencyType, InvalidTransition, Order, TrailingOffsetType
 from core.portfolio import AccountingError, Portfolio
@@ -362,6 +368,8 @@ class _Replay:
                 self.on_flatten(seq, event)
             elif event.code in _VENUE_ACTIONS:
                 self.on_venue_action(seq, event)
+            elif event.code == "DAEMON_STOPPED":
+                self.on_stop(seq, event)
         elif isinstance(event, TradingStateChanged):
             self.last_state_change = event
             self.governance[(seq,)] = dict(zip(GOVERNANCE_COLUMNS, (
@@ -440,6 +448,20 @@ class _Replay:
             values = (m["who"], m["reason"], json.dumps({"venue": m["venue"]}, sort_keys=True))
         self.governance[(seq,)] = dict(zip(GOVERNANCE_COLUMNS, (
             seq, event.ts_event, values[0], event.code, values[1], values[2])))
+
+    def on_stop(self, seq: int, event: AlertRaised) -> None:
+        """The daemon's stop (``Governance.daemon_stopped``): its ``STOP``
+        row, read from the alert's message."""
+        m = STOP_MESSAGE_RE.match(event.message)
+        if m is None:
+            self.note(f"seq {seq}: DAEMON_STOPPED alert message not understood: {event.message[:80]!r}")
+            values: tuple[Any, ...] = ("daemon", NOT_DERIVED, NOT_DERIVED)
+        else:
+            values = ("daemon", m["reason"], json.dumps(
+                {"on_stop": m["on_stop"], "orders": int(m["orders"]), "still_working": int(m["still_working"])},
+                sort_keys=True))
+        self.governance[(seq,)] = dict(zip(GOVERNANCE_COLUMNS, (
+            seq, event.ts_event, values[0], "STOP", values[1], values[2])))
 
     def on_flatten(self, seq: int, event: AlertRaised) -> None:
         m = _FLATTEN_WHO_RE.match(event.message)

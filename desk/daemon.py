@@ -677,8 +677,8 @@ class _Daemon:
         return self.exit_code
 
     async def _stop_orders(self, failure: BaseException | None) -> None:
-        """Cancel or keep the desk's working orders, journal the stop, commit."""
-        from core.events import AlertRaised
+        """Cancel or keep the desk's working orders, journal the stop
+        (``Governance.daemon_stopped``), commit (the audit line too)."""
         from core.identifiers import is_desk_order
         from core.orders import STOP_TYPES
         from core.store import StoreError
@@ -692,14 +692,9 @@ class _Daemon:
             if self.api.on_stop == "cancel" and working:
                 await asyncio.gather(*(e.cancel(o, f"DAEMON_STOP {why}") for o in working), return_exceptions=True)
             problems = await self._final_reconcile() if self.live else []
-            kept = len(e.working_orders())
-            now = e.clock.timestamp_ns()
-            what = (f"{len(working)} working orders canceled" if self.api.on_stop == "cancel"
-                    else f"{len(working)} working orders kept")
-            msg = f"daemon stopped by {why}: {what} (api.on_stop={self.api.on_stop}); {kept} still working"
-            seq = e.emit(AlertRaised(ts_event=now, ts_init=now, level="WARNING", code="DAEMON_STOPPED", message=msg))
-            e.store.record_governance(seq, now, "daemon", "STOP", why,
-                                      {"on_stop": self.api.on_stop, "orders": len(working), "still_working": kept})
+            # the DAEMON_STOPPED alert and its STOP governance row at one clock read (core.rebuild derives
+            # the row from the alert); the checkpoint below commits both and writes the audit line
+            _, msg = e.governance.daemon_stopped(why, self.api.on_stop, len(working), len(e.working_orders()))
             if e.store.meta_get("status") != "finished":
                 e.store.meta_set("status", "stopped")
             e.store.meta_set("stopped_by", why)
