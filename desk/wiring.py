@@ -149,20 +149,43 @@ def _warmup_bars(params: dict[str, Any]) -> int:
     return c.warmup + c.vol_window + 1
 
 
+#: what a start creates in a state dir that held no store (removed again when the start is refused):
+#: the store and the venues' ledgers with their SQLite side files, the audit dir, the allocations file
+_SETUP_FILES = ("desk.sqlite", "venue-*.sqlite", "audit", "capital_allocations.json")
+_SQLITE_SIDE = ("", "-wal", "-shm", "-journal")
+
+
 class StateDir:
     """The state directory and its single-instance ``flock`` lock (released
     by the kernel even on ``kill -9``).
 
+    Remembers what the directory held when the lock was taken, so a start
+    that is refused can leave it as it found it (:meth:`abandon`).
+
+    Attributes:
+        path: the directory.
+        created_dirs: the directories this attempt created (the state dir
+            and any missing parents, deepest first; empty when it existed).
+        had_store: ``desk.sqlite`` existed when the lock was taken (a setup
+            was there before this attempt).
+
     Raises:
-        StateDirError: when another desk holds the lock.
+        StateDirError: the directory cannot be created, or another desk
+            holds the lock.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        missing: list[Path] = []
+        for p in (self.path, *self.path.parents):
+            if p.exists() or p == p.parent:
+                break
+            missing.append(p)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StateDirError(f"state dir {self.path}: cannot create: {exc.strerror}") from exc
+        self.created_dirs: list[Path] = missing
         self._lock_fh = open(self.path / "desk.lock", "a+")
         try:
             fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -173,6 +196,9 @@ class StateDir:
         self._lock_fh.truncate()
         self._lock_fh.write(f"{os.getpid()}\n")
         self._lock_fh.flush()
+        # read under the lock: no other desk changes the directory now
+        self._before = {p.name for p in self.path.iterdir()}
+        self.had_store = "desk.sqlite" in self._before
 
     def release(self) -> None:
         """Release the lock."""
@@ -180,6 +206,62 @@ class StateDir:
             fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
         finally:
             self._lock_fh.close()
+
+    def abandon(self) -> list[str]:
+        """A refused start: leave the directory as this attempt found it,
+        then release the lock. Call it after the store and the venues'
+        ledgers are closed.
+
+        When the directory held no store when the lock was taken, every
+        file or folder of a setup (``desk.sqlite``, ``venue-*.sqlite``, each
+        with its ``-wal``/``-shm``/``-journal``, ``audit/``,
+        ``capital_allocations.json``) that this attempt created is removed;
+        anything that was there before, and every other file (``HALT``,
+        ``ops_token``, a log), is left alone. When this attempt created the
+        directory itself, its ``desk.lock`` and the directory (and the
+        parents it created) go too, if nothing else is in them; when the
+        directory existed, ``desk.lock`` stays (deleting a lock file another
+        process may have open races with it; an empty one is harmless).
+        A directory that held a store is never touched.
+
+        Returns the names removed (for the log). Errors removing a file are
+        logged, never raised (the refusal's own error is the one to report).
+        """
+        import shutil
+
+        removed: list[str] = []
+        try:
+            if not self.had_store:
+                for entry in sorted(self.path.iterdir()):
+                    name = entry.name
+                    if name in self._before or not any(
+                            entry.match(pat + side) for pat in _SETUP_FILES
+                            for side in (_SQLITE_SIDE if pat.endswith(".sqlite") else ("",))):
+                        continue
+                    try:
+                        if entry.is_dir() and not entry.is_symlink():
+                            shutil.rmtree(entry)
+                        else:
+                            entry.unlink()
+                        removed.append(name)
+                    except OSError as exc:
+                        log.warning("state dir %s: cannot remove %s after the refused start: %s",
+                                    self.path, name, exc.strerror)
+                if self.created_dirs:
+                    try:
+                        (self.path / "desk.lock").unlink()
+                        removed.append("desk.lock")
+                    except OSError:
+                        pass
+        finally:
+            self.release()
+        if not self.had_store:
+            for d in self.created_dirs:  # deepest first; a directory that is not empty stays
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+        return removed
 
 
 def _sha256(path: Path) -> str:
@@ -296,7 +378,34 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
         "models": [[s.model_id, s.family, s.stage, format(s.weight, "f"), kw] for s, kw in specs],
     })
     fp_text = json.dumps(fingerprint, sort_keys=True)
+    # every input is checked before the state dir is touched: a refused start creates nothing there
+    allowed = frozenset(str(i) for i in instruments)
+    if opts.risk_file is not None:
+        from desk.risk_config import load_risk_config
+
+        risk_cfg = load_risk_config(opts.risk_file, allowed_symbols=allowed, max_order_notional=opts.capital)
+        for scope, names, known in (
+            ("instruments", risk_cfg.per_instrument, {str(i) for i in instruments}),
+            ("venues", risk_cfg.per_venue, {i.venue for i in instruments}),
+            ("models", risk_cfg.per_model, {spec.model_id for spec, _ in specs}),
+        ):
+            for name in names:
+                if name not in known:
+                    raise ConfigError(f"--risk: {opts.risk_file}: {scope}.{name}: not in this run; "
+                                      f"known {scope}: {', '.join(sorted(known))}")
+    else:
+        risk_cfg = RiskConfig(allowed_symbols=allowed, max_order_notional=opts.capital, defaults=DESK_DEFAULT_LIMITS)
+    policy = None
+    if opts.policy_file is not None:
+        from desk.policy_config import check_targets, load_policy_file
+
+        policy = load_policy_file(opts.policy_file)
+        check_targets(policy, models={spec.model_id for spec, _ in specs},
+                      families={sp.family or sp.model_id for sp, _ in specs}, venues={i.venue for i in instruments})
     state = StateDir(opts.state_dir)
+    store: Store | None = None
+    engine: Engine | None = None
+    own_executor = executor is None
     try:
         store, existing = open_setup_store(state, fp_text)
         finished_summary = None
@@ -304,22 +413,6 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             finished_summary = json.loads(store.meta_get("summary") or "{}")
         clock = TestClock()
         router = RouterConfig(capital=opts.capital, order_type=opts.order_type, max_order_notional=opts.capital)
-        allowed = frozenset(str(i) for i in instruments)
-        if opts.risk_file is not None:
-            from desk.risk_config import load_risk_config
-
-            risk_cfg = load_risk_config(opts.risk_file, allowed_symbols=allowed, max_order_notional=opts.capital)
-            for scope, names, known in (
-                ("instruments", risk_cfg.per_instrument, {str(i) for i in instruments}),
-                ("venues", risk_cfg.per_venue, {i.venue for i in instruments}),
-                ("models", risk_cfg.per_model, {spec.model_id for spec, _ in specs}),
-            ):
-                for name in names:
-                    if name not in known:
-                        raise ConfigError(f"--risk: {opts.risk_file}: {scope}.{name}: not in this run; "
-                                          f"known {scope}: {', '.join(sorted(known))}")
-        else:
-            risk_cfg = RiskConfig(allowed_symbols=allowed, max_order_notional=opts.capital, defaults=DESK_DEFAULT_LIMITS)
         risk = RiskEngine(risk_cfg)
         if executor is None:
             executor = ProcessFitExecutor()
@@ -348,15 +441,9 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             models=models, specs=[s for s, _ in specs], risk=risk, executor=executor, venue_factory=venue_factory,
         )
         engine.speed = opts.speed
-        if opts.policy_file is not None:
+        if policy is not None:
             from core.policy_runtime import PolicyRuntime
-            from desk.policy_config import load_policy_file
 
-            from desk.policy_config import check_targets
-
-            policy = load_policy_file(opts.policy_file)
-            check_targets(policy, models=set(models), families={sp.family or sp.model_id for sp, _ in specs},
-                          venues={i.venue for i in instruments})
             engine.policy_runtime = PolicyRuntime(engine, policy, opts.policy_file)
             messages.append(f"policy {opts.policy_file}: {engine.policy_runtime.policy.summary()}")
         engine.halt_file = state.path / "HALT"
@@ -383,8 +470,33 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
             engine.trading_state = TradingState(persisted)
         return Built(engine, state, executor, mode, continued, finished_summary, messages)
     except BaseException:
-        state.release()
+        _close_quietly(engine, store, executor if own_executor else None)
+        removed = state.abandon()
+        if removed:
+            log.info("state dir %s: the refused start removed what it had created: %s", state.path,
+                     ", ".join(removed))
         raise
+
+
+def _close_quietly(engine: Engine | None, store: Store | None, executor: FitExecutor | None) -> None:
+    """Close what a refused start opened (the audit log, the paper venue's
+    ledger, the store, a fit worker it started), ignoring errors: the
+    refusal's own error is the one to report."""
+    steps: list[Any] = []
+    if executor is not None:
+        steps.append(executor.shutdown)
+    if engine is not None:
+        steps.append(engine.audit.close)
+        venue = getattr(engine, "venue", None)
+        if venue is not None and hasattr(venue, "close"):
+            steps.append(venue.close)
+    if store is not None:
+        steps.append(store.close)
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - best effort
+            log.debug("closing after a refused start: %s", exc)
 
 
 def open_setup_store(state: StateDir, fp_text: str) -> tuple[Store, str | None]:
