@@ -241,16 +241,27 @@ def _make_venue(vc: Any, clock: LiveEngineClock, *, live: bool, state_dir: Path,
         venue.check_credentials()  # missing keys are refused here, before the store exists
         return venue
     from venues.ibkr.adapter import IbkrVenue
+
+    venue = IbkrVenue(_ibkr_config(vc, state_dir), clock)  # opens its ledger file in the state dir
+    venue.reconcile_cash = False  # several currencies; a future's cost is margin, not cash
+    return venue
+
+
+def _ibkr_config(vc: Any, state_dir: Path) -> Any:
+    """The ``venues.ibkr.config.IbkrConfig`` of an IBKR config entry, its
+    ledger at ``<state_dir>/venue-<name>.sqlite`` (only the path: nothing is
+    created here).
+
+    Raises:
+        ConfigError: a bad setting, named.
+    """
     from venues.ibkr.config import IbkrConfig
 
     try:
         icfg = IbkrConfig.from_mapping(vc)
     except ValueError as exc:
         raise ConfigError(f"venues[{vc.name}]: {exc}") from None
-    icfg = dataclasses.replace(icfg, ledger_path=str(state_dir / f"venue-{vc.name.lower()}.sqlite"))
-    venue = IbkrVenue(icfg, clock)
-    venue.reconcile_cash = False  # several currencies; a future's cost is margin, not cash
-    return venue
+    return dataclasses.replace(icfg, ledger_path=str(Path(state_dir) / f"venue-{vc.name.lower()}.sqlite"))
 
 
 def _with_multipliers(venue: Any) -> dict[InstrumentId, Instrument]:
@@ -353,15 +364,42 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
     warmup = max(_warmup_bars(kw) for _, kw in specs)
     fp_text = _fingerprint(cfg, [vc for _, vc in chosen], digest, capital, order_type, day_tz, specs)
     clock = LiveEngineClock()
-    state = StateDir(state_dir)
     venues: list[tuple[int, Any, Any]] = []  # (config index, config entry, adapter)
     store = None
+    # every input that can be checked without the venue is checked before the state dir is created or
+    # locked: the risk and policy files parse, the IBKR settings, and the Binance adapters (missing
+    # credentials, named); an IBKR adapter opens its ledger file in the state dir, so it is built after the lock
+    early: dict[int, Any] = {}
+    try:
+        if risk_file is not None:
+            from desk.risk_config import load_risk_config
+
+            load_risk_config(risk_file, allowed_symbols=None, max_order_notional=capital)
+        if policy_file is not None:
+            from desk.policy_config import load_policy_file
+
+            load_policy_file(policy_file)
+        for index, vc in chosen:
+            if vc.kind == "binance":
+                early[index] = _make_venue(vc, clock, live=live, state_dir=Path(state_dir), env=env)
+            else:
+                _ibkr_config(vc, Path(state_dir))
+    except BaseException:
+        await _close_venues(early.values())
+        raise
+    try:
+        state = StateDir(state_dir)
+    except BaseException:
+        await _close_venues(early.values())
+        raise
     try:
         from desk.wiring import open_setup_store
 
-        # the adapters first: missing credentials or a bad setting are refused before the store is created
         for index, vc in chosen:
-            venues.append((index, vc, _make_venue(vc, clock, live=live, state_dir=state.path, env=env)))
+            venue = early.pop(index, None)
+            if venue is None:
+                venue = _make_venue(vc, clock, live=live, state_dir=state.path, env=env)
+            venues.append((index, vc, venue))
         store, existing = open_setup_store(state, fp_text)
         lines: list[str] = []
         for index, vc, venue in venues:
@@ -527,21 +565,32 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
                              f"{venue.quote} now (read every {FEE_PRICE_EVERY_S} s)")
         return built
     except BaseException:
-        for _, _, venue in venues:
-            try:
-                close = getattr(venue, "close", None)
-                r = close() if close is not None else None
-                if asyncio.iscoroutine(r):
-                    await r
-            except Exception:  # noqa: BLE001
-                pass
+        await _close_venues([*(v for _, _, v in venues), *early.values()])
         try:
             if store is not None:
                 store.close()
         except Exception:  # noqa: BLE001
             pass
-        state.release()
+        # a state dir that held no store is left as this attempt found it (desk.sqlite, the IBKR ledger,
+        # audit/ removed; desk.wiring.StateDir.abandon); one that held a setup is not touched
+        removed = state.abandon()
+        if removed:
+            log.info("state dir %s: the refused start removed what it had created: %s", state.path,
+                     ", ".join(removed))
         raise
+
+
+async def _close_venues(venues: Any) -> None:
+    """Close the adapters of a refused start (sessions, the IBKR ledger),
+    ignoring their errors: the refusal's own error is the one to report."""
+    for venue in venues:
+        try:
+            close = getattr(venue, "close", None)
+            r = close() if close is not None else None
+            if asyncio.iscoroutine(r):
+                await r
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def _sessions(engine: Engine) -> dict[str, Any]:
