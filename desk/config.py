@@ -339,6 +339,14 @@ class DeskConfig(_Model):
             raise ValueError("a file is listed twice")
         return out  # type: ignore[return-value]
 
+    @field_validator("venues", mode="after")
+    @classmethod
+    def _venues(cls, v: list[Any]) -> list[Any]:
+        # runs only when the key is given: ``venues: []`` would quietly run the SIM paper desk
+        if not v:
+            raise ValueError("empty list; leave the key out for the SIM market, or list a venue")
+        return v
+
     @field_validator("speed", mode="before")
     @classmethod
     def _speed(cls, v: Any) -> Any:
