@@ -555,6 +555,10 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
         what = "catch-up bars since the last one processed" if continued else "warm-up bars"
         lines.append(f"desk: {n_warm} {what} of {', '.join(str(i) for i in sorted(instruments, key=str))} "
                      f"({interval}); {'continuing after bar ' + str(engine.stats.bars) if continued else 'a new run'}")
+        if not continued:
+            short = warmup_shortfall(_warm_counts(feeds.values(), instruments), warmup)
+            if short:
+                lines.append(warmup_warning(short, warmup, interval))
         built = LiveBuilt(engine, hub, feed, state, executor, continued, is_live, lines, on_stop=on_stop,
                           messages=lines)
         built.venue_lines = n_venue_lines
@@ -578,6 +582,44 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
             log.info("state dir %s: the refused start removed what it had created: %s", state.path,
                      ", ".join(removed))
         raise
+
+
+def _warm_counts(feeds: Any, instruments: Any) -> dict[InstrumentId, int]:
+    """The warm-up bars each instrument got from its feed's ``prepare``
+    (``core.livefeed.LiveFeedBase._warm``, before ``warmup()`` hands them
+    over); 0 for an instrument that got none."""
+    counts = {iid: 0 for iid in instruments}
+    for f in feeds:
+        for bar in getattr(f, "_warm", ()):
+            counts[bar.instrument_id] = counts.get(bar.instrument_id, 0) + 1
+    return counts
+
+
+def warmup_shortfall(counts: Mapping[InstrumentId, int], need: int) -> dict[InstrumentId, int]:
+    """The instruments of ``counts`` (warm-up bars received per instrument)
+    that got fewer than ``need`` (the bars the models need before their
+    first fit, ``desk.wiring._warmup_bars``), with their count."""
+    return {iid: n for iid, n in sorted(counts.items(), key=lambda kv: str(kv[0])) if n < need}
+
+
+def warmup_warning(short: Mapping[InstrumentId, int], need: int, interval: str) -> str:
+    """The start-up WARNING line of a new live run whose warm-up history
+    fell short (``short``: instrument -> bars received, each below ``need``):
+    how many it got, how many the models need, and that they trade only
+    after their first fit, ``need - got`` live bars of ``interval`` later."""
+    got = ", ".join(f"{n} warm-up bars of {iid}" for iid, n in short.items())
+    later = ", ".join(f"{need - n}" + (f" ({iid})" if len(short) > 1 else "") for iid, n in short.items())
+    return (f"desk: WARNING: only {got} ({interval}); the models need {need} before their first fit "
+            f"(desk.wiring._warmup_bars): they trade only after they have fitted, {later} more live bars from now")
+
+
+def log_start_line(line: str) -> None:
+    """Log one start-up line: at WARNING when it is a warning (``desk:
+    WARNING: ...``), else at INFO."""
+    if line.startswith("desk: WARNING: "):
+        log.warning(line)
+    else:
+        log.info(line)
 
 
 async def _close_venues(venues: Any) -> None:
@@ -1031,7 +1073,7 @@ async def _headless(cfg: Any, config_path: Path, bars: int | None, kwargs: dict[
     try:
         for i, line in enumerate(built.lines):
             if not 1 <= i <= built.venue_lines:  # the venue logged its own lines
-                log.info(line)  # stderr (the CLI's log handler)
+                log_start_line(line)  # stderr (the CLI's log handler)
         max_bars = None if bars is None else max(0, bars - built.engine.stats.bars)  # the whole run, as replays
         return await run_live(built, max_bars=max_bars)
     finally:
@@ -1049,7 +1091,7 @@ def _tui(cfg: Any, config_path: Path, bars: int | None, kwargs: dict[str, Any]) 
         built = await build_live(cfg, config_path, **kwargs)
         try:
             for line in built.lines:
-                log.info(line)
+                log_start_line(line)
                 sys.stderr.write(line + "\n")
             engine = built.engine
             if built.continued:

@@ -6,13 +6,19 @@ they were refused. Now: credentials are refused before the state dir is
 created, and what a refused start created in a dir without a store is
 removed again (``desk.wiring.StateDir.abandon``).
 
+Also: a new live run that gets fewer warm-up bars than its models need says
+so in a WARNING start-up line (how many it got, how many the models need,
+what that means).
+
 Through ``desk.cli.main`` in-process. The unreachable venues are loopback
-ports nobody listens on (connection refused at once)."""
+ports nobody listens on (connection refused at once); the warm-up case runs
+against the local fake Binance (tests/venues/binance_server.py)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +27,18 @@ import desk.live
 from desk.cli import main
 from tests.daemon.test_daemon import free_port
 from tests.helpers.scripted import InlineExecutor
-from tests.live.test_live_binance import KEY, KEY_ENV, SECRET, SECRET_ENV
+from tests.live.test_live_binance import (
+    EXCHANGE_INFO,
+    KEY,
+    KEY_ENV,
+    MIN_MS,
+    SECRET,
+    SECRET_ENV,
+    ThreadedFake,
+    kline_rows,
+    price_path,
+    write_config,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -107,3 +124,53 @@ def test_missing_credentials_are_refused_before_the_state_dir_is_made(tmp_path, 
     empty.mkdir()
     assert run(capsys, "run", "--config", str(cfg), "--headless", "--state-dir", str(empty))[0] == 2
     assert list(empty.iterdir()) == []  # no desk.lock either
+
+
+@pytest.fixture
+def short_fake(tmp_path: Path):
+    """The fake Binance with only 10 closed 1-minute bars of history (the
+    last one closed just now) and one live bar pushed after the
+    subscription."""
+    if not EXCHANGE_INFO.is_file():
+        pytest.skip("../shared/data is absent")
+    now_ms = time.time_ns() // 1_000_000
+    last_closed_open = now_ms // MIN_MS * MIN_MS - MIN_MS
+    rows = kline_rows(last_closed_open - 9 * MIN_MS, price_path(11, 0))
+    path = tmp_path / "klines.json"
+    path.write_text(json.dumps(rows[:10]))
+    f = ThreadedFake(path, rows[10:])
+    f.run(lambda: f.srv.set_book("BTCUSDT", "20000.00", "20000.01", "100", "100"))
+    yield f
+    f.close()
+
+
+def test_a_short_warm_up_is_a_warning_naming_what_it_got_and_what_the_models_need(tmp_path, capsys, short_fake,
+                                                                                   creds):
+    cfg = write_config(tmp_path, short_fake.srv)
+    code, out, err = run(capsys, "run", "--config", str(cfg), "--headless", "--bars", "1",
+                         "--state-dir", str(tmp_path / "s"))
+    assert code == 0, err[-3000:]
+    # the default models need 500 + 20 + 1 = 521 bars before their first fit (HmmConfig warmup 500,
+    # vol_window 20, one more for the first return); 10 came: 521 - 10 = 511 live bars to go
+    warning = [line for line in err.splitlines() if " WARNING desk.live: desk: WARNING: only " in line]
+    assert len(warning) == 1, err[-3000:]
+    assert warning[0].endswith(
+        "desk: WARNING: only 10 warm-up bars of BTCUSDT.BINANCE (1m); the models need 521 before their first fit "
+        "(desk.wiring._warmup_bars): they trade only after they have fitted, 511 more live bars from now")
+    assert json.loads(out)["orders"] == {}  # nothing fitted, nothing traded
+
+
+def test_the_warm_up_warning_names_only_the_instruments_that_fell_short():
+    from core.identifiers import InstrumentId
+    from desk.live import warmup_shortfall, warmup_warning
+
+    btc, eth = InstrumentId.parse("BTCUSDT.BINANCE"), InstrumentId.parse("ETHUSDT.BINANCE")
+    short = warmup_shortfall({eth: 0, btc: 521}, 521)  # BTC got all it needs
+    assert short == {eth: 0}
+    assert warmup_shortfall({btc: 521}, 521) == {}
+    two = warmup_shortfall({eth: 7, btc: 500}, 521)
+    # 521 - 500 = 21 and 521 - 7 = 514 more bars, in instrument order
+    assert warmup_warning(two, 521, "1m") == (
+        "desk: WARNING: only 500 warm-up bars of BTCUSDT.BINANCE, 7 warm-up bars of ETHUSDT.BINANCE (1m); the "
+        "models need 521 before their first fit (desk.wiring._warmup_bars): they trade only after they have "
+        "fitted, 21 (BTCUSDT.BINANCE), 514 (ETHUSDT.BINANCE) more live bars from now")
