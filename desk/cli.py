@@ -267,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return download_main(list(args.rest))
         if args.command == "run":
+            if args.exchange_info is not None and not (args.data or (cfg is not None and cfg.data)):
+                raise ConfigError("--exchange-info: only with --data (the SIM market and live venues have "
+                                  "their own filters)")
             if cfg is not None and any(v.kind in ("binance", "ibkr") for v in cfg.venues):
                 from desk.live import run_live_main  # a real venue: desk/live.py builds and runs it
 
