@@ -2,7 +2,11 @@
 
 ``export_pnl(state_dir, date, tz)`` writes ``<state_dir>/exports/pnl_<date>.csv``
 (written to a temporary file and renamed, so a reader never sees half a
-file; an existing file of that date is replaced). The CSV has a header and
+file; an existing file of that date is replaced). A day in another zone
+than the run's venue-day zone is another span of time, so it gets its own
+file, ``pnl_<date>_<zone>.csv`` with the zone's ``/`` written ``-``
+(``pnl_2025-06-10_Europe-Berlin.csv``), and never replaces the run's own
+export of that date. The CSV has a header and
 one row per model and instrument, then a total row; columns
 (:data:`core.daily_pnl.EXPORT_COLUMNS`), money in the quote currency as exact
 decimal strings (no float anywhere):
@@ -113,9 +117,19 @@ def setup_day_tz(conn: sqlite3.Connection) -> str | None:
     return tz if isinstance(tz, str) and tz else None
 
 
+def export_file_name(day: Date, zone_name: str, run_zone: str) -> str:
+    """The export's file name: ``pnl_<day>.csv`` for a day in the run's
+    venue-day zone ``run_zone``, else ``pnl_<day>_<zone>.csv`` with the
+    zone's ``/`` as ``-`` (``pnl_2025-06-10_Europe-Berlin.csv``)."""
+    if zone_name == run_zone:
+        return f"pnl_{day.isoformat()}.csv"
+    return f"pnl_{day.isoformat()}_{zone_name.replace('/', '-')}.csv"
+
+
 def export_pnl(state_dir: Path, date: str | None = None, tz: str | None = None) -> ExportResult:
-    """Write ``<state_dir>/exports/pnl_<date>.csv`` (module docstring) and
-    return what was written.
+    """Write ``<state_dir>/exports/pnl_<date>.csv`` (module docstring; with
+    a ``tz`` other than the run's zone ``pnl_<date>_<zone>.csv``, see
+    :func:`export_file_name`) and return what was written.
 
     ``date`` ``YYYY-MM-DD`` (default: the last complete day on the engine
     clock); ``tz`` an IANA zone (default: the run's ``day_tz``, else UTC).
@@ -137,7 +151,8 @@ def export_pnl(state_dir: Path, date: str | None = None, tz: str | None = None) 
     store_path = Path(state_dir) / "desk.sqlite"
     conn = open_store_readonly(store_path)
     try:
-        zone_name = tz or setup_day_tz(conn) or "UTC"
+        run_zone = setup_day_tz(conn) or "UTC"
+        zone_name = tz or run_zone
         try:
             zone(zone_name)
         except ValueError:
@@ -171,7 +186,7 @@ def export_pnl(state_dir: Path, date: str | None = None, tz: str | None = None) 
     rows = pnl_export_rows(fills, marks, day, zone_name)
     out_dir = Path(state_dir) / "exports"
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"pnl_{day.isoformat()}.csv"
+    path = out_dir / export_file_name(day, zone_name, run_zone)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=list(EXPORT_COLUMNS), lineterminator="\n")
