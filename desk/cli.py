@@ -455,9 +455,11 @@ def _cmd_halt(args: Any, client: Any, token: str | None, source: str, state_dir:
 
 def _halt_file_fallback(args: Any, state_dir: Path) -> int:
     """Write ``<state_dir>/HALT`` (the out-of-band halt the engine checks
-    every second), then look for the halt in the store for ``--timeout``
-    seconds. 0 when the store says HALTED, 1 otherwise (no desk running
-    on that state dir, or no confirmation in time)."""
+    at start and every second while running), then, when a desk runs on
+    that state dir, look for the halt in the store for ``--timeout``
+    seconds. 0 when the store says HALTED, or when no desk runs there (the
+    file halts it when it starts: said so); 1 when the state dir does not
+    exist (nothing written) or a running desk did not confirm in time."""
     import fcntl
     import sqlite3
     from datetime import datetime, timezone
@@ -481,9 +483,11 @@ def _halt_file_fallback(args: Any, state_dir: Path) -> int:
     except OSError:
         pass
     if not running:
-        _say(args, f"no desk is running on {state_dir}: it will start HALTED; remove {halt}, then resume, "
-                   "to trade again")
-        return 1
+        # the file is the halt: a desk started on this dir reads it at start (and every second while running)
+        _say(args, f"no desk is running on {state_dir}: the desk will halt when it starts (the HALT file is read "
+                   f"at start and while running); to trade again: desk resume once it runs, or remove {halt} "
+                   "before it starts")
+        return EXIT_OK
     db = state_dir / "desk.sqlite"
     deadline = time.monotonic() + args.timeout
     while True:
@@ -529,21 +533,32 @@ def _cmd_resume(args: Any, client: Any, token: str | None, source: str, state_di
         _say(args, source)
         return EXIT_USAGE
     halt = state_dir / "HALT"
+    said: str | None = None  # the removed HALT file's text (put back when the daemon refuses the resume)
     if _local_url(client.url) and halt.exists():
+        # first, or the daemon would halt again from the file within a second of the resume
         try:
-            said = halt.read_text(errors="replace").strip()
+            said = halt.read_text(errors="replace")
             halt.unlink()
-            _say(args, f"removed the HALT file {halt} ({said[:200]})")
         except OSError as exc:
             _say(args, f"cannot remove the HALT file {halt}: {exc.strerror}; the desk would halt again")
             return EXIT_USAGE
+        _say(args, f"removed the HALT file {halt} (it said: {said.strip()[:200]}); a desk on {state_dir} no "
+                   "longer halts because of it")
     try:
         answer = client.resume(args.reason)
     except DaemonUnreachable as exc:
-        _say(args, f"daemon unreachable: {exc}")
+        _say(args, f"daemon unreachable: {exc}" + (
+            "; the HALT file stays removed, and a halt the desk stored stays until a resume reaches it"
+            if said is not None else ""))
         return 1
     except DaemonRefused as exc:
         _say(args, f"{client.url} refused the resume: {exc}")
+        if said is not None and exc.status_code < 500:
+            try:
+                halt.write_text(said)
+                _say(args, f"put the HALT file {halt} back (the resume was refused)")
+            except OSError as err:
+                _say(args, f"cannot put the HALT file {halt} back: {err.strerror}")
         return EXIT_USAGE if exc.status_code < 500 else 1
     _print(json.dumps(answer, sort_keys=True))
     return EXIT_OK

@@ -2,7 +2,7 @@
 exits 0 ACTIVE, 3 HALTED or REDUCING, 1 unreachable (2 without a usable
 token); ``desk halt`` through the API, and through the HALT file when the
 API does not answer (confirmed in the store when a desk runs on the state
-dir, exit 1 when none does); ``desk resume --reason`` removes the HALT file
+dir; exit 0 when none does: it halts when it starts); ``desk resume --reason`` removes the HALT file
 and resumes. The commands run in-process (``desk.cli.main``) against one
 daemon subprocess shared by this module."""
 
@@ -130,10 +130,12 @@ def test_unreachable_daemon(tmp_path, capsys):
     assert code == 1 and out == "" and "unreachable" in err
     code, out, err = desk(capsys, "resume", "--url", dead, "--state-dir", str(state), "--reason", "x")
     assert code == 1
-    # no desk runs on the state dir: the HALT file is written, and the command says nothing is halted yet
+    # no desk runs on the state dir: the HALT file is written (the halt is in place: exit 0), and the command
+    # says the desk halts when it starts
     code, out, err = desk(capsys, "halt", "--url", dead, "--state-dir", str(state), "--mode", "FLATTEN")
-    assert code == 1 and (state / "HALT").exists()
-    assert "no desk is running" in err and "it will start HALTED" in err and "does not reduce or flatten" in err
+    assert code == 0 and (state / "HALT").exists()
+    assert "no desk is running" in err and "the desk will halt when it starts" in err
+    assert "does not reduce or flatten" in err
     code, _, err = desk(capsys, "halt", "--url", dead, "--state-dir", str(tmp_path / "missing"))
     assert code == 1 and "no state dir" in err
 
