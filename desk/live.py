@@ -6,10 +6,16 @@ of ``desk.wiring.build`` for a replay or the SIM market, and reuses its
 parts (``StateDir``, the store, the audit log, the default models and
 lifecycle, the rails, the ``HALT`` file, ``capital_allocations.json``):
 
+0. what can be checked without the venue is checked before the state dir
+   is created or locked: the risk and policy files parse, the IBKR
+   settings, the Binance adapters' credentials (a refused start creates
+   nothing);
 1. the state dir is locked and its setup checked first (the fingerprint
    holds the mode ``live``, the config file's sha256, the venue's settings,
    capital, order type, day zone and models), so a second desk or another
-   setup is refused before the venue is touched;
+   setup is refused before the venue is touched; a start refused from here
+   on leaves a dir that held no store as it found it
+   (``desk.wiring.StateDir.abandon``);
 2. the venue is built from its config entry (``BinanceVenue(BinanceConfig.
    from_mapping(vc), clock, live=live)`` or ``IbkrVenue(IbkrConfig.
    from_mapping(vc), clock)``) and started (``await venue.start()``): a

@@ -350,6 +350,11 @@ def _load_sim(warmup: int) -> tuple[Any, dict[InstrumentId, Instrument], dict[st
 def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
     """Build the engine for ``opts`` on its state dir.
 
+    Every input (config, data, risk and policy files) is checked before the
+    state dir is created or locked; a start refused after that, on a dir
+    that held no store, leaves the dir as it found it
+    (:meth:`StateDir.abandon`); a dir with a setup is never touched.
+
     Raises:
         ConfigError: bad flags or data (exit 2).
         DataError: a bad CSV row (exit 2); nothing is traded.
