@@ -8,7 +8,7 @@ daemon (desk/daemon.py). ``desk halt|resume|status`` are one-shot commands
 against a running daemon, ``desk export-pnl`` writes a day's PnL CSV.
 Exit codes (DESIGN.md section 1): 0 done (also when a rail halted trading),
 2 usage / bad input / bad config / state dir refused, 3 ended halted by an
-unreconciled difference. ``desk status``: 0 ACTIVE, 3 HALTED or REDUCING,
+unreconciled difference. ``desk status``: 0 ACTIVE, 3 HALTED or REDUCING (or a venue halted),
 1 daemon unreachable, 2 no or refused token.
 
 Headless runs never import textual; hmmlearn is imported only in the fit
@@ -198,7 +198,7 @@ def make_parser() -> argparse.ArgumentParser:
     attach.add_argument("--token-file", type=Path, metavar="PATH",
                         help="file holding the token (default: $OPS_TOKEN, else <state-dir>/ops_token)")
     status = sub.add_parser("status", parents=[common],
-                            help="the daemon's trading state (exit 0 ACTIVE, 3 HALTED/REDUCING, 1 unreachable)")
+                            help="the daemon's trading state (exit 0 ACTIVE, 3 HALTED/REDUCING or a venue halted, 1 unreachable)")
     _oneshot_args(status)
     status.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
     export = sub.add_parser("export-pnl", parents=[common], help="write exports/pnl_YYYY-MM-DD.csv from the store")
@@ -412,6 +412,10 @@ def _cmd_status(args: Any, client: Any, token: str | None, source: str) -> int:
             if k not in ("trading_state", "state"):
                 lines.append(f"{k}: {v if isinstance(v, (str, int, float)) else json.dumps(v, sort_keys=True)}")
         _print("\n".join(lines))
+    halted = list(st.get("halted_venues") or []) if isinstance(st, dict) else []
+    if state == "ACTIVE" and halted:  # the desk is ACTIVE, but some venue takes no order: worth a page
+        _say(args, f"venues halted: {', '.join(halted)}")
+        return 3
     if state == "ACTIVE":
         return EXIT_OK
     if state in ("HALTED", "REDUCING"):
@@ -508,7 +512,7 @@ def _halt_file_fallback(args: Any, state_dir: Path) -> int:
 def _status_from_health(url: str, timeout: float, why: str) -> int:
     """``desk status`` without a token (monitoring from another account):
     the trading state from ``GET /health``, which needs none. Exit 0 ACTIVE,
-    3 HALTED or REDUCING, 1 unreachable."""
+    3 HALTED or REDUCING or a venue halted, 1 unreachable."""
     from desk.client import DaemonClient, DaemonRefused, DaemonUnreachable
 
     client = DaemonClient(url, None, timeout=timeout)
@@ -520,7 +524,11 @@ def _status_from_health(url: str, timeout: float, why: str) -> int:
     finally:
         client.close()
     state = str(((health or {}).get("components") or {}).get("engine", {}).get("trading_state", "UNKNOWN"))
-    sys.stdout.write(f"trading_state: {state}\n(from /health: {why}; the token gives the full status)\n")
+    halted = sorted(n for n, v in ((health or {}).get("venues") or {}).items() if isinstance(v, dict) and v.get("halted"))
+    sys.stdout.write(f"trading_state: {state}\n" + (f"halted_venues: {', '.join(halted)}\n" if halted else "")
+                     + f"(from /health: {why}; the token gives the full status)\n")
+    if state == "ACTIVE" and halted:
+        return 3
     if state == "ACTIVE":
         return EXIT_OK
     return 3 if state in ("HALTED", "REDUCING") else 1

@@ -425,9 +425,11 @@ def _make_daemon(built: Any, opts: Any, api: ApiOptions, factory: Callable[..., 
     if redact is not None:
         redact.add(token)
     skip = getattr(built, "venue_lines", 0)  # a live venue logged its own start-up lines
+    from desk.live import log_start_line
+
     for i, m in enumerate(built.messages):
         if not 1 <= i <= skip:
-            log.info(m)
+            log_start_line(m)  # a "desk: WARNING: ..." line at WARNING
     app = factory(built.engine, token=token)
     daemon = _Daemon(built, opts, api, app, sock, port)
     daemon.early_signals = early

@@ -68,8 +68,22 @@ def test_status_halt_resume_exit_codes(daemon, capsys):
     assert code == 3 and out.splitlines()[0] == "trading_state: REDUCING"
     assert desk(capsys, *on(d, "resume", "--reason", "desk test resume 2"))[0] == 0
 
+    # one venue halted (the desk ACTIVE): the desk cannot trade there, status exits 3 naming it, also from /health
+    from desk.client import DaemonClient
+
+    token = (d.state / "ops_token").read_text().strip()
+    client = DaemonClient(d.url, token)
+    try:
+        client.request("POST", "/kill", {"enabled": False, "venue": "SIM", "reason": "desk test venue"})
+        code, out, err = desk(capsys, *on(d, "status"))
+        assert code == 3 and out.splitlines()[0] == "trading_state: ACTIVE" and "venues halted: SIM" in err
+        client.request("POST", "/resume", {"venue": "SIM", "reason": "desk test venue back"})
+    finally:
+        client.close()
+    assert desk(capsys, *on(d, "status"))[0] == 0
+
     # every command audited with the caller and the reason
-    rows = [r for r in governance_rows(d) if r[2].startswith("desk test")]
+    rows = [r for r in governance_rows(d) if r[2].startswith("desk test") and "venue" not in r[2]]
     assert rows == [("api:127.0.0.1", "HALTED", "desk test halt"), ("api:127.0.0.1", "ACTIVE", "desk test resume"),
                     ("api:127.0.0.1", "REDUCING", "desk test reduce"),
                     ("api:127.0.0.1", "ACTIVE", "desk test resume 2")]
