@@ -108,6 +108,10 @@ class DeskHeader(Toned, Static):
 
     def _render_info(self, i: HeaderInfo) -> Text:
         state_tone = {"ACTIVE": "active", "REDUCING": "reducing", "HALTED": "halted"}.get(i.state, "strong")
+        # a per-venue halt sits right after the desk's state (it must not be cut off at 80 columns)
+        parts_v = [p for p in i.venue.split("; ") if p]
+        halts = "; ".join(p for p in parts_v if p.endswith(" HALTED"))
+        rest = "; ".join(p for p in parts_v if not p.endswith(" HALTED"))
         if 0 < self.size.width < 110:
             sep = ("│", self.tone_style("muted"))
             return Text.assemble(
@@ -116,9 +120,10 @@ class DeskHeader(Toned, Static):
                 (fmt_datetime(i.clock_ns)[:-4], self.tone_style(None)), sep,
                 (fmt_speed(i.speed), self.tone_style("strong")), sep,
                 (f" {i.state} ", self.tone_style(state_tone)), sep,
+                *((*self._venue_parts(halts, compact=True), sep) if halts else ()),
                 (i.status, self.tone_style("muted")), sep,
                 (f"w {i.working}", self.tone_style(None)),
-                *((sep, *self._venue_parts(i.venue, compact=True)) if i.venue else ()),
+                *((sep, *self._venue_parts(rest, compact=True)) if rest else ()),
                 no_wrap=True, overflow="ellipsis",
             )
         sep = (" │ ", self.tone_style("muted"))
@@ -128,12 +133,13 @@ class DeskHeader(Toned, Static):
             (fmt_datetime(i.clock_ns), self.tone_style(None)), sep,
             ("speed ", self.tone_style("muted")), (fmt_speed(i.speed), self.tone_style("strong")), sep,
             (f" {i.state} ", self.tone_style(state_tone)), sep,
+            *((*self._venue_parts(halts, compact=False), sep) if halts else ()),
             (i.status, self.tone_style("muted")), sep,
             ("bars ", self.tone_style("muted")), (f"{i.bars:,}", self.tone_style(None)), sep,
             ("working ", self.tone_style("muted")), (str(i.working), self.tone_style(None)),
         ]
-        if i.venue:  # each venue's connection state, and what blocks it until when
-            parts += [sep, *self._venue_parts(i.venue, compact=False)]
+        if rest:  # each venue's connection state, and what blocks it until when
+            parts += [sep, *self._venue_parts(rest, compact=False)]
         return Text.assemble(*parts, no_wrap=True, overflow="ellipsis")  # type: ignore[arg-type]
 
     def _venue_parts(self, venue: str, compact: bool) -> list[tuple[str, object]]:

@@ -79,6 +79,8 @@ async def test_palette_halts_one_venue_and_resumes_it_after_asking(tmp_path, wal
         app.sample(force=True)
         header = app.header._render_info(app.header.info).plain
         assert "VA HALTED" in header and " ACTIVE " in header  # the venue is halted, the desk is not
+        # right after the desk's state, so 80 columns never cut it off
+        assert header.index("VA HALTED") < header.index("working")
         names = [n for n, _, _ in desk_commands(app)]
         assert "Resume venue VA" in names and "Halt venue VA" not in names
         dict((n, cb) for n, _, cb in desk_commands(app))["Resume venue VA"]()
