@@ -121,7 +121,7 @@ class DeskHeader(Toned, Static):
                 (fmt_speed(i.speed), self.tone_style("strong")), sep,
                 (f" {i.state} ", self.tone_style(state_tone)), sep,
                 *((*self._venue_parts(halts, compact=True), sep) if halts else ()),
-                (i.status, self.tone_style("muted")), sep,
+                *(((i.status, self.tone_style("muted")), sep) if not halts else ()),  # (80 columns: room for it)
                 (f"w {i.working}", self.tone_style(None)),
                 *((sep, *self._venue_parts(rest, compact=True)) if rest else ()),
                 no_wrap=True, overflow="ellipsis",
