@@ -47,6 +47,24 @@ ZERO = Decimal("0")
 _ERROR_ALERTS = frozenset({"SUBMIT_UNKNOWN", "VENUE_THROTTLED", "VENUE_DISCONNECTED"})
 
 
+def venue_states(engine: Any) -> dict[str, str]:
+    """Each venue's state for the rules (``core.policy.VENUE_STATES``):
+    its session's ``venue_state()`` (``CONNECTED``, ``DEGRADED``,
+    ``THROTTLED``, ``BANNED``, ``DISCONNECTED``; a
+    venue without a connection state of its own that is fine reads
+    ``CONNECTED``), one entry per venue of a multi-venue desk."""
+    session = engine.session
+    group = getattr(session, "sessions", None)
+    sessions = dict(group) if isinstance(group, dict) else {engine.venue.venue: session}
+    out = {}
+    for name, s in sessions.items():
+        state = s.venue_state()[0] if hasattr(s, "venue_state") else ""
+        if not state:
+            state = "DISCONNECTED" if getattr(s, "down", False) else "CONNECTED"
+        out[name] = state
+    return out
+
+
 class PolicyRuntime:
     """One policy bound to one engine.
 
@@ -87,13 +105,7 @@ class PolicyRuntime:
             self.peak_equity = equity
         dd = ZERO if not self.peak_equity or self.peak_equity <= 0 else max(ZERO, 1 - equity / self.peak_equity)
         day_loss = max(ZERO, e.day_start_equity - equity)
-        venue = e.venue.venue
-        if e.session.down:
-            vstate = "DISCONNECTED"
-        elif e.session.blocked_until_ns is not None:
-            vstate = "THROTTLED"
-        else:
-            vstate = "CONNECTED"
+        venue_state = venue_states(e)
         psr: dict[str, float] = {}
         for mid, v in e.lifecycle.last_verdict.items():
             rec = e.lifecycle.registry.get(mid)
@@ -109,7 +121,7 @@ class PolicyRuntime:
         return Figures(
             ts_ns=now, drawdown=dd, daily_loss=day_loss,
             data_staleness_s={str(i): (now - t) / 1e9 for i, t in e.last_bar_ts.items()},
-            venue_state={venue: vstate}, model_psr=psr,
+            venue_state=venue_state, model_psr=psr,
             counts={"reject_rate": self.reject_window, "error_rate": self.error_window},
             trading_state=e.trading_state.value, halted_venues=frozenset(e.halted_venues),
             paused_models=frozenset(e.paused), open_positions=open_positions,

@@ -7,6 +7,7 @@ the other venue keeps trading. Two paper venues, ``VA`` (ETHUSDT) and ``VB``
 (``core.faults.PaperFaults``): nothing sleeps."""
 
 import asyncio
+import json
 from decimal import Decimal
 
 from core.audit import AuditLog
@@ -279,3 +280,32 @@ def test_a_venue_whose_requests_hang_does_not_hold_the_other_venues_orders(tmp_p
     assert first.venue_order_id and held.count(held[0]) == 1
     assert "slow" not in eng.session.status()
     assert eng.venue.members["VB"].balance("BTC") == eng.portfolio.quantity(B)
+
+
+def test_a_policy_rule_on_one_venue_state_fires_for_that_venue_only(tmp_path):
+    # the example policy's "venue down -> pause it" on a desk of two venues: VA drops (DISCONNECTED), the rule
+    # fires for VA (a per-venue halt, who policy:va-down), VB keeps trading; a DEGRADED rule reads the fault
+    from core.policy import parse_policy
+    from core.policy_runtime import PolicyRuntime, venue_states
+
+    eng, faults = build(tmp_path, n=30)
+    eng.policy_runtime = PolicyRuntime(eng, parse_policy({"rules": [
+        {"name": "va-down", "figure": "venue_state", "op": "==", "threshold": "DISCONNECTED",
+         "action": "pause_venue"},
+        {"name": "vb-degraded", "figure": "venue_state", "op": "==", "threshold": "DEGRADED",
+         "action": "alert", "scope": {"venue": "VB"}, "severity": "WARNING"}]}, "policy.yaml"))
+
+    async def go():
+        await eng.warm_up()
+        await eng.run(max_bars=4)
+        assert venue_states(eng) == {"VA": "CONNECTED", "VB": "CONNECTED"}
+        faults["VA"].disconnect(5 * MIN)
+        eng.session.mark_fault("VB", "bar feed failed: test")
+        await eng.run(max_bars=4)
+        return venue_states(eng)
+    states = asyncio.run(go())
+    assert states["VB"] == "DEGRADED"
+    fired = [(json.loads(p)["rule"], json.loads(p)["action"]) for (p,) in eng.store.conn.execute(
+        "SELECT payload FROM journal WHERE type='PolicyTriggered' ORDER BY seq")]
+    assert ("va-down", "pause_venue") in fired and ("vb-degraded", "alert") in fired
+    assert eng.halted_venues == {"VA"} and eng.trading_state == TradingState.ACTIVE
