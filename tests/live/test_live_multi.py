@@ -310,6 +310,10 @@ def test_two_venues_trade_each_at_its_own_api(tmp_path, one, creds, drive, capsy
     f_bought = sum((o.executed_qty for o in one.fut.orders.values() if o.side == "BUY"), D(0))
     f_sold = sum((o.executed_qty for o in one.fut.orders.values() if o.side == "SELL"), D(0))
     assert pos[PERP] == perp == f_bought - f_sold and perp > 0  # futures fees are USDT, not the position
+    # both venues number their trades from 1: every trade is its own row (futures ids F-<id>, usdm.py)
+    with sqlite3.connect(state / "desk.sqlite") as c:
+        stored = {r[0] for r in c.execute("SELECT trade_id FROM fills")}
+    assert stored == {str(t.id) for t in one.spot.trades} | {f"F-{t.id}" for t in one.fut.trades}
     assert s["venue_state"] == "BINANCE CONNECTED; BINANCE_USDM CONNECTED"
     assert "unreconciled" not in s and s["trading_state"] == "ACTIVE"
     # each venue's order updates came by its own user data stream: spot by the WebSocket API, futures by a

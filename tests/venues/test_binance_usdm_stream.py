@@ -111,7 +111,7 @@ async def test_a_fill_arrives_by_the_stream_with_no_rest_order_read(fv, fsrv):
     # ORDER_TRADE_UPDATE l/L/n/N/m: 0.002 at 36000.0; fee 0.002 x 36000.0 x 0.0002 = 0.0144 USDT; maker
     assert (f.client_order_id, f.last_qty, f.last_px, f.commission, f.commission_currency, f.liquidity_side) == (
         "NHD-f-0-0", D("0.002"), D("36000.0"), D("0.0144"), "USDT", "MAKER")
-    assert f.trade_id == str(fsrv.trades[-1].id) and f.venue_order_id == str(fsrv.order_by_client_id("NHD-f-0-0").order_id)
+    assert f.trade_id == f"F-{fsrv.trades[-1].id}" and f.venue_order_id == str(fsrv.order_by_client_id("NHD-f-0-0").order_id)
     assert fv.lookup("NHD-f-0-0").status == "FILLED" and fv.open_orders() == {}
     assert fv.balance("BTC") == D("0.002")  # the position moved by the reported fill
     assert fv.user_mode == "ws"
@@ -192,7 +192,7 @@ async def test_a_fill_seen_by_the_reconciliation_and_by_the_stream_is_reported_o
     sent = [e["o"] for e in fsrv.user_events if e["e"] == "ORDER_TRADE_UPDATE" and e["o"]["x"] == "TRADE"]
     assert [(o["c"], o["t"], o["l"]) for o in sent] == [("NHD-f-2-0", trade.id, "0.002")]
     assert ("GET", "/fapi/v1/userTrades") in fsrv.requests  # the poll read it too
-    assert [(f.trade_id, f.last_qty, f.last_px) for f in fills(rec)] == [(str(trade.id), D("0.002"), D("36000.0"))]
+    assert [(f.trade_id, f.last_qty, f.last_px) for f in fills(rec)] == [(f"F-{trade.id}", D("0.002"), D("36000.0"))]
     assert len(rec.of("OrderAccepted")) == 1 and fv.balance("BTC") == D("0.002")  # the position moved once
 
 

@@ -277,6 +277,9 @@ class BinanceVenue:
     supports_oco = True
     #: Binance does not cancel orders when the session drops
     cancel_on_disconnect = False
+    #: put before every venue trade id this class reports (``OrderFilled.trade_id``): none on spot, so existing
+    #: state dirs keep their ids; USD-M's ``F-`` keeps its ids apart from spot's (both count from 1)
+    TRADE_ID_PREFIX = ""
 
     def __new__(cls, config: BinanceConfig, *args: Any, **kwargs: Any) -> "BinanceVenue":
         if cls is BinanceVenue and getattr(config, "market", "spot") == "usdm":
@@ -601,6 +604,20 @@ class BinanceVenue:
     def _iid_of(self, unified: str) -> InstrumentId:
         return self._by_unified[unified]
 
+    def _trade_id(self, raw: Any) -> str:
+        """The desk's ``OrderFilled.trade_id`` of a venue trade id (``myTrades``
+        ``id``, a new-order answer's ``fills[].tradeId``, a stream report's
+        ``t``): :attr:`TRADE_ID_PREFIX` + its decimal string (spot: ``"1"``;
+        USD-M: ``"F-1"``). Every fill this adapter reports goes through it,
+        so a fill read by the stream and by REST has one id (reported once).
+
+        Raises:
+            ValueError: ``raw`` is None or empty (named).
+        """
+        if raw is None or str(raw) == "":
+            raise ValueError(f"{self.venue}: trade id must be a venue trade id, got {raw!r}")
+        return f"{self.TRADE_ID_PREFIX}{raw}"
+
     def _fill_from_trade(self, coid: str, iid: InstrumentId, model_id: str, t: Mapping[str, Any],
                          venue_order_id: str | None = None) -> OrderFilled:
         """An ``OrderFilled`` from a raw ``myTrades`` row (exact strings)."""
@@ -608,7 +625,7 @@ class BinanceVenue:
         side = "BUY" if t.get("isBuyer") else "SELL"
         return OrderFilled(
             ts_event=ts, ts_init=self._now(), client_order_id=coid, instrument_id=iid, model_id=model_id,
-            venue_order_id=venue_order_id or str(t["orderId"]), trade_id=str(t["id"]), side=side,
+            venue_order_id=venue_order_id or str(t["orderId"]), trade_id=self._trade_id(t["id"]), side=side,
             last_qty=Decimal(str(t["qty"])), last_px=Decimal(str(t["price"])),
             commission=Decimal(str(t["commission"])), commission_currency=str(t["commissionAsset"]),
             liquidity_side=(LiquiditySide.MAKER if t.get("isMaker") else LiquiditySide.TAKER).value)
@@ -742,7 +759,7 @@ class BinanceVenue:
         for f in info.get("fills") or []:
             fills.append(OrderFilled(
                 ts_event=ts, ts_init=self._now(), client_order_id=t.client_order_id, instrument_id=t.instrument_id,
-                model_id=t.model_id, venue_order_id=vid, trade_id=str(f["tradeId"]), side=t.side,
+                model_id=t.model_id, venue_order_id=vid, trade_id=self._trade_id(f["tradeId"]), side=t.side,
                 last_qty=Decimal(str(f["qty"])), last_px=Decimal(str(f["price"])),
                 commission=Decimal(str(f["commission"])), commission_currency=str(f["commissionAsset"]),
                 liquidity_side=LiquiditySide.TAKER.value))  # fills in the answer matched on arrival: taker
@@ -1258,7 +1275,8 @@ class BinanceVenue:
         if r.get("x") == "TRADE" and int(r.get("t", -1)) >= 0:
             fills.append(OrderFilled(
                 ts_event=ts, ts_init=self._now(), client_order_id=coid, instrument_id=t.instrument_id,
-                model_id=t.model_id, venue_order_id=str(r["i"]), trade_id=str(r["t"]), side=str(r.get("S", t.side)),
+                model_id=t.model_id, venue_order_id=str(r["i"]), trade_id=self._trade_id(r["t"]),
+                side=str(r.get("S", t.side)),
                 last_qty=Decimal(str(r["l"])), last_px=Decimal(str(r["L"])), commission=Decimal(str(r.get("n") or "0")),
                 commission_currency=str(r.get("N") or self.quote),
                 liquidity_side=(LiquiditySide.MAKER if r.get("m") else LiquiditySide.TAKER).value))

@@ -35,6 +35,23 @@ tracking, status and fill mapping are the spot code itself. What differs:
   ``orderId``). ``reduceOnly=true`` for a reduce-only order; post-only is
   ``timeInForce=GTX``; stops and trailing stops are refused (the OMS
   emulates them). Fees are in the margin asset (USDT) as reported.
+* **Trade ids**: every trade id this venue reports (``OrderFilled.trade_id``)
+  is Binance's futures ``tradeId`` with the prefix ``F-`` (futures trade
+  ``1`` is ``F-1``; :attr:`BinanceUsdmVenue.TRADE_ID_PREFIX`). Binance
+  numbers spot and futures trades separately, each from 1, and the desk's
+  store keys fills by ``trade_id`` (the ``fills`` table, ``core.rebuild``,
+  each order's ``trade_ids``), so one desk with a spot and a futures venue
+  would otherwise drop one of two different trades with the same number.
+  The prefix is put on in one place (``BinanceVenue._trade_id``), on every
+  way a futures fill enters the desk: the user data stream
+  (``ORDER_TRADE_UPDATE`` ``o.t``), ``GET /fapi/v1/userTrades`` (``id``:
+  the new-order answer's fills, polls, the start-up snapshot, lookups for
+  reconciliation, i.e. ``VenueOrderReport.fills``), so a fill seen by the
+  stream and by REST still has one id and is reported once. Spot ids have
+  no prefix (unchanged for existing state dirs). A USD-M state dir written
+  before the prefix holds its futures fills under the bare number: a
+  partly filled order still open across the upgrade would see its old
+  fills again under ``F-`` ids (close such orders before upgrading).
 * **Positions and reconciliation** (``core.recovery``): the engine
   compares ``balance(<base asset>)`` with the book's summed position of the
   instruments with that base. Here the "holding" of a perpetual is its
@@ -161,6 +178,8 @@ class BinanceUsdmVenue(BinanceVenue):
     supports_modify = False
     #: the futures wallet is not the book's notional cash (module docstring)
     reconcile_cash = False
+    #: before every futures trade id (module docstring, "Trade ids"): spot and futures both number trades from 1
+    TRADE_ID_PREFIX = "F-"
 
     def __init__(self, config: BinanceConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
@@ -420,7 +439,8 @@ class BinanceUsdmVenue(BinanceVenue):
         side = str(t.get("side") or ("BUY" if _truthy(t.get("buyer")) else "SELL"))
         return OrderFilled(
             ts_event=int(t["time"]) * NANOS_PER_MS, ts_init=self._now(), client_order_id=coid, instrument_id=iid,
-            model_id=model_id, venue_order_id=venue_order_id or str(t["orderId"]), trade_id=str(t["id"]), side=side,
+            model_id=model_id, venue_order_id=venue_order_id or str(t["orderId"]), trade_id=self._trade_id(t["id"]),
+            side=side,
             last_qty=Decimal(str(t["qty"])), last_px=Decimal(str(t["price"])),
             commission=abs(Decimal(str(t["commission"]))), commission_currency=str(t["commissionAsset"]),
             liquidity_side=(LiquiditySide.MAKER if _truthy(t.get("maker")) else LiquiditySide.TAKER).value)
