@@ -103,6 +103,25 @@ def make_client_order_id(step: int, model_index: int, seq: int, tag: str = "") -
     return coid
 
 
+def coid_tag_of(client_order_id: str) -> str:
+    """The state-dir tag of one of the desk's ClientOrderIds (``""`` for an
+    id without one: paper venues, state dirs from before tags). Derived ids
+    (``<parent>.TP``, ``<parent>.R1``) carry their parent's tag."""
+    parts = client_order_id.split(".", 1)[0].split("-")
+    return parts[4] if len(parts) == 5 and parts[0] == DESK_ORDER_PREFIX else ""
+
+
+def is_own_order(client_order_id: str, tag: str) -> bool:
+    """True when ``client_order_id`` is this state dir's: a desk order
+    (:func:`is_desk_order`) with this dir's ``tag`` (:func:`new_coid_tag`).
+    A dir without a tag (paper, or from before tags) owns every desk order,
+    as before; a tagged dir leaves the orders of other state dirs on the
+    same account alone (they are another desk's, not a difference)."""
+    if not is_desk_order(client_order_id):
+        return False
+    return not tag or coid_tag_of(client_order_id) == tag
+
+
 def is_desk_order(client_order_id: str) -> bool:
     """True when ``client_order_id`` was created by this desk (prefix check)."""
     return client_order_id.startswith(DESK_ORDER_PREFIX + "-")

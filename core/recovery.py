@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from core.enums import OrderStatus, TradingState
 from core.events import OrderAccepted, OrderCanceled, OrderExpired, OrderFilled, OrderRejected
-from core.identifiers import is_desk_order
+from core.identifiers import is_desk_order, is_own_order
 from core.venue_errors import (
     BACKEND_TIMEOUT_NS,
     RECV_WINDOW_NS,
@@ -506,9 +506,10 @@ async def reconcile(engine: "Engine", max_resend_age_ns: int, *, mode: str = "st
     else:
         stored = set()
         ids = list(open_now) if open_now is not None else []
+    tag = getattr(engine, "coid_tag", "")
     for coid in ids:
-        if not is_desk_order(coid):
-            continue  # another application's order on the account: not ours to judge
+        if not is_own_order(coid, tag):
+            continue  # another application's (or another state dir's) order on the account: not ours to judge
         mine = engine.orders.get(coid)
         if mine is None and coid not in stored:
             report.differences.append(f"the venue has desk order {coid} that the store does not know")

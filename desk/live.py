@@ -81,7 +81,7 @@ from core.clock import LiveClock
 from core.engine import Engine, EngineConfig, ModelSpec
 from core.enums import OrderType, TradingState
 from core.errors import EXIT_OK, EXIT_UNRECONCILED, ConfigError, DeskError
-from core.identifiers import COID_TAG_META_KEY, InstrumentId, is_desk_order, new_coid_tag
+from core.identifiers import COID_TAG_META_KEY, InstrumentId, is_desk_order, is_own_order, new_coid_tag
 from core.instruments import Instrument
 from core.ports import FitExecutor, RegimeModel
 from core.risk import DESK_DEFAULT_LIMITS, RiskConfig, RiskEngine
@@ -554,7 +554,7 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
                 lines.append(f"desk: WARNING: {venue.venue} holds {cash} {venue.quote}, less than the capital "
                              f"{capital}: buys beyond it will be refused by the venue")
             foreign_open = [c for c in (venue.open_orders() if hasattr(venue, "open_orders") else {})
-                            if is_desk_order(c) and c not in engine.orders]
+                            if is_own_order(c, engine.coid_tag) and c not in engine.orders]
             if foreign_open:
                 lines.append(f"desk: WARNING: {venue.venue} has open desk orders this state dir does not know: "
                              f"{', '.join(sorted(foreign_open))} (the first reconciliation halts on them)")
