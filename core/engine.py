@@ -70,6 +70,10 @@ log = logging.getLogger("desk.engine")
 NET_MODEL_ID = "NET"
 
 
+#: wall seconds a step waits for the tasks the last step spawned (a venue that hangs: the session's own budget)
+SPAWNED_WAIT_S = 1.0
+
+
 class Feed(Protocol):
     """A source of bars in time order.
 
@@ -1146,6 +1150,9 @@ class Engine:
                     if self.feed.finite:
                         await self._end_of_data()
                     break
+                if self._tasks:  # what the last step started (an OCO sibling's cancel, a bracket's legs) reaches
+                    # the venue before the next bar is matched, at max speed too (the loop yields only now and then)
+                    await asyncio.wait(list(self._tasks), timeout=SPAWNED_WAIT_S)
                 self._in_step = True
                 try:
                     for bar in bars:

@@ -565,3 +565,23 @@ def test_an_order_state_round_trips_every_field():
               linked_order_ids=("NHD-1-0-0.SL",), parent_order_id="NHD-1-0-0", allocation={"m0": D("0.5")},
               trade_ids={"t1"}, venue_executed_qty=D("0.1"), status_before_update=OrderStatus.ACCEPTED)
     assert order_from_state(json.loads(json.dumps(order_state(o)))) == o
+
+
+def test_a_buy_oco_fills_one_leg_at_max_speed_without_any_restart(tmp_path):
+    # a break test: the limit 1950 filled, its sibling's cancel was spawned but the engine (yielding only
+    # every 64 steps at max speed) matched the next bar first: the stop 2050 filled too, 0.1998 ETH bought.
+    # Now the step waits for what the last step started: one leg, 0.0999 ETH (0.1000 less the 0.1 % fee)
+    eng = make(tmp_path, OCO_CLOSES, OCO_LOWS)
+
+    async def go():
+        await eng.warm_up()
+        await eng.run(max_bars=3)
+        now = eng.clock.timestamp_ns()
+        eng.emulator.submit_oco([order(A, OrderSide.BUY, OrderType.LIMIT, "0.1000", price="1950.00", ts=now),
+                                 order(B, OrderSide.BUY, OrderType.STOP_MARKET, "0.1000", trigger="2050.00", ts=now)])
+        await eng.send_pending()
+        await eng.run(max_bars=3)
+    asyncio.run(go())
+    statuses = sorted([eng.orders[A].status.value, eng.orders[B].status.value])
+    assert statuses == ["CANCELED", "FILLED"]
+    assert eng.venue.balance("ETH") == D("0.0999")
