@@ -522,10 +522,17 @@ def health_json(engine: Any) -> tuple[dict[str, Any], int]:
         blocked = getattr(own, "blocked_until_ns", None)
         ok = connected.get(name, False)
         fault = getattr(own, "fault", None)
-        status = ("ok" if blocked is None and fault is None else ("throttled" if blocked is not None else "degraded")
-                  ) if ok else "disconnected"
-        venues[name] = {"status": status, "connected": ok, "halted": name in engine.halted_venues,
-                        "throttled_until_ns": blocked}
+        vstate = own.venue_state()[0] if hasattr(own, "venue_state") else ""
+        if not ok or vstate == "DISCONNECTED":
+            status = "disconnected"
+        elif blocked is not None:
+            status = "throttled"
+        elif fault is not None or vstate == "DEGRADED":  # reads failing, a stream down, slow, not reconciled
+            status = "degraded"
+        else:
+            status = "ok"
+        venues[name] = {"status": status, "connected": ok and status != "disconnected",
+                        "halted": name in engine.halted_venues, "throttled_until_ns": blocked}
         if fault is not None:
             venues[name]["fault"] = fault
     components = {

@@ -108,10 +108,12 @@ class DeskHeader(Toned, Static):
 
     def _render_info(self, i: HeaderInfo) -> Text:
         state_tone = {"ACTIVE": "active", "REDUCING": "reducing", "HALTED": "halted"}.get(i.state, "strong")
-        # a per-venue halt sits right after the desk's state (it must not be cut off at 80 columns)
+        # what needs a look (a venue halted, down, degraded, throttled...) sits right after the desk's state, so
+        # a narrow terminal never cuts it off; venues that are fine go last
         parts_v = [p for p in i.venue.split("; ") if p]
-        halts = "; ".join(p for p in parts_v if p.endswith(" HALTED"))
-        rest = "; ".join(p for p in parts_v if not p.endswith(" HALTED"))
+        fine = [p for p in parts_v if venue_tone(p) == "active"]
+        halts = "; ".join(p for p in parts_v if p not in fine)
+        rest = "; ".join(fine)
         if 0 < self.size.width < 110:
             sep = ("│", self.tone_style("muted"))
             return Text.assemble(

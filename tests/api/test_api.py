@@ -517,3 +517,13 @@ async def test_resume_is_refused_while_the_halt_file_exists(desk, tmp_path):
     e.halt_file.unlink()
     r = await desk.client.post("/resume", json={"reason": "back"}, headers=AUTH)
     assert r.status_code == 200 and r.json()["trading_state"] == "ACTIVE"
+
+
+async def test_health_reads_a_degraded_venue_as_degraded(desk):
+    # a venue whose task group failed (or whose reads fail) is not "ok" in /health, also while it answers
+    r = (await desk.client.get("/health")).json()
+    assert r["venues"]["SIM"]["status"] == "ok" and r["status"] == "ok"
+    desk.engine.session.mark_fault("bar feed failed: test")
+    r = (await desk.client.get("/health")).json()
+    assert r["venues"]["SIM"]["status"] == "degraded" and r["status"] == "degraded"
+    assert r["venues"]["SIM"]["fault"] == "bar feed failed: test"

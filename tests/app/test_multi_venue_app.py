@@ -28,6 +28,9 @@ async def test_header_per_venue_and_unknown_orders_until_reconciled(tmp_path, wa
         await pilot.pause()
         header = app.header._render_info(app.header.info).plain
         assert "VA DISCONNECTED since" in header and "VB OK" in header
+        # what needs a look comes right after the desk's state, the venue that is fine last
+        assert header.index(" ACTIVE ") < header.index("VA DISCONNECTED") < header.index("working") \
+            < header.index("VB OK")
         cells = _row(app.orders_pane, coid_a)
         assert cells["status"] == "UNKNOWN"
         assert cells["reason"].startswith("VA not reconciled; last known ")
