@@ -653,8 +653,35 @@ class BinanceVenue:
                 raise VenueRejected(self.venue, f"unknown instrument {order.instrument_id}")
             t = _Tracked(order.client_order_id, order.model_id, order.instrument_id, unified, order.side.value,
                          order.quantity, order.time_in_force.value)
+            self._adopt(t)
             self._orders[order.client_order_id] = t
+            self._open_foreign.pop(order.client_order_id, None)  # tracked from now on: its own status says if open
         return t
+
+    def _adopt(self, t: _Tracked) -> None:
+        """Start a new tracking record of an order the venue already holds
+        but this process did not send (working when a previous process
+        stopped: a ``kill -9`` and a restart on the same state dir), from
+        what the adapter learnt of it: the start-up snapshot, ``prefetch``
+        or a lookup (``_reports``), or the open orders read (``_open_foreign``).
+        The venue accepted it then and the store holds that acceptance, so
+        its cancel, fills or close report no second ``OrderAccepted``; its
+        status and executed quantity (base units) are the venue's, so the
+        polls and :meth:`open_orders` go on from the venue's view, not from
+        an empty record. An order the adapter knows nothing of is left as is
+        (a new submit)."""
+        known = self._reports.get(t.client_order_id)
+        foreign = self._open_foreign.get(t.client_order_id)
+        if known is not None and known.status != "REJECTED" and known.venue_order_id:
+            t.venue_order_id = known.venue_order_id
+            t.executed = known.filled_qty
+            t.status = (("PARTIALLY_FILLED" if known.filled_qty > 0 else "NEW") if known.status == "OPEN"
+                        else known.status)
+            t.accepted_reported = True
+        elif foreign is not None:
+            t.executed = foreign
+            t.status = "PARTIALLY_FILLED" if foreign > 0 else "NEW"
+            t.accepted_reported = True
 
     def _order_request(self, order: Order) -> tuple[str, str | None, dict[str, Any]]:
         """``(ccxt type, price string, params)`` for ``order``; raises
@@ -1079,7 +1106,7 @@ class BinanceVenue:
         """Open orders (mass status, ``GET /api/v3/openOrders`` at the last
         poll): ClientOrderId -> executed quantity (base units)."""
         out = {c: t.executed for c, t in self._orders.items() if t.status in _OPEN}
-        out.update({c: q for c, q in self._open_foreign.items() if c not in out})
+        out.update({c: q for c, q in self._open_foreign.items() if c not in self._orders})  # tracked: own status
         return out
 
     def is_connected(self) -> bool:
