@@ -85,6 +85,10 @@ USR1_WHO = "SIGUSR1"
 USR1_REASON = "out-of-band halt signal"
 #: who the app's governance commands are recorded as
 WHO = "tui"
+#: after a SIGHUP, the longest the halt (its cancels) and then the engine's stop are each waited for (s)
+HANGUP_WAIT_S = 5.0
+#: a screen write waits for room in Textual's writer queue in steps of this (s), checking the terminal is there
+TERMINAL_PUT_WAIT_S = 0.5
 
 PANES = ("market", "orders", "positions", "models", "allocations", "alerts")
 
@@ -950,8 +954,28 @@ class DeskApp(App[int]):
         await self.shutdown(halt=False)
 
     async def shutdown(self, halt: bool, who: str = WHO, reason: str = "halt and quit") -> None:
-        """Quit: optionally halt first, stop the engine, persist, exit."""
+        """Quit: optionally halt first, stop the engine, persist, exit.
+
+        After a SIGHUP nobody is there to wait for: the halt (its cancels)
+        and the engine's stop are each bounded by :data:`HANGUP_WAIT_S`
+        seconds (a venue that does not answer is logged and left; the
+        caller's stop sequence cancels again and reconciles at the next
+        start)."""
         self._quitting = True
+        if self.hangup:
+            await self._bounded("the halt's cancels", self.halt(who, reason) if halt else None)
+            await self._bounded("the engine's stop", self.stop_engine())
+            self.finalize()
+            if self.hard_exit_on_hangup:
+                log.warning("SIGHUP: halted and persisted; exiting")
+                try:
+                    if self.close_hook is not None:
+                        self.close_hook()
+                finally:
+                    logging.shutdown()
+                    os._exit(EXIT_OK)
+            self.exit(EXIT_OK)
+            return
         if halt:
             await self.halt(who, reason)
         await self.stop_engine()
@@ -966,12 +990,75 @@ class DeskApp(App[int]):
                 os._exit(EXIT_OK)
         self.exit(EXIT_OK)
 
+    async def _bounded(self, what: str, aw: Any) -> None:
+        """Await ``aw`` (None: nothing) at most :data:`HANGUP_WAIT_S`
+        seconds; a timeout or an error is logged, never raised (the
+        hangup's exit must go on)."""
+        if aw is None:
+            return
+        try:
+            await asyncio.wait_for(aw, HANGUP_WAIT_S)
+        except asyncio.TimeoutError:
+            log.warning("SIGHUP: %s did not finish within %.0f s; going on with the exit", what, HANGUP_WAIT_S)
+        except Exception as exc:  # noqa: BLE001 - the exit must go on
+            log.warning("SIGHUP: %s failed: %s", what, exc)
+
     # ------------------------------------------------------------ signals
+    def _guard_terminal_writes(self) -> None:
+        """Make the driver's writes give up once the terminal is gone.
+
+        Textual writes the screen through a thread (``WriterThread``) fed by
+        a 30-entry queue. When the terminal goes away (SSH drop, ``tmux
+        kill-session``) the thread dies on its first write (EIO); the queue
+        then fills and the next ``put`` blocks the event loop for good: the
+        desk never gets to its stop sequence and keeps ``desk.lock``. (The
+        kernel's hangup also sends SIGCONT, on which Textual starts a new
+        writer thread, which dies the same way.) The driver's ``write`` here
+        waits for room as before while the thread it feeds is alive and
+        current (a slow terminal still slows the screen down, it loses
+        nothing), and drops the text once that thread is dead or a SIGHUP
+        came; its ``close`` no longer waits on a full queue or a dead
+        thread. A driver without a writer thread (tests' headless driver)
+        is left alone."""
+        driver = getattr(self, "_driver", None)
+        if driver is None or not hasattr(driver, "_writer_thread") or getattr(driver, "_desk_guarded", False):
+            return
+        from queue import Full
+
+        def write(data: str) -> None:
+            while not self.hangup:
+                wt = driver._writer_thread
+                queue = getattr(wt, "_queue", None)
+                if queue is None or not wt.is_alive():
+                    return
+                try:
+                    queue.put(data, timeout=TERMINAL_PUT_WAIT_S)
+                    return
+                except Full:
+                    continue
+
+        def close() -> None:
+            wt = driver._writer_thread
+            queue = getattr(wt, "_queue", None)
+            if queue is None or not wt.is_alive():
+                return
+            try:
+                queue.put(None, timeout=TERMINAL_PUT_WAIT_S)
+            except Full:
+                return
+            wt.join(TERMINAL_PUT_WAIT_S)
+
+        driver.write = write
+        driver.close = close
+        driver._desk_guarded = True
+
     def _install_signal_handlers(self) -> None:
         """SIGHUP, SIGTERM and SIGUSR1 on the app's loop. They replace any
         handler installed before the app ran (e.g. the CLI's early SIGUSR1
         handler, which only writes the HALT file); :meth:`on_unmount` puts
-        those back."""
+        those back. The terminal's writes are guarded against a terminal
+        gone (:meth:`_guard_terminal_writes`)."""
+        self._guard_terminal_writes()
         loop = asyncio.get_running_loop()
         for sig, handler in ((signal.SIGHUP, self.on_sighup), (signal.SIGTERM, self.on_sigterm),
                              (signal.SIGUSR1, self.on_sigusr1)):

@@ -95,6 +95,14 @@ NANOS = 1_000_000_000
 #: seconds between REST polls of the order updates while the user data stream is down
 #: (Binance: open orders per symbol + the account, ~26 weight; 6 a minute stay far under 1,200)
 ORDER_POLL_S = 10.0
+#: the stop's waits on a venue (each cancel, each venue's final read and
+#: reconciliation, its settle, its close): a venue that does not answer within
+#: this many seconds is logged and left (the next start reconciles), so a stop
+#: (SIGHUP, SIGTERM, the end of a run) ends in seconds and frees ``desk.lock``
+STOP_VENUE_WAIT_S = 5.0
+#: after a SIGHUP in the TUI, how long Textual's own shutdown may take once
+#: the app halted and persisted, before the stop sequence goes on without it (s)
+TUI_HANGUP_EXIT_S = 5.0
 
 
 class LiveStartError(ConfigError):
@@ -203,7 +211,7 @@ class LiveBuilt:
             if close is not None:
                 r = close()
                 if asyncio.iscoroutine(r):
-                    await r
+                    await _bounded(r, f"closing the venue {getattr(self.venue, 'venue', '')}".rstrip())
         except Exception as exc:  # noqa: BLE001 - the rest must still be closed
             log.warning("closing the venue: %s", exc)
         finally:
@@ -931,18 +939,36 @@ async def start_engine(built: LiveBuilt) -> None:
     engine.flush()
 
 
+async def _bounded(aw: Any, what: str, timeout: float | None = None) -> bool:
+    """Await ``aw`` at most ``timeout`` seconds (default
+    :data:`STOP_VENUE_WAIT_S`, read at the call). Returns True when it
+    finished, False (logged at WARNING, naming ``what``) when it did not
+    answer in time; its errors are raised."""
+    limit = STOP_VENUE_WAIT_S if timeout is None else timeout
+    try:
+        await asyncio.wait_for(aw, limit)
+        return True
+    except asyncio.TimeoutError:
+        log.warning("stop: %s did not answer within %.0f s; left (the next start reconciles)", what, limit)
+        return False
+
+
 async def finish(built: LiveBuilt) -> list[str]:
     """The end of a live run: cancel the desk's working orders (unless
-    ``on_stop`` is ``keep``), then :func:`reconcile_at_stop`. Returns the
-    differences (engine.unreconciled included)."""
+    ``on_stop`` is ``keep``; each cancel waits at most
+    :data:`STOP_VENUE_WAIT_S` s), mark the run ``stopped`` in the store's
+    meta (unless it finished), then :func:`reconcile_at_stop` (which commits
+    it). Returns the differences (engine.unreconciled included)."""
     engine = built.engine
     if built.on_stop == "cancel":
         for o in list(engine.working_orders()):
             if is_desk_order(o.client_order_id):
                 try:
-                    await engine.cancel(o, "STOP")
+                    await _bounded(engine.cancel(o, "STOP"), f"the cancel of {o.client_order_id}")
                 except Exception as exc:  # noqa: BLE001 - best effort, reconciled next start
                     log.warning("cancel %s at stop: %s", o.client_order_id, exc)
+    if engine.store.meta_get("status") != "finished":
+        engine.store.meta_set("status", "stopped")
     return await reconcile_at_stop(built)
 
 
@@ -952,8 +978,11 @@ async def reconcile_at_stop(built: LiveBuilt, *, checkpoint: bool = True) -> lis
     and not reconciled),
     let the venue settle (IBKR's ledger), commit: a checkpoint, or only a
     flush with ``checkpoint=False`` (stopped before the warm-up ended: no
-    resume point, or the next start would skip the warm-up). Returns the
-    differences (``engine.unreconciled`` included).
+    resume point, or the next start would skip the warm-up). Each venue's
+    read and reconciliation, and its settle, wait at most
+    :data:`STOP_VENUE_WAIT_S` s: a venue that does not answer is logged and
+    not reconciled, and the commit still happens. Returns the differences
+    (``engine.unreconciled`` included).
 
     Raises:
         StoreError: the commit failed.
@@ -961,16 +990,19 @@ async def reconcile_at_stop(built: LiveBuilt, *, checkpoint: bool = True) -> lis
     engine = built.engine
     for name, session in _sessions(engine).items():  # each venue of a multi-venue desk: its own read
         venue = session.venue
-        try:
+        async def read(venue: Any = venue, session: Any = session) -> None:
             poll = getattr(venue, "poll", None)
             if poll is not None:
                 await poll()
             await session.reconcile("periodic")
+
+        try:
+            await _bounded(read(), f"the final reconciliation of the venue {name}")
         except VenueError as exc:
             log.warning("the final reconciliation could not read the venue %s: %s", name, exc)
         settle = getattr(venue, "settle", None)
         if settle is not None:
-            await settle()
+            await _bounded(settle(), f"the settle of the venue {name}")
     if checkpoint:
         engine.checkpoint()
     else:
@@ -1109,7 +1141,7 @@ def _tui(cfg: Any, config_path: Path, bars: int | None, kwargs: dict[str, Any]) 
             app.reconciled = built.continued
             tasks = start_venue_tasks(built, asyncio.sleep)
             try:
-                code = await app.run_async()
+                code = await _run_app(app)
             finally:
                 built.feed.stop()
                 for t in tasks:
@@ -1117,7 +1149,10 @@ def _tui(cfg: Any, config_path: Path, bars: int | None, kwargs: dict[str, Any]) 
                 await asyncio.gather(*tasks, return_exceptions=True)
             problems = await finish(built)
             for p in problems:
-                sys.stderr.write(f"UNRECONCILED: {p}\n")
+                log.error("UNRECONCILED: %s", p)
+                _say(f"UNRECONCILED: {p}")
+            if app.hangup:
+                log.warning("SIGHUP: stopped; the store is committed and desk.lock released at the exit")
             if problems:
                 return EXIT_UNRECONCILED
             return EXIT_OK if code is None else int(code)
@@ -1125,3 +1160,37 @@ def _tui(cfg: Any, config_path: Path, bars: int | None, kwargs: dict[str, Any]) 
             await built.aclose()
 
     return asyncio.run(main())
+
+
+def _say(line: str) -> None:
+    """A line on stderr, if the terminal is still there (after a SIGHUP it
+    is not: the write fails with EIO, and the stop must go on)."""
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+async def _run_app(app: Any) -> int | None:
+    """Run the Textual app (``DeskApp.run_async``) until it returns. After a
+    SIGHUP, once the app halted and persisted (``app.finalized``), Textual's
+    own shutdown gets :data:`TUI_HANGUP_EXIT_S` seconds: it writes to a
+    terminal that is gone, and the desk's stop sequence (cancels,
+    reconciliation, commit, ``desk.lock``) must not wait on it. Returns the
+    app's return code (None when it was left)."""
+    task = asyncio.ensure_future(app.run_async())
+    left_at: float | None = None
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            return task.result()
+        if getattr(app, "hangup", False) and getattr(app, "finalized", False):
+            now = time.monotonic()
+            if left_at is None:
+                left_at = now + TUI_HANGUP_EXIT_S
+            elif now >= left_at:
+                log.warning("SIGHUP: the screen's shutdown did not end within %.0f s; leaving it", TUI_HANGUP_EXIT_S)
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
+                return None
