@@ -747,6 +747,23 @@ async def _fee_prices(built: LiveBuilt, venue: Any, sleep: Callable[[float], Any
         await refresh_fee_asset_price(built, venue)
 
 
+#: seconds between two reads of a futures venue's positions (liquidation prices checked)
+POSITION_RISK_EVERY_S = 60
+
+
+async def _position_risk(venue: Any, sleep: Callable[[float], Any]) -> None:
+    """Every :data:`POSITION_RISK_EVERY_S` s: a USD-M venue's positions
+    (``position_risk()``: the venue's liquidation price against the desk's
+    own, ``core.margin``; the adapter logs a WARNING when they differ by more
+    than a tick). A failed read is logged and tried again next time."""
+    while True:
+        await sleep(POSITION_RISK_EVERY_S)
+        try:
+            await venue.position_risk()
+        except VenueError as exc:
+            log.warning("%s: positions not read (%s); next try in %d s", venue.venue, exc, POSITION_RISK_EVERY_S)
+
+
 #: a venue's bar feed is hung when no step came for this many bar intervals (plus the grace below)
 HUNG_AFTER_INTERVALS = 2
 #: seconds of grace before a feed without a new bar is declared hung
@@ -868,6 +885,8 @@ async def _venue_group(built: LiveBuilt, name: str, venue: Any, sleep: Callable[
                 if hasattr(venue, "next_order_updates"):
                     tg.create_task(_pump_order_updates(built, sleep, venue, session, on_ok=read_ok))
                 tg.create_task(_fee_prices(built, venue, sleep))
+                if hasattr(venue, "position_risk"):  # USD-M: liquidation prices checked every minute
+                    tg.create_task(_position_risk(venue, sleep))
                 if merged:
                     built.feed.last_step_at[name] = built.engine.clock.timestamp_ns()
                     tg.create_task(pump())

@@ -169,3 +169,29 @@ async def test_a_disconnected_venue_is_not_called_hung(monkeypatch):
     assert session.faults == []
     feed.stop()
     await vt.run_until(lambda: task.done())
+
+
+async def test_a_futures_venue_has_its_positions_read_every_minute():
+    # the liquidation-price check (BinanceUsdmVenue.position_risk) runs in the venue's task group: 10 minutes of
+    # engine clock and a half -> 10 reads; a read that fails is logged and the group goes on (no fault)
+    clock = TestClock(1_700_000_000 * NANOS)
+    vt = VirtualTime(clock)
+    session, venue = Session(), Venue()
+    reads = []
+
+    async def position_risk():
+        reads.append(clock.timestamp_ns())
+        if len(reads) == 3:
+            from core.venue_errors import TransientVenueError
+            raise TransientVenueError("timeout", "read timed out")
+        return {}
+
+    venue.position_risk = position_risk  # type: ignore[attr-defined]
+    built = SimpleNamespace(engine=SimpleNamespace(clock=clock, session=SimpleNamespace(sessions={"VB": session})),
+                            feed=SimpleNamespace(), venue=venue)
+    task = asyncio.create_task(desk.live._venue_group(built, "VB", venue, vt.sleep))
+    t0 = clock.timestamp_ns()
+    await vt.run_until(lambda: clock.timestamp_ns() - t0 >= 630 * NANOS)
+    assert len(reads) == 10 and session.faults == []
+    assert [t - t0 for t in reads[:2]] == [60 * NANOS, 120 * NANOS]
+    task.cancel()
