@@ -511,6 +511,8 @@ async def build_live(cfg: Any, config_path: Path, *, live: bool, state_dir: Path
         halted = store.meta_get("halted_venues")
         if halted:
             engine.halted_venues = set(halted.split(","))
+            lines.append(f"desk: WARNING: venue halt kept from before this start: {halted} (no order goes there "
+                         f"until it is resumed: palette 'Resume venue V', POST /resume {{\"venue\": \"V\"}})")
         persisted = store.meta_get("trading_state")
         if persisted is not None:
             engine.trading_state = TradingState(persisted)  # the kill switch survives a restart

@@ -467,6 +467,8 @@ def build(opts: RunOptions, *, executor: FitExecutor | None = None) -> Built:
         halted = store.meta_get("halted_venues")
         if halted:
             engine.halted_venues = set(halted.split(","))
+            messages.append(f"WARNING: venue halt kept from before this start: {halted} (no order goes there "
+                         f"until it is resumed: palette 'Resume venue V', POST /resume {{\"venue\": \"V\"}})")
         persisted = store.meta_get("trading_state")
         if persisted is not None:
             # the kill switch survives a restart: only an explicit resume lifts it
