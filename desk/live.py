@@ -1156,7 +1156,8 @@ def _tui(cfg: Any, config_path: Path, bars: int | None, kwargs: dict[str, Any]) 
             if built.continued:
                 await start_engine(built)
             remaining = None if bars is None else max(0, bars - engine.stats.bars)
-            market = f"{built.venue.venue} " + ", ".join(i.symbol for i in sorted(engine.instruments, key=str))
+            market = (f"{built.venue.venue} " + ", ".join(i.symbol for i in sorted(engine.instruments, key=str))
+                      if len(engine.venues) == 1 else f"{len(engine.venues)} venues")  # each venue's state follows
             app = DeskApp(engine, speed=None, warm_up=not built.continued, mode="LIVE" if built.live else "PAPER",
                           market=market, max_bars=remaining)
             app.reconciled = built.continued
