@@ -707,6 +707,8 @@ class _Daemon:
             log.info(msg)
             if self.live:
                 self._live_summary(problems)
+            elif self.built.finished_summary is None and not e.stats.finished:
+                self._stop_summary()  # a replay or the SIM market stopped before its end: the summary so far
         except StoreError as exc:
             log.error("the last commit failed: %s", exc)
             self.exit_code = 1
@@ -725,6 +727,15 @@ class _Daemon:
             if self.exit_code == EXIT_OK:
                 self.exit_code = EXIT_UNRECONCILED
         return problems
+
+    def _stop_summary(self) -> None:
+        """A paper run stopped before its end (the SIM market never ends):
+        its JSON summary so far on stdout, ``finished`` false (a finished
+        replay printed its own at its end)."""
+        e = self.engine
+        summary = e.summary(time.perf_counter() - self._t0 if self._t0 else 0.0, e.stats.bars - self._bars0)
+        sys.stdout.write(json.dumps(summary, sort_keys=True, default=str) + "\n")
+        sys.stdout.flush()
 
     def _live_summary(self, problems: list[str]) -> None:
         """A live venue: the run's JSON summary on stdout at the stop (as

@@ -210,6 +210,10 @@ def test_sigterm_cancels_working_orders_flushes_the_store_and_exits_0(daemons, t
     audit = [json.loads(x) for x in (d.state / "audit" / "orders.jsonl").read_text().splitlines()]
     assert any(a.get("type") == "OrderCanceled" and a.get("client_order_id") == coid for a in audit)
 
+    # the run's summary so far on stdout, as a live daemon prints at its stop (a break test found none)
+    summary = json.loads(d.stdout.splitlines()[-1])
+    assert summary["finished"] is False and summary["bars"] == snap["stats"]["bars"]
+    assert summary["orders"].get("CANCELED", 0) >= 1
     err = d.stderr
     assert token not in err and token not in d.stdout
     assert f"path={token_file}" in err
