@@ -569,20 +569,33 @@ class BinanceVenue:
         """Binance's symbol of an instrument (``BTCUSDT``)."""
         return iid.symbol
 
+    #: the key permission this market needs (``GET /sapi/v1/account/apiRestrictions``), the market's word,
+    #: and where a venue without ``/sapi`` is (its keys cannot withdraw)
+    TRADE_PERMISSION = "enableSpotAndMarginTrading"
+    MARKET_WORD = "spot"
+    NO_SAPI_WHERE = "the spot testnet"
+
     async def _check_permissions(self) -> str:
+        """Read the key's restrictions (Binance ``GET
+        /sapi/v1/account/apiRestrictions``); returns the start-up line.
+
+        Raises:
+            BinanceStartupError: a key that can withdraw, or that cannot
+                trade this market (``TRADE_PERMISSION`` false)."""
         ex = self._exchange()
         if "sapi" not in (ex.urls.get("api") or {}):
-            return ("key permissions not checked: the spot testnet has no /sapi endpoints (its keys cannot "
+            return (f"key permissions not checked: {self.NO_SAPI_WHERE} has no /sapi endpoints (its keys cannot "
                     "withdraw)")
         r = await self._read("api restrictions", ex.sapiGetAccountApiRestrictions)
         if r.get("enableWithdrawals"):
             raise BinanceStartupError(
                 f"{self.venue}: the API key has withdrawals enabled (apiRestrictions.enableWithdrawals true); the "
                 f"desk refuses a key that can withdraw: create a key without the withdrawal permission")
-        if r.get("enableSpotAndMarginTrading") is False:
+        if r.get(self.TRADE_PERMISSION) is False:
             raise BinanceStartupError(
-                f"{self.venue}: the API key cannot trade spot (apiRestrictions.enableSpotAndMarginTrading false)")
-        return "key permissions: reading and spot trading, withdrawals disabled"
+                f"{self.venue}: the API key cannot trade {self.MARKET_WORD} "
+                f"(apiRestrictions.{self.TRADE_PERMISSION} false)")
+        return f"key permissions: reading and {self.MARKET_WORD} trading, withdrawals disabled"
 
     def _take_balances(self, account: Mapping[str, Any]) -> None:
         self._balances = {b["asset"]: (Decimal(b["free"]), Decimal(b["locked"])) for b in account.get("balances", [])}

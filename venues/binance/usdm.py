@@ -233,20 +233,10 @@ class BinanceUsdmVenue(BinanceVenue):
         return await self._exchange().fapiPublicGetTickerBookTicker({"symbol": symbol})
 
     # ------------------------------------------------------------ start
-    async def _check_permissions(self) -> str:
-        ex = self._exchange()
-        if "sapi" not in (ex.urls.get("api") or {}):
-            return ("key permissions not checked: Binance demo trading has no /sapi endpoints (its keys cannot "
-                    "withdraw)")
-        r = await self._read("api restrictions", ex.sapiGetAccountApiRestrictions)
-        if r.get("enableWithdrawals"):
-            raise BinanceStartupError(
-                f"{self.venue}: the API key has withdrawals enabled (apiRestrictions.enableWithdrawals true); the "
-                f"desk refuses a key that can withdraw: create a key without the withdrawal permission")
-        if r.get("enableFutures") is False:
-            raise BinanceStartupError(
-                f"{self.venue}: the API key cannot trade futures (apiRestrictions.enableFutures false)")
-        return "key permissions: reading and futures trading, withdrawals disabled"
+    #: the key permission checked at start (``BinanceVenue._check_permissions``)
+    TRADE_PERMISSION = "enableFutures"
+    MARKET_WORD = "futures"
+    NO_SAPI_WHERE = "Binance demo trading"
 
     async def _prepare_market(self) -> list[str]:
         """Position mode, margin type, leverage, brackets, positions (module
