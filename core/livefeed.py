@@ -34,6 +34,38 @@ class LiveFeedBase:
     #: a live feed never ends by itself
     finite = False
 
+    def _setup(self, venue: Any, instruments: Any, known: Any, what: str, interval: str, step_ns: int,
+               warmup_bars: int, sleep: Any) -> None:
+        """What every live feed's ``__init__`` sets: the venue, its
+        instruments (default all of ``venue.instruments``, sorted), the
+        interval and its length (ns), the warm-up length, the sleep, and the
+        empty restart state (``last``, ``_seen``, ``_buffer``, ``_warm``,
+        ``_stop``, ``failures``).
+
+        Raises:
+            ValueError: a negative ``warmup_bars``, or an instrument not in
+                ``known`` (the venue's ``what``), naming it."""
+        if warmup_bars < 0:
+            raise ValueError(f"warmup_bars: must be >= 0, got {warmup_bars}")
+        self.venue = venue
+        self.instruments = sorted(instruments if instruments is not None else venue.instruments, key=str)
+        for iid in self.instruments:
+            if iid not in known:
+                raise ValueError(f"instruments: {iid} is not {what} {venue.venue}")
+        self.interval = interval
+        self.step_ns = step_ns
+        self.warmup_bars = int(warmup_bars)
+        self.sleep = sleep
+        #: open time (ns) of the last bar handed to the engine, per instrument (the resume point)
+        self.last = {}
+        #: open time of the last bar fetched (handed over or waiting in the buffer), per instrument
+        self._seen = {}
+        self._buffer = []
+        self._warm = []
+        self._stop = None
+        self._stopped = False
+        self.failures = 0
+
     def warmup(self) -> list[Bar]:
         """The bars fetched by ``prepare`` (then forgotten); ``[]`` when it
         was not called."""

@@ -86,30 +86,11 @@ class BinanceLiveFeed(LiveFeedBase):
         step = INTERVALS_NS.get(interval)
         if step is None:
             raise ValueError(f"interval: {interval!r} is not a fixed-length Binance kline interval")
-        if warmup_bars < 0:
-            raise ValueError(f"warmup_bars: must be >= 0, got {warmup_bars}")
-        self.venue = venue
-        self.instruments = sorted(instruments if instruments is not None else venue.instruments, key=str)
-        for iid in self.instruments:
-            if iid not in venue.instruments:
-                raise ValueError(f"instruments: {iid} is not traded by venue {venue.venue}")
-        self.interval = interval
-        self.step_ns = step
-        self.warmup_bars = int(warmup_bars)
-        self.sleep = sleep
+        self._setup(venue, instruments, venue.instruments, "traded by venue", interval, step, warmup_bars, sleep)
         self.poll_grace_ns = int(poll_grace_ns)
         self.poll_min_ns = int(poll_min_ns)
         self.ws_retry_ns = int(ws_retry_ns)
-        #: open time (ns) of the last bar handed to the engine, per instrument (the resume point)
-        self.last: dict[InstrumentId, int] = {}
-        #: open time of the last bar fetched (handed over or waiting in the buffer), per instrument
-        self._seen: dict[InstrumentId, int] = {}
-        self._buffer: list[Bar] = []
-        self._warm: list[Bar] = []
         self._prepared = False
-        self._stop: asyncio.Event | None = None
-        self._stopped = False
-        self.failures = 0
         #: bars fetched over REST to fill a gap the stream left
         self.gap_bars = 0
 

@@ -94,28 +94,11 @@ class IbkrLiveFeed(LiveFeedBase):
                  poll_grace_ns: int = 5 * NANOS, request_timeout_s: float = 30.0) -> None:
         if interval not in BAR_SIZES:
             raise ValueError(f"interval: {interval!r} is not one of {', '.join(BAR_SIZES)} for IBKR")
-        if warmup_bars < 0:
-            raise ValueError(f"warmup_bars: must be >= 0, got {warmup_bars}")
-        self.venue = venue
-        self.instruments = sorted(instruments if instruments is not None else venue.instruments, key=str)
-        for iid in self.instruments:
-            if iid not in venue.contracts:
-                raise ValueError(f"instruments: {iid} is not a qualified contract of venue {venue.venue}")
-        self.interval = interval
         self.bar_size, step_s = BAR_SIZES[interval]
-        self.step_ns = step_s * NANOS
-        self.warmup_bars = int(warmup_bars)
-        self.sleep = sleep
+        self._setup(venue, instruments, venue.contracts, "a qualified contract of venue", interval, step_s * NANOS,
+                    warmup_bars, sleep)
         self.poll_grace_ns = int(poll_grace_ns)
         self.request_timeout_s = float(request_timeout_s)
-        #: open time (ns) of the last bar handed to the engine, per instrument (the resume point)
-        self.last: dict[InstrumentId, int] = {}
-        self._seen: dict[InstrumentId, int] = {}
-        self._buffer: list[Bar] = []
-        self._warm: list[Bar] = []
-        self._stop: asyncio.Event | None = None
-        self._stopped = False
-        self.failures = 0
         #: historical-data requests sent
         self.requests = 0
 
