@@ -90,7 +90,7 @@ from core.events import (
 )
 from core.identifiers import InstrumentId, is_desk_order
 from core.instruments import Instrument
-from core.orders import ContingencyType, Order, TrailingOffsetType
+from core.orders import Order, TrailingOffsetType
 from core.recovery import VenueOrderReport
 from core.values import ZERO, dec_str
 from core.venue_errors import (
