@@ -504,8 +504,10 @@ def status_json(engine: Any) -> dict[str, Any]:
 
 def health_json(engine: Any) -> tuple[dict[str, Any], int]:
     """Health per component and venue, and the HTTP status (503 when the
-    store is down, else 200; a disconnected or throttled venue is
-    ``degraded``)."""
+    store is down, else 200). Each venue reads ``ok``, ``throttled``,
+    ``degraded`` (its session reads DEGRADED; ``fault`` says why when its
+    task group failed) or ``disconnected``; any but ``ok`` makes the
+    overall status ``degraded``."""
     session = getattr(engine, "session", None)
     store_ok, store_detail = True, ""
     if getattr(session, "store_failed", False):
@@ -787,8 +789,9 @@ def create_app(engine: Any, *, token: str, metrics: DeskMetrics | None = None,
     async def health() -> JSONResponse:
         """Health of the engine, the store and each venue (no token needed).
 
-        ``status``: ``ok``; ``degraded`` when a venue is disconnected or
-        throttled (``throttled_until_ns``, engine clock UTC ns); ``down``
+        ``status``: ``ok``; ``degraded`` when a venue is disconnected,
+        throttled (``throttled_until_ns``, engine clock UTC ns) or degraded
+        (reads failing, a failed task group: ``fault``, slow); ``down``
         (HTTP 503) when the store cannot be written (trading is halted).
         """
         body, code = health_json(e)
